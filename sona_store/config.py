@@ -1,0 +1,178 @@
+"""SonaConfig: every setting of the reference's SonaConfig, its presets, and the
+fixed constants of its loops (SEED.md, "Configuration and presets")."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sona_store.errors import ConfigError
+
+# Fixed values the reference hard-codes in its loops.
+BASE_LORA_LAYERS = 12
+MICRO_FLUSH_THRESHOLD = 100
+MIN_TRAJECTORIES = 10
+KMEANS_MAX_ITERATIONS = 100
+KMEANS_CONVERGENCE = 0.001
+MIN_CLUSTER_SIZE = 1
+PATTERN_QUALITY_THRESHOLD = 0.05
+RETENTION_WINDOW = 10_000
+
+# Fields that decide the shape of stored vectors: a store cannot be reopened
+# with other values without corrupting what it holds.
+SHAPE_FIELDS = ("hidden_dim", "embedding_dim", "micro_lora_rank", "base_lora_rank")
+
+
+@dataclass(frozen=True)
+class SonaConfig:
+    """Settings of one store. Frozen: the values a cycle used are recorded with it."""
+
+    hidden_dim: int = 256
+    embedding_dim: int | None = None  # None: same as hidden_dim, as the reference's builder does
+    micro_lora_rank: int = 2
+    base_lora_rank: int = 8
+    micro_lora_lr: float = 0.002
+    base_lora_lr: float = 0.0001
+    ewc_lambda: float = 2000.0
+    pattern_clusters: int = 100
+    trajectory_capacity: int = 10_000
+    background_interval_ms: int = 3_600_000
+    quality_threshold: float = 0.15
+    # Loop constants, overridable for tests and benchmarks.
+    min_trajectories: int = MIN_TRAJECTORIES
+    pattern_quality_threshold: float = PATTERN_QUALITY_THRESHOLD
+    min_cluster_size: int = MIN_CLUSTER_SIZE
+    kmeans_max_iterations: int = KMEANS_MAX_ITERATIONS
+    kmeans_convergence: float = KMEANS_CONVERGENCE
+    retention_window: int = RETENTION_WINDOW
+    base_lora_layers: int = BASE_LORA_LAYERS
+    micro_flush_threshold: int = MICRO_FLUSH_THRESHOLD
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim is None:
+            object.__setattr__(self, "embedding_dim", self.hidden_dim)
+        self._validate()
+
+    def _validate(self) -> None:
+        positive_ints = (
+            "hidden_dim",
+            "embedding_dim",
+            "base_lora_rank",
+            "pattern_clusters",
+            "trajectory_capacity",
+            "background_interval_ms",
+            "min_trajectories",
+            "min_cluster_size",
+            "kmeans_max_iterations",
+            "retention_window",
+            "base_lora_layers",
+            "micro_flush_threshold",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.micro_lora_rank not in (1, 2):
+            raise ConfigError(f"micro_lora_rank must be 1 or 2, got {self.micro_lora_rank!r}")
+        if self.base_lora_rank > self.hidden_dim:
+            raise ConfigError(
+                f"base_lora_rank must be at most hidden_dim ({self.hidden_dim}), "
+                f"got {self.base_lora_rank}"
+            )
+        non_negative = (
+            "micro_lora_lr",
+            "base_lora_lr",
+            "ewc_lambda",
+            "kmeans_convergence",
+            "pattern_quality_threshold",
+        )
+        for name in non_negative:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.quality_threshold <= 1.0:
+            raise ConfigError(f"quality_threshold must be in [0, 1], got {self.quality_threshold!r}")
+
+    # -- presets (SEED.md table) -------------------------------------------------
+
+    @classmethod
+    def max_throughput(cls, **overrides: Any) -> SonaConfig:
+        return cls._preset(
+            dict(base_lora_rank=4, micro_lora_lr=0.0005, trajectory_capacity=5000,
+                 background_interval_ms=7_200_000, quality_threshold=0.4),
+            overrides,
+        )
+
+    @classmethod
+    def max_quality(cls, **overrides: Any) -> SonaConfig:
+        return cls._preset(
+            dict(base_lora_rank=16, base_lora_lr=0.001, trajectory_capacity=20_000,
+                 background_interval_ms=1_800_000, quality_threshold=0.2),
+            overrides,
+        )
+
+    @classmethod
+    def edge_deployment(cls, **overrides: Any) -> SonaConfig:
+        return cls._preset(
+            dict(micro_lora_rank=1, base_lora_rank=4, micro_lora_lr=0.001, ewc_lambda=1000.0,
+                 pattern_clusters=50, trajectory_capacity=200, quality_threshold=0.5),
+            overrides,
+        )
+
+    @classmethod
+    def batch_processing(cls, **overrides: Any) -> SonaConfig:
+        return cls._preset(dict(micro_lora_lr=0.001, quality_threshold=0.3), overrides)
+
+    @classmethod
+    def for_ephemeral(cls, **overrides: Any) -> SonaConfig:
+        return cls._preset(
+            dict(base_lora_rank=4, ewc_lambda=1000.0, pattern_clusters=50,
+                 trajectory_capacity=500, background_interval_ms=60_000, quality_threshold=0.3),
+            overrides,
+        )
+
+    @classmethod
+    def for_coordinator(cls, **overrides: Any) -> SonaConfig:
+        return cls._preset(
+            dict(base_lora_rank=16, micro_lora_lr=0.001, base_lora_lr=0.0005,
+                 pattern_clusters=200, trajectory_capacity=50_000,
+                 background_interval_ms=300_000, quality_threshold=0.4),
+            overrides,
+        )
+
+    @classmethod
+    def _preset(cls, values: dict[str, Any], overrides: dict[str, Any]) -> SonaConfig:
+        return cls(**{**values, **overrides})
+
+    # -- serialisation -----------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SonaConfig:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> SonaConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def base_lora_param_count(self) -> int:
+        """Parameters EWC++ protects: every base-LoRA layer's `up`, flattened."""
+        return self.base_lora_layers * self.base_lora_rank * self.hidden_dim
+
+    def shape_mismatches(self, other: SonaConfig) -> list[str]:
+        return [
+            f"{name}: stored {getattr(other, name)}, given {getattr(self, name)}"
+            for name in SHAPE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        ]

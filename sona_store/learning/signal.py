@@ -1,0 +1,60 @@
+"""Loop A's learning signal: the REINFORCE gradient one finished trajectory
+teaches the micro-LoRA (SEED.md, "Loop A", step 1).
+
+Follows the published npm build (0.1.8), checked against its binary:
+
+- no steps: the gradient is the query embedding itself, *not* normalised;
+- one step: ``reward * activations`` (no baseline; the crate's source would
+  subtract the step's own reward and so learn nothing from it);
+- two or more: ``sum((reward - mean reward) * activations)``.
+
+Activations contribute their first ``len(query)`` values (zero-padded when
+shorter). Step gradients are L2-normalised when the norm exceeds 1e-8.
+
+Arithmetic is float32 in the reference's order (sequential sums), so results
+are bit-for-bit what the reference computes, not merely close.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sona_store.learning.embedding import NORM_EPSILON, fit_width
+
+
+def _sequential_sum(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Float32 sum in index order: `cumsum` never reorders, unlike `sum`'s
+    pairwise summation, which matches the reference's left-to-right loops."""
+    return np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis)
+
+
+def learning_signal(
+    query: np.ndarray,
+    step_activations: np.ndarray,
+    step_rewards: np.ndarray,
+) -> np.ndarray:
+    """Gradient estimate of one trajectory: float32, `len(query)` entries.
+
+    query: (d,). step_activations: (m, h), any h. step_rewards: (m,).
+    Inputs are not modified.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    rewards = np.asarray(step_rewards, dtype=np.float32).reshape(-1)
+    m = rewards.shape[0]
+    if m == 0:
+        # The reference returns the query unchanged, skipping normalisation.
+        return q.copy()
+
+    acts = np.asarray(step_activations, dtype=np.float32).reshape(m, -1)
+    acts = fit_width(acts, q.shape[0])
+    if m == 1:
+        advantages = rewards
+    else:
+        baseline = _sequential_sum(rewards) / np.float32(m)
+        advantages = rewards - baseline
+    gradient = _sequential_sum(advantages[:, None] * acts, axis=0)
+
+    norm = np.sqrt(_sequential_sum(gradient * gradient))
+    if norm > NORM_EPSILON:
+        gradient = gradient / norm
+    return gradient.astype(np.float32, copy=False)

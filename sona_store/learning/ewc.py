@@ -1,0 +1,283 @@
+"""EWC++ (online elastic weight consolidation), as the reference runs it (SEED.md, "EWC++"),
+held as plain state so a persistence layer can store and restore it bit for bit.
+
+Every operation is a pure function: it returns new arrays (or a new `EwcState`) and never
+mutates its inputs. Arithmetic is float32 throughout, with the configuration's constants
+rounded to float32 first, as the reference's `f32` code does.
+
+Differs from the reference on purpose (its defects 2 and 5): a vector whose length is not
+`param_count`, or that holds NaN or an infinity, raises `ValidationError` (a ValueError)
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from sona_store.errors import ConfigError, ValidationError
+
+# Thresholds the reference hard-codes.
+BOUNDARY_MIN_SAMPLES = 50  # boundary detection needs this many samples of the current task
+IMPORTANCE_EPS = np.float32(1e-8)  # a Fisher value at or below this is treated as zero
+VARIANCE_EPS = np.float32(1e-8)  # parameters with var/samples at or below this are skipped
+CURRENT_TASK_WEIGHT = np.float32(0.1)  # the running task's Fisher constrains at a tenth
+LAMBDA_GROWTH_PER_TASK = np.float32(0.1)
+
+
+@dataclass(frozen=True)
+class EwcConfig:
+    """EWC++ settings. `initial_lambda` is SonaConfig.ewc_lambda; `param_count` must equal the
+    length of the gradients fed in (layers * rank * dim for the base LoRA)."""
+
+    param_count: int
+    max_tasks: int = 10
+    initial_lambda: float = 2000.0
+    min_lambda: float = 100.0
+    max_lambda: float = 15000.0
+    fisher_ema_decay: float = 0.999
+    boundary_threshold: float = 2.0
+    gradient_history_size: int = 100  # kept for parity with the reference; no effect here
+
+    def __post_init__(self) -> None:
+        if self.param_count < 1:
+            raise ConfigError(f"param_count must be at least 1, got {self.param_count}")
+        if self.max_tasks < 1:
+            raise ConfigError(f"max_tasks must be at least 1, got {self.max_tasks}")
+        if not 0.0 < self.min_lambda <= self.max_lambda:
+            raise ConfigError(
+                f"need 0 < min_lambda <= max_lambda, got {self.min_lambda}, {self.max_lambda}"
+            )
+        if not 0.0 <= self.fisher_ema_decay <= 1.0:
+            raise ConfigError(f"fisher_ema_decay must be in [0, 1], got {self.fisher_ema_decay}")
+
+
+@dataclass(frozen=True)
+class TaskMemory:
+    """A finished task: its Fisher diagonal and the weights it ended at."""
+
+    task_id: int
+    fisher: np.ndarray  # (param_count,) float32
+    optimal_weights: np.ndarray  # (param_count,) float32
+    importance: float = 1.0
+
+
+@dataclass
+class EwcState:
+    """Everything EWC++ carries between calls. `grad_var` is Welford's running sum of
+    squared deviations (M2), starting at 1 as in the reference, not the variance: the
+    boundary test divides it by `samples_seen`."""
+
+    fisher: np.ndarray  # current task's Fisher diagonal, (param_count,) float32
+    weights: np.ndarray  # current weights, snapshotted into a TaskMemory on a new task
+    grad_mean: np.ndarray
+    grad_var: np.ndarray
+    samples_seen: int
+    task_id: int
+    lambda_: float
+    tasks: tuple[TaskMemory, ...]  # oldest first, at most max_tasks
+
+    @classmethod
+    def initial(cls, config: EwcConfig) -> EwcState:
+        """Fresh state: zero Fisher, weights and mean, var ones, lambda = initial_lambda."""
+        n = config.param_count
+        return cls(
+            fisher=np.zeros(n, dtype=np.float32),
+            weights=np.zeros(n, dtype=np.float32),
+            grad_mean=np.zeros(n, dtype=np.float32),
+            grad_var=np.ones(n, dtype=np.float32),
+            samples_seen=0,
+            task_id=0,
+            lambda_=float(np.float32(config.initial_lambda)),
+            tasks=(),
+        )
+
+
+def _check_vector(v: np.ndarray, expected: int, name: str) -> np.ndarray:
+    """The vector as float32, or ValidationError when its length or values are wrong."""
+    arr = np.asarray(v)
+    if arr.ndim != 1 or arr.shape[0] != expected:
+        actual = arr.shape[0] if arr.ndim == 1 else f"shape {arr.shape}"
+        raise ValidationError(f"expected length {expected} (param_count), got {actual}", field=name)
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValidationError("contains NaN or infinite values", field=name)
+    return arr
+
+
+def validate_state(state: EwcState, config: EwcConfig) -> None:
+    """Raise ValidationError unless every array of `state` has param_count entries and the
+    task ring fits max_tasks; use after restoring a state, and before each operation."""
+    n = config.param_count
+    arrays = {
+        "fisher": state.fisher,
+        "weights": state.weights,
+        "grad_mean": state.grad_mean,
+        "grad_var": state.grad_var,
+    }
+    for i, task in enumerate(state.tasks):
+        arrays[f"tasks[{i}].fisher"] = task.fisher
+        arrays[f"tasks[{i}].optimal_weights"] = task.optimal_weights
+    for name, arr in arrays.items():
+        if np.shape(arr) != (n,):
+            raise ValidationError(f"expected shape ({n},), got {np.shape(arr)}", field=name)
+    if len(state.tasks) > config.max_tasks:
+        raise ValidationError(
+            f"holds {len(state.tasks)} tasks, more than max_tasks={config.max_tasks}",
+            field="tasks",
+        )
+    if state.samples_seen < 0:
+        raise ValidationError(f"negative samples_seen {state.samples_seen}", field="samples_seen")
+
+
+def update_fisher(state: EwcState, g: np.ndarray, config: EwcConfig) -> EwcState:
+    """Fold one gradient into the Fisher EMA, F = decay * F + (1 - decay) * g^2, and into
+    the Welford mean and M2 (n = samples_seen + 1; mean += delta / n;
+    var += delta * (g - new mean)) that boundary detection compares against."""
+    validate_state(state, config)
+    g = _check_vector(g, config.param_count, "gradient")
+    decay = np.float32(config.fisher_ema_decay)
+    fisher = decay * state.fisher + (np.float32(1.0) - decay) * (g * g)
+    n = np.float32(state.samples_seen + 1)
+    delta = g - state.grad_mean
+    mean = state.grad_mean + delta / n
+    var = state.grad_var + delta * (g - mean)
+    return dataclasses.replace(
+        state,
+        fisher=fisher.astype(np.float32),
+        grad_mean=mean.astype(np.float32),
+        grad_var=var.astype(np.float32),
+        samples_seen=state.samples_seen + 1,
+    )
+
+
+def detect_task_boundary(state: EwcState, g: np.ndarray, config: EwcConfig) -> bool:
+    """True when g is far from this task's gradients: fewer than 50 samples never is;
+    otherwise the mean z-score |g - mean| / sqrt(var / samples), over parameters with
+    var / samples > 1e-8, must exceed boundary_threshold (no such parameter: False)."""
+    validate_state(state, config)
+    g = _check_vector(g, config.param_count, "gradient")
+    if state.samples_seen < BOUNDARY_MIN_SAMPLES:
+        return False
+    variance = state.grad_var / np.float32(state.samples_seen)
+    mask = variance > VARIANCE_EPS
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        return False
+    z = np.abs(g[mask] - state.grad_mean[mask]) / np.sqrt(variance[mask])
+    avg_z = np.float32(z.sum(dtype=np.float32)) / np.float32(count)
+    return bool(avg_z > np.float32(config.boundary_threshold))
+
+
+def task_lambda(task_count: int, config: EwcConfig) -> float:
+    """clamp(initial * (1 + 0.1 * task_count), min, max): more tasks, more to protect."""
+    scale = np.float32(1.0) + LAMBDA_GROWTH_PER_TASK * np.float32(task_count)
+    raw = np.float32(config.initial_lambda) * scale
+    lo, hi = np.float32(config.min_lambda), np.float32(config.max_lambda)
+    return float(np.float32(min(max(raw, lo), hi)))
+
+
+def start_new_task(state: EwcState, config: EwcConfig) -> EwcState:
+    """Remember the running task (its Fisher and current weights, importance 1), dropping
+    the oldest past max_tasks; reset Fisher, mean, var and samples; raise lambda."""
+    validate_state(state, config)
+    n = config.param_count
+    memory = TaskMemory(
+        task_id=state.task_id,
+        fisher=state.fisher.astype(np.float32, copy=True),
+        optimal_weights=state.weights.astype(np.float32, copy=True),
+        importance=1.0,
+    )
+    tasks = (*state.tasks, memory)[-config.max_tasks :]
+    return EwcState(
+        fisher=np.zeros(n, dtype=np.float32),
+        weights=state.weights.astype(np.float32, copy=True),
+        grad_mean=np.zeros(n, dtype=np.float32),
+        grad_var=np.ones(n, dtype=np.float32),
+        samples_seen=0,
+        task_id=state.task_id + 1,
+        lambda_=task_lambda(len(tasks), config),
+        tasks=tasks,
+    )
+
+
+def apply_constraints(state: EwcState, g: np.ndarray, config: EwcConfig) -> np.ndarray:
+    """Shrink g where it would move parameters earlier tasks rely on: for each remembered
+    task, where F_task * importance > 1e-8, g /= 1 + lambda * F_task * importance; then,
+    where the current F > 1e-8, g /= 1 + lambda * F * 0.1. Returns a new array."""
+    validate_state(state, config)
+    out = _check_vector(g, config.param_count, "gradient").astype(np.float32, copy=True)
+    lam = np.float32(state.lambda_)
+    one = np.float32(1.0)
+    # One pass per remembered task (at most max_tasks), each vectorised over parameters,
+    # so the factors multiply in the reference's order.
+    for task in state.tasks:
+        importance = task.fisher * np.float32(task.importance)
+        out = np.where(importance > IMPORTANCE_EPS, out * (one / (one + lam * importance)), out)
+    current = state.fisher
+    out = np.where(
+        current > IMPORTANCE_EPS, out * (one / (one + lam * current * CURRENT_TASK_WEIGHT)), out
+    )
+    return out.astype(np.float32, copy=False)
+
+
+def regularization_loss(state: EwcState, w: np.ndarray, config: EwcConfig) -> float:
+    """lambda / 2 * sum over tasks and parameters of importance * F * (w - w*)^2: how far
+    w has drifted from what earlier tasks needed. 0 with no remembered task."""
+    validate_state(state, config)
+    w = _check_vector(w, config.param_count, "weights")
+    if not state.tasks:
+        return 0.0
+    fisher = np.stack([t.fisher for t in state.tasks])
+    optimal = np.stack([t.optimal_weights for t in state.tasks])
+    importance = np.array([t.importance for t in state.tasks], dtype=np.float32)[:, None]
+    diff = w[None, :] - optimal
+    total = np.sum(importance * fisher * diff * diff, dtype=np.float64)
+    return float(np.float32(state.lambda_) * np.float32(total) / np.float32(2.0))
+
+
+def consolidate_all_tasks(state: EwcState, config: EwcConfig) -> EwcState:
+    """Merge the task ring into one task, as the reference does: its Fisher is the
+    importance-weighted mean, its importance the sum, its weights the current ones and
+    its task_id 0. No remembered task: the state is returned unchanged."""
+    validate_state(state, config)
+    if not state.tasks:
+        return state
+    fisher = np.stack([t.fisher for t in state.tasks]).astype(np.float32)
+    importance = np.array([t.importance for t in state.tasks], dtype=np.float32)
+    total = np.float32(importance.sum(dtype=np.float32))
+    merged = np.sum(fisher * importance[:, None], axis=0, dtype=np.float32)
+    if total > 0:
+        merged = merged / total
+    consolidated = TaskMemory(
+        task_id=0,
+        fisher=merged.astype(np.float32),
+        optimal_weights=state.weights.astype(np.float32, copy=True),
+        importance=float(total),
+    )
+    return dataclasses.replace(state, tasks=(consolidated,))
+
+
+def with_weights(state: EwcState, w: np.ndarray) -> EwcState:
+    """The state with its current weights set to (a copy of) w, which must have as many
+    entries as state.weights; call after each LoRA update so the next task snapshot
+    remembers where the task ended."""
+    w = _check_vector(w, int(np.shape(state.weights)[0]), "weights")
+    return dataclasses.replace(state, weights=w.astype(np.float32, copy=True))
+
+
+def ewc_step(
+    state: EwcState, raw_gradient: np.ndarray, config: EwcConfig
+) -> tuple[EwcState, np.ndarray, bool]:
+    """One background cycle's EWC++ work, in the reference's order: constrain the raw
+    gradient (with the state as it was), test the raw gradient for a task boundary, start
+    a new task if so, then fold the constrained gradient into the Fisher.
+    Returns (new state, constrained gradient, boundary detected)."""
+    constrained = apply_constraints(state, raw_gradient, config)
+    boundary = detect_task_boundary(state, raw_gradient, config)
+    if boundary:
+        state = start_new_task(state, config)
+    state = update_fisher(state, constrained, config)
+    return state, constrained, boundary

@@ -96,31 +96,50 @@ class SonaConfig:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.quality_threshold <= 1.0:
-            raise ConfigError(f"quality_threshold must be in [0, 1], got {self.quality_threshold!r}")
+            raise ConfigError(
+                f"quality_threshold must be in [0, 1], got {self.quality_threshold!r}"
+            )
 
     # -- presets (SEED.md table) -------------------------------------------------
 
     @classmethod
     def max_throughput(cls, **overrides: Any) -> SonaConfig:
         return cls._preset(
-            dict(base_lora_rank=4, micro_lora_lr=0.0005, trajectory_capacity=5000,
-                 background_interval_ms=7_200_000, quality_threshold=0.4),
+            dict(
+                base_lora_rank=4,
+                micro_lora_lr=0.0005,
+                trajectory_capacity=5000,
+                background_interval_ms=7_200_000,
+                quality_threshold=0.4,
+            ),
             overrides,
         )
 
     @classmethod
     def max_quality(cls, **overrides: Any) -> SonaConfig:
         return cls._preset(
-            dict(base_lora_rank=16, base_lora_lr=0.001, trajectory_capacity=20_000,
-                 background_interval_ms=1_800_000, quality_threshold=0.2),
+            dict(
+                base_lora_rank=16,
+                base_lora_lr=0.001,
+                trajectory_capacity=20_000,
+                background_interval_ms=1_800_000,
+                quality_threshold=0.2,
+            ),
             overrides,
         )
 
     @classmethod
     def edge_deployment(cls, **overrides: Any) -> SonaConfig:
         return cls._preset(
-            dict(micro_lora_rank=1, base_lora_rank=4, micro_lora_lr=0.001, ewc_lambda=1000.0,
-                 pattern_clusters=50, trajectory_capacity=200, quality_threshold=0.5),
+            dict(
+                micro_lora_rank=1,
+                base_lora_rank=4,
+                micro_lora_lr=0.001,
+                ewc_lambda=1000.0,
+                pattern_clusters=50,
+                trajectory_capacity=200,
+                quality_threshold=0.5,
+            ),
             overrides,
         )
 
@@ -131,17 +150,29 @@ class SonaConfig:
     @classmethod
     def for_ephemeral(cls, **overrides: Any) -> SonaConfig:
         return cls._preset(
-            dict(base_lora_rank=4, ewc_lambda=1000.0, pattern_clusters=50,
-                 trajectory_capacity=500, background_interval_ms=60_000, quality_threshold=0.3),
+            dict(
+                base_lora_rank=4,
+                ewc_lambda=1000.0,
+                pattern_clusters=50,
+                trajectory_capacity=500,
+                background_interval_ms=60_000,
+                quality_threshold=0.3,
+            ),
             overrides,
         )
 
     @classmethod
     def for_coordinator(cls, **overrides: Any) -> SonaConfig:
         return cls._preset(
-            dict(base_lora_rank=16, micro_lora_lr=0.001, base_lora_lr=0.0005,
-                 pattern_clusters=200, trajectory_capacity=50_000,
-                 background_interval_ms=300_000, quality_threshold=0.4),
+            dict(
+                base_lora_rank=16,
+                micro_lora_lr=0.001,
+                base_lora_lr=0.0005,
+                pattern_clusters=200,
+                trajectory_capacity=50_000,
+                background_interval_ms=300_000,
+                quality_threshold=0.4,
+            ),
             overrides,
         )
 
@@ -152,7 +183,9 @@ class SonaConfig:
     # -- serialisation -----------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SonaConfig:

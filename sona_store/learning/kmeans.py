@@ -15,7 +15,9 @@ class KMeansResult:
     iterations: int
 
 
-def _squared_distances(points: np.ndarray, centres: np.ndarray, point_norms: np.ndarray) -> np.ndarray:
+def _squared_distances(
+    points: np.ndarray, centres: np.ndarray, point_norms: np.ndarray
+) -> np.ndarray:
     """(n, k) squared Euclidean distances, expanded as |x|^2 - 2 x.c + |c|^2 in
     float64 so near-ties resolve as the reference's direct float32 sums do."""
     centres64 = centres.astype(np.float64)
@@ -41,7 +43,9 @@ def seed_centres(points: np.ndarray, k: int) -> np.ndarray:
     return chosen
 
 
-def cluster_means(points: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_means(
+    points: np.ndarray, assignments: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean of each cluster's members (zero vector for an empty cluster) and sizes."""
     sizes = np.bincount(assignments, minlength=k)
     sums = np.zeros((k, points.shape[1]), dtype=np.float64)

@@ -1,0 +1,257 @@
+"""One background learning cycle: the reference's Loop B (SEED.md), in one
+database transaction. Either everything a cycle does is committed, or nothing
+of it is and a `failed` record says why."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import traceback
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sona_store.config import SonaConfig
+from sona_store.db import cycles, state, trajectories
+from sona_store.db.engine import mask_url, transaction
+from sona_store.db.locks import acquire_cycle_lock
+from sona_store.db.models import Pattern
+from sona_store.db.types import utcnow
+from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
+from sona_store.learning.background import learn
+from sona_store.learning.patterns import ExtractedPattern, extract_patterns, pattern_gradient
+
+logger = logging.getLogger("sona_store.cycle")
+
+
+class SlotTakenError(SonaStoreError):
+    """Another replica already ran (or is running) the cycle for this slot."""
+
+
+class CycleFailedError(SonaStoreError):
+    """The cycle raised; its work was rolled back and a `failed` record written."""
+
+    def __init__(self, message: str, cycle_id: int | None):
+        super().__init__(message)
+        self.cycle_id = cycle_id
+
+
+def run_cycle(
+    engine: Engine,
+    config: SonaConfig,
+    *,
+    force: bool = False,
+    trigger: str | None = None,
+    actor: str | None = None,
+    scheduled_for: dt.datetime | None = None,
+    wait_for_lock: bool = True,
+) -> cycles.CycleResult:
+    """Run one cycle and return its record. Raises CycleInProgressError when
+    `wait_for_lock` is False and another cycle holds the lock, SlotTakenError
+    when `scheduled_for` already has a cycle, CycleFailedError on any other
+    failure (after writing the failed record)."""
+    trigger = trigger or ("forced" if force else "manual")
+    actor = actor or cycles.default_actor()
+    started_at = utcnow()
+    clock = time.perf_counter()
+    try:
+        with transaction(engine, immediate=True) as session:
+            if not acquire_cycle_lock(session, wait=wait_for_lock):
+                raise CycleInProgressError("another cycle is running on this store")
+            if scheduled_for is not None and cycles.slot_taken(session, scheduled_for):
+                raise SlotTakenError(f"the slot {scheduled_for.isoformat()} already has a cycle")
+            record = _cycle_body(
+                session,
+                config,
+                force=force,
+                trigger=trigger,
+                actor=actor,
+                started_at=started_at,
+                scheduled_for=scheduled_for,
+                clock=clock,
+            )
+        return cycles.CycleResult.from_row(record)
+    except IntegrityError as exc:
+        if scheduled_for is not None and "scheduled_for" in str(exc.orig):
+            raise SlotTakenError(
+                f"the slot {scheduled_for.isoformat()} already has a cycle"
+            ) from exc
+        failure: BaseException = exc
+    except (CycleInProgressError, SlotTakenError, DatabaseUnavailableError):
+        raise
+    except Exception as exc:
+        failure = exc
+    cycle_id = record_failed_cycle(
+        engine,
+        config,
+        trigger=trigger,
+        actor=actor,
+        started_at=started_at,
+        scheduled_for=scheduled_for,
+        error=failure,
+        elapsed=time.perf_counter() - clock,
+    )
+    raise CycleFailedError(f"cycle failed and was rolled back: {failure}", cycle_id) from failure
+
+
+def _cycle_body(
+    session: Session,
+    config: SonaConfig,
+    *,
+    force: bool,
+    trigger: str,
+    actor: str,
+    started_at: dt.datetime,
+    scheduled_for: dt.datetime | None,
+    clock: float,
+) -> cycles.Cycle:
+    # 1. Enforce the minimum. Unlike the reference (defect 1), a skipped cycle
+    #    consumes nothing: its trajectories wait for the next one.
+    pending = trajectories.count_pending(session)
+    skip_reason = None
+    if pending == 0:
+        skip_reason = "no trajectories to process"
+    elif not force and pending < config.min_trajectories:
+        skip_reason = (
+            f"insufficient trajectories ({pending} < {config.min_trajectories} minimum, "
+            "use force to bypass)"
+        )
+    head = state.get_head(session, for_update=True)
+    record = cycles.add_cycle(
+        session,
+        parent_cycle_id=head.cycle_id,
+        trigger=trigger,
+        status="skipped" if skip_reason else "completed",
+        reason=skip_reason,
+        started_at=started_at,
+        config=config.to_dict(),
+        actor=actor,
+        scheduled_for=scheduled_for,
+        base_lora_version_id=head.base_lora_version_id,
+        ewc_state_id=head.ewc_state_id,
+    )
+    if skip_reason:
+        _finish(record, clock)
+        return record
+
+    # 2. Consume the batch; 3. cluster the retention window (batch included).
+    record.trajectories_processed = trajectories.claim_pending(session, record.id)
+    _ids, embeddings, qualities = trajectories.load_window(
+        session, config.retention_window, config.embedding_dim
+    )
+    extracted = extract_patterns(
+        embeddings,
+        qualities,
+        config.pattern_clusters,
+        max_iterations=config.kmeans_max_iterations,
+        convergence=config.kmeans_convergence,
+        min_cluster_size=config.min_cluster_size,
+        quality_threshold=config.pattern_quality_threshold,
+    )
+    _insert_patterns(session, record.id, extracted)
+    record.window_size = len(qualities)
+    record.patterns_extracted = len(extracted)
+
+    # 4-6. Pattern gradient -> EWC++ -> base LoRA, as new immutable versions.
+    step = learn(
+        state.load_base_lora(session, head.base_lora_version_id),
+        state.load_ewc_state(session, head.ewc_state_id),
+        pattern_gradient(extracted, config.embedding_dim),
+        lr=config.base_lora_lr,
+        ewc_lambda=config.ewc_lambda,
+    )
+    if step is not None:
+        record.base_lora_version_id = state.save_base_lora(
+            session,
+            step.lora,
+            parent_id=head.base_lora_version_id,
+            source="cycle",
+            note=f"cycle {record.id}",
+        )
+        record.ewc_state_id = state.save_ewc_state(
+            session, step.ewc_state, parent_id=head.ewc_state_id, task_boundary=step.task_boundary
+        )
+        record.ewc_updated = True
+
+    # 7. The new state becomes current; the record is final.
+    state.move_head(
+        session,
+        head,
+        cycle_id=record.id,
+        base_lora_version_id=record.base_lora_version_id,
+        ewc_state_id=record.ewc_state_id,
+    )
+    _finish(record, clock)
+    return record
+
+
+def _finish(record: cycles.Cycle, clock: float) -> None:
+    record.finished_at = utcnow()
+    record.elapsed_seconds = time.perf_counter() - clock
+
+
+def _insert_patterns(session: Session, cycle_id: int, extracted: list[ExtractedPattern]) -> None:
+    if not extracted:
+        return
+    now = utcnow()
+    session.execute(
+        sa.insert(Pattern),
+        [
+            {
+                "cycle_id": cycle_id,
+                "centroid": p.centroid,
+                "cluster_size": p.cluster_size,
+                "total_weight": p.total_weight,
+                "avg_quality": p.avg_quality,
+                "pattern_type": "general",
+                "access_count": 0,
+                "created_at": now,
+            }
+            for p in extracted
+        ],
+    )
+
+
+def record_failed_cycle(
+    engine: Engine,
+    config: SonaConfig,
+    *,
+    trigger: str,
+    actor: str,
+    started_at: dt.datetime,
+    error: BaseException | str,
+    elapsed: float = 0.0,
+    scheduled_for: dt.datetime | None = None,
+) -> int | None:
+    """Write a `failed` cycle record in a transaction of its own. Returns its id,
+    or None when the database cannot take it either (the caller may retry later)."""
+    text = (
+        error
+        if isinstance(error, str)
+        else "".join(traceback.format_exception_only(type(error), error)).strip()
+    )
+    try:
+        with transaction(engine) as session:
+            head = state.get_head(session)
+            taken = scheduled_for is not None and cycles.slot_taken(session, scheduled_for)
+            record = cycles.add_cycle(
+                session,
+                parent_cycle_id=head.cycle_id,
+                trigger=trigger,
+                status="failed",
+                reason="the cycle raised; nothing of it was kept",
+                error=text,
+                started_at=started_at,
+                finished_at=utcnow(),
+                elapsed_seconds=elapsed,
+                config=config.to_dict(),
+                actor=actor,
+                scheduled_for=None if taken else scheduled_for,
+            )
+            return record.id
+    except Exception as exc:  # the database is down too: report, do not mask the cause
+        logger.warning("could not record the failed cycle in %s: %s", mask_url(engine.url), exc)
+        return None

@@ -1,0 +1,117 @@
+"""Cycle records and the audit log: writing them and reading history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from sona_store.db.models import AuditEvent, Cycle
+from sona_store.db.types import utcnow
+from sona_store.errors import CycleNotFoundError
+
+
+def default_actor() -> str:
+    """Who is acting, for the audit trail: OS user, host and process."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What a cycle did; also one row of `history()`."""
+
+    cycle_id: int | None
+    status: str
+    reason: str | None
+    trajectories_processed: int
+    patterns_extracted: int
+    elapsed: float
+    trigger: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    ewc_updated: bool = False
+    window_size: int = 0
+    error: str | None = None
+    parent_cycle_id: int | None = None
+    scheduled_for: dt.datetime | None = None
+    actor: str | None = None
+    base_lora_version_id: int | None = None
+    ewc_state_id: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Cycle) -> CycleResult:
+        return cls(
+            cycle_id=row.id,
+            status=row.status,
+            reason=row.reason,
+            trajectories_processed=row.trajectories_processed,
+            patterns_extracted=row.patterns_extracted,
+            elapsed=row.elapsed_seconds,
+            trigger=row.trigger,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            ewc_updated=row.ewc_updated,
+            window_size=row.window_size,
+            error=row.error,
+            parent_cycle_id=row.parent_cycle_id,
+            scheduled_for=row.scheduled_for,
+            actor=row.actor,
+            base_lora_version_id=row.base_lora_version_id,
+            ewc_state_id=row.ewc_state_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key, value in out.items():
+            if isinstance(value, dt.datetime):
+                out[key] = value.isoformat()
+        return out
+
+
+def add_cycle(session: Session, **fields: Any) -> Cycle:
+    cycle = Cycle(**fields)
+    session.add(cycle)
+    session.flush()
+    return cycle
+
+
+def get_cycle(session: Session, cycle_id: int, *, for_update: bool = False) -> Cycle:
+    statement = sa.select(Cycle).where(Cycle.id == cycle_id)
+    if for_update:
+        statement = statement.with_for_update()
+    cycle = session.scalars(statement).one_or_none()
+    if cycle is None:
+        raise CycleNotFoundError(f"no cycle with id {cycle_id}")
+    return cycle
+
+
+def slot_taken(session: Session, slot: dt.datetime) -> bool:
+    return session.scalar(sa.select(Cycle.id).where(Cycle.scheduled_for == slot)) is not None
+
+
+def last_cycle(session: Session) -> Cycle | None:
+    return session.scalars(sa.select(Cycle).order_by(Cycle.id.desc()).limit(1)).one_or_none()
+
+
+def history(session: Session, limit: int | None = None) -> list[CycleResult]:
+    statement = sa.select(Cycle).order_by(Cycle.id.desc())
+    if limit is not None:
+        statement = statement.limit(limit)
+    return [CycleResult.from_row(row) for row in session.scalars(statement)]
+
+
+def add_audit(session: Session, *, actor: str, action: str, **fields: Any) -> AuditEvent:
+    event = AuditEvent(actor=actor, action=action, at=utcnow(), **fields)
+    session.add(event)
+    session.flush()
+    return event

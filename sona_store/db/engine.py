@@ -1,0 +1,146 @@
+"""Engines and transactions, with per-dialect settings in one place.
+
+SQLite: WAL (readers do not block the writer), foreign keys on, a busy timeout,
+and transactions begun by us (pysqlite's own BEGIN handling defers it until the
+first write, which would break a cycle's read-then-write snapshot). A write
+transaction that must not interleave with another starts as BEGIN IMMEDIATE.
+PostgreSQL: pre-ping so a restarted server is survived, and a connect timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from sona_store.errors import DatabaseUnavailableError
+
+logger = logging.getLogger("sona_store")
+
+DEFAULT_URL = "sqlite:///sona.db"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5
+IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL as it may appear in logs and messages: password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is shown without anything after '//'
+        text = str(url)
+        return text.split("//", 1)[0] + "//***" if "//" in text else "***"
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Accept plain `postgresql://` URLs and use psycopg 3 for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_store_engine(url: str | URL, **options: Any) -> Engine:
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(parsed, options)
+    elif parsed.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
+        engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
+    else:
+        raise ValueError(
+            f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://"
+        )
+    return engine
+
+
+def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
+    connect_args = {
+        "timeout": SQLITE_BUSY_TIMEOUT_S,
+        "check_same_thread": False,
+        **options.pop("connect_args", {}),
+    }
+    engine = sa.create_engine(url, connect_args=connect_args, **options)
+    in_memory = url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+        from sona_store.db.sqlfunctions import register_sqlite_functions
+
+        register_sqlite_functions(dbapi_connection)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def translate_errors(engine: Engine) -> Iterator[None]:
+    """Turn a lost or refused connection into DatabaseUnavailableError, with the
+    URL's password masked."""
+    try:
+        yield
+    except OperationalError as exc:
+        if _is_connection_problem(exc):
+            raise DatabaseUnavailableError(
+                f"database {mask_url(engine.url)} is unavailable: {_first_line(exc.orig)}"
+            ) from exc
+        raise
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailableError(
+                f"database {mask_url(engine.url)} connection was lost: {_first_line(exc.orig)}"
+            ) from exc
+        raise
+
+
+def _is_connection_problem(exc: OperationalError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower()
+    return any(
+        marker in text
+        for marker in (
+            "connection",
+            "could not connect",
+            "server closed",
+            "terminating",
+            "shutting down",
+            "unable to open database",
+            "the database system is",
+        )
+    )
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc or "").strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Session]:
+    """One unit of work: commits on success, rolls back on any error. With
+    `immediate`, SQLite takes its write lock at BEGIN, so two such transactions
+    never interleave (PostgreSQL callers lock explicitly, see `locks`)."""
+    with translate_errors(engine):
+        bind = engine.execution_options(**{IMMEDIATE: True}) if immediate else engine
+        with Session(bind, expire_on_commit=False) as session, session.begin():
+            yield session

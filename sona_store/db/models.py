@@ -1,0 +1,273 @@
+"""The tables, as SQLAlchemy 2.0 typed models. Column names are plain English so
+that `sqlite3 sona.db` or `psql` users can write SQL against them directly.
+
+History is append-only: cycles, LoRA versions and EWC++ states are never
+rewritten (a cycle's status is the one exception: rollback marks it). What is
+"current" is the single `store_head` row. Large arrays live in `vector_blobs`,
+keyed by their SHA-256, so an unchanged array is stored once however many
+versions refer to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sona_store.db.types import Float32Vector, UtcDateTime, utcnow
+
+# Deterministic constraint names: Alembic's batch mode on SQLite needs them, and
+# they make migrations readable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+CYCLE_TRIGGERS = ("forced", "scheduled", "manual")
+CYCLE_STATUSES = ("completed", "skipped", "failed", "rolled_back")
+LORA_TIERS = ("base", "micro")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        dt.datetime: UtcDateTime(),
+        np.ndarray: Float32Vector(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class StoreSettings(Base):
+    """One row: the configuration the store was created with."""
+
+    __tablename__ = "store_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class VectorBlob(Base):
+    """A float32 array stored once, addressed by the SHA-256 of its bytes."""
+
+    __tablename__ = "vector_blobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    length: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LoraVersion(Base):
+    """One immutable version of a LoRA tier's weights; `parent_id` is the version
+    it was derived from (NULL for the initial one)."""
+
+    __tablename__ = "lora_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tier: Mapped[str] = mapped_column(String(8))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("lora_versions.id"))
+    layers: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)
+    down_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    up_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    source: Mapped[str] = mapped_column(String(16))  # initial, cycle, flush, import
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (
+        CheckConstraint("tier IN ('base', 'micro')", name="tier"),
+        Index("ix_lora_versions_tier_id", "tier", "id"),
+    )
+
+
+class EwcState(Base):
+    """One immutable EWC++ state: current Fisher and weights, gradient statistics,
+    lambda; its remembered tasks are rows of `ewc_task_memory`."""
+
+    __tablename__ = "ewc_states"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("ewc_states.id"))
+    task_id: Mapped[int] = mapped_column(Integer)
+    ewc_lambda: Mapped[float] = mapped_column(Float)
+    samples_seen: Mapped[int] = mapped_column(Integer)
+    task_boundary: Mapped[bool] = mapped_column(Boolean, default=False)
+    fisher_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    weights_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    gradient_mean_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    gradient_var_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class EwcTaskMemory(Base):
+    """A task remembered by an EWC++ state (oldest first by slot). The Fisher and
+    optimal weights are shared blobs: a task carried over costs one small row."""
+
+    __tablename__ = "ewc_task_memory"
+
+    ewc_state_id: Mapped[int] = mapped_column(ForeignKey("ewc_states.id"), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(Integer)
+    importance: Mapped[float] = mapped_column(Float)
+    fisher_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+    weights_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
+
+
+class Cycle(Base):
+    """The audit record of one background learning cycle."""
+
+    __tablename__ = "cycles"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    parent_cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    elapsed_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    trajectories_processed: Mapped[int] = mapped_column(Integer, default=0)
+    window_size: Mapped[int] = mapped_column(Integer, default=0)
+    patterns_extracted: Mapped[int] = mapped_column(Integer, default=0)
+    ewc_updated: Mapped[bool] = mapped_column(Boolean, default=False)
+    config: Mapped[dict[str, Any]]
+    actor: Mapped[str] = mapped_column(String(200))
+    # The slot a scheduled cycle ran for: unique, so two replicas firing for the
+    # same slot produce one cycle. NULL for forced and manual cycles.
+    scheduled_for: Mapped[dt.datetime | None] = mapped_column(unique=True)
+    base_lora_version_id: Mapped[int | None] = mapped_column(ForeignKey("lora_versions.id"))
+    ewc_state_id: Mapped[int | None] = mapped_column(ForeignKey("ewc_states.id"))
+    __table_args__ = (
+        CheckConstraint("trigger IN ('forced', 'scheduled', 'manual')", name="trigger"),
+        CheckConstraint(
+            "status IN ('completed', 'skipped', 'failed', 'rolled_back')", name="status"
+        ),
+        Index("ix_cycles_status_id", "status", "id"),
+    )
+
+
+class Trajectory(Base):
+    """One recorded interaction. `pattern_embedding` is the vector clustering
+    uses, computed once at ingest from the query and steps (it never changes)."""
+
+    __tablename__ = "trajectories"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    query_embedding: Mapped[np.ndarray]
+    pattern_embedding: Mapped[np.ndarray]
+    quality: Mapped[float] = mapped_column(Float)
+    latency_us: Mapped[int | None] = mapped_column(BigInteger)
+    model_route: Mapped[str | None] = mapped_column(String(200))
+    context_ids: Mapped[list[str]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    consumed_by_cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    __table_args__ = (
+        CheckConstraint("quality >= 0 AND quality <= 1", name="quality_range"),
+        # The retention window reads trajectories in (cycle, id) order.
+        Index("ix_trajectories_consumed_by_cycle_id_id", "consumed_by_cycle_id", "id"),
+    )
+
+
+class TrajectoryStep(Base):
+    __tablename__ = "trajectory_steps"
+
+    trajectory_id: Mapped[int] = mapped_column(
+        ForeignKey("trajectories.id", ondelete="CASCADE"), primary_key=True
+    )
+    step_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    activations: Mapped[np.ndarray]
+    attention_weights: Mapped[np.ndarray]
+    reward: Mapped[float] = mapped_column(Float)
+    layer_name: Mapped[str | None] = mapped_column(String(200))
+
+
+class Pattern(Base):
+    """A learned pattern; the patterns of the head cycle are the current ones."""
+
+    __tablename__ = "patterns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), index=True)
+    centroid: Mapped[np.ndarray]
+    cluster_size: Mapped[int] = mapped_column(Integer)
+    total_weight: Mapped[float] = mapped_column(Float)
+    avg_quality: Mapped[float] = mapped_column(Float)
+    pattern_type: Mapped[str] = mapped_column(String(16), default="general")
+    access_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_accessed: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class StoreHead(Base):
+    """One row: what is current. Only cycles, rollbacks, restores, micro-LoRA
+    flushes and imports move it."""
+
+    __tablename__ = "store_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    base_lora_version_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id"))
+    micro_lora_version_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id"))
+    ewc_state_id: Mapped[int] = mapped_column(ForeignKey("ewc_states.id"))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class AuditEvent(Base):
+    """Who moved the head, when, from where to where, and why (rollbacks,
+    restores, imports). Cycles are audit records of their own."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    from_cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    to_cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "Cycle",
+    "EwcState",
+    "EwcTaskMemory",
+    "LoraVersion",
+    "Pattern",
+    "StoreHead",
+    "StoreSettings",
+    "Trajectory",
+    "TrajectoryStep",
+    "VectorBlob",
+]

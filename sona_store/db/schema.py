@@ -1,0 +1,121 @@
+"""The schema is built and upgraded by the Alembic migrations only (never by
+`create_all`), so a fresh database and an upgraded one are the same thing.
+
+The migrations ship inside the wheel as `sona_store/migrations`; in a source
+checkout they are the top-level `migrations/` folder next to `alembic.ini`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+from sona_store.db.engine import IMMEDIATE, mask_url, translate_errors
+from sona_store.errors import SchemaVersionError
+
+VERSION_TABLE = "sona_store_version"
+UPGRADE_LOCK_KEY = 0x50A5_0001  # PostgreSQL advisory lock held while migrating
+
+
+def migrations_dir() -> Path:
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("sona_store's migrations folder is missing from this installation")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _known_revisions() -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def _locked_begin(engine: Engine) -> Connection:
+    connection = engine.execution_options(**{IMMEDIATE: True}).connect()
+    connection.begin()
+    if engine.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": UPGRADE_LOCK_KEY})
+    return connection
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to `revision` in one transaction, serialised between processes."""
+    with translate_errors(engine):
+        connection = _locked_begin(engine)
+        try:
+            command.upgrade(alembic_config(connection), revision)
+            connection.commit()
+        finally:
+            connection.close()
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with translate_errors(engine):
+        connection = _locked_begin(engine)
+        try:
+            command.downgrade(alembic_config(connection), revision)
+            connection.commit()
+        finally:
+            connection.close()
+
+
+def database_revision(engine: Engine) -> str | None:
+    with translate_errors(engine), engine.connect() as connection:
+        return current_revision(connection)
+
+
+def ensure_schema(engine: Engine, *, create: bool = True) -> None:
+    """Create the schema in an empty database; refuse a database at any other
+    revision than this version's head, naming the command that fixes it."""
+    with translate_errors(engine), engine.connect() as connection:
+        current = current_revision(connection)
+        tables = set(sa.inspect(connection).get_table_names())
+    head = head_revision()
+    if current == head:
+        return
+    url = mask_url(engine.url)
+    if current is None:
+        ours = {"cycles", "trajectories", "store_settings"}
+        if tables & ours:
+            raise SchemaVersionError(
+                f"database {url} has sona_store tables but no {VERSION_TABLE} table; "
+                "it was not created by sona_store's migrations"
+            )
+        if not create:
+            raise SchemaVersionError(
+                f"database {url} has no sona_store schema; run: sona-store --url {url} db upgrade"
+            )
+        upgrade(engine)
+        return
+    if current in _known_revisions():
+        raise SchemaVersionError(
+            f"database {url} is at schema revision {current}, this sona_store needs {head}; "
+            f"run: sona-store --url {url} db upgrade"
+        )
+    raise SchemaVersionError(
+        f"database {url} is at schema revision {current}, which this sona_store does not "
+        f"know (it needs {head}); the database was upgraded by a newer sona_store: "
+        "upgrade the sona-store package"
+    )

@@ -1,0 +1,245 @@
+"""SonaStore: the library's front door. It opens (and if empty, creates) a
+store at a database URL and delegates each operation to one module: recording
+to `db.trajectories`, cycles to `cycle`, rollback to `rollback`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sona_store import cycle as cycle_module
+from sona_store.config import SonaConfig
+from sona_store.db import cycles, state, trajectories
+from sona_store.db.cycles import CycleResult
+from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
+from sona_store.db.models import Pattern as PatternRow
+from sona_store.db.models import StoreHead, StoreSettings
+from sona_store.db.schema import ensure_schema
+from sona_store.db.types import utcnow
+from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
+from sona_store.learning.base_lora import initial_base_lora
+from sona_store.learning.ewc import EwcState
+from sona_store.learning.micro_lora import initial_micro_lora
+from sona_store.validation import validate_batch
+
+logger = logging.getLogger("sona_store")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A learned pattern as read back from the store."""
+
+    id: int
+    cycle_id: int
+    centroid: np.ndarray
+    cluster_size: int
+    total_weight: float
+    avg_quality: float
+    pattern_type: str
+    access_count: int
+    last_accessed: dt.datetime | None
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: PatternRow) -> Pattern:
+        return cls(
+            id=row.id,
+            cycle_id=row.cycle_id,
+            centroid=row.centroid,
+            cluster_size=row.cluster_size,
+            total_weight=row.total_weight,
+            avg_quality=row.avg_quality,
+            pattern_type=row.pattern_type,
+            access_count=row.access_count,
+            last_accessed=row.last_accessed,
+            created_at=row.created_at,
+        )
+
+    def similarity(self, query: np.ndarray) -> float:
+        """Cosine similarity; 0 when lengths differ or a norm is under 1e-8."""
+        q = np.asarray(query, dtype=np.float64)
+        c = self.centroid.astype(np.float64)
+        if q.shape != c.shape:
+            return 0.0
+        nq, nc = np.linalg.norm(q), np.linalg.norm(c)
+        if nq < 1e-8 or nc < 1e-8:
+            return 0.0
+        return float(q @ c / (nq * nc))
+
+    def to_dict(self, *, with_centroid: bool = True) -> dict[str, Any]:
+        out = {
+            "id": self.id,
+            "cycle_id": self.cycle_id,
+            "cluster_size": self.cluster_size,
+            "total_weight": self.total_weight,
+            "avg_quality": self.avg_quality,
+            "pattern_type": self.pattern_type,
+            "access_count": self.access_count,
+            "last_accessed": self.last_accessed.isoformat() if self.last_accessed else None,
+            "created_at": self.created_at.isoformat(),
+        }
+        if with_centroid:
+            out["centroid"] = [float(v) for v in self.centroid]
+        return out
+
+
+class SonaStore:
+    """A durable SONA learning store at a database URL.
+
+    An empty database gets the schema and the initial state; an existing one
+    must be at this version's schema revision and have compatible dimensions.
+    `config=None` opens an existing store with the configuration it was created
+    with (or creates one with the defaults).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        config: SonaConfig | None = None,
+        *,
+        create: bool = True,
+        actor: str | None = None,
+        engine: Engine | None = None,
+    ):
+        self.url = url
+        self.engine = engine or create_store_engine(url)
+        self.actor = actor or cycles.default_actor()
+        ensure_schema(self.engine, create=create)
+        self.config = self._load_or_init_config(config)
+
+    # -- opening --------------------------------------------------------------
+
+    def _load_or_init_config(self, config: SonaConfig | None) -> SonaConfig:
+        with transaction(self.engine, immediate=True) as session:
+            settings = session.get(StoreSettings, 1)
+            if settings is not None:
+                stored = SonaConfig.from_dict(settings.config)
+                if config is None:
+                    return stored
+                mismatches = config.shape_mismatches(stored)
+                if mismatches:
+                    raise ConfigError(
+                        f"store {mask_url(self.engine.url)} was created with other dimensions "
+                        f"({'; '.join(mismatches)}); open it with its own configuration"
+                    )
+                return config
+            config = config or SonaConfig()
+            session.add(StoreSettings(id=1, config=config.to_dict(), created_at=utcnow()))
+            self._init_state(session, config)
+            return config
+
+    @staticmethod
+    def _init_state(session: Any, config: SonaConfig) -> None:
+        base = initial_base_lora(config.base_lora_layers, config.base_lora_rank, config.hidden_dim)
+        micro = initial_micro_lora(config.micro_lora_rank, config.hidden_dim)
+        from sona_store.learning.background import ewc_config_for
+
+        ewc = EwcState.initial(ewc_config_for(base.param_count, config.ewc_lambda))
+        session.add(
+            StoreHead(
+                id=1,
+                cycle_id=None,
+                base_lora_version_id=state.save_base_lora(
+                    session, base, parent_id=None, source="initial"
+                ),
+                micro_lora_version_id=state.save_micro_lora(
+                    session, micro, parent_id=None, source="initial"
+                ),
+                ewc_state_id=state.save_ewc_state(session, ewc, parent_id=None),
+                updated_at=utcnow(),
+            )
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> SonaStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SonaStore({mask_url(self.engine.url)!r})"
+
+    # -- recording --------------------------------------------------------------
+
+    def record_trajectories(self, items: Iterable[dict[str, Any]]) -> list[int]:
+        """Validate every item, then insert them all in one transaction; returns
+        their ids in order. A bad item raises ValidationError and writes nothing."""
+        batch = validate_batch(items, self.config)
+        with transaction(self.engine) as session:
+            return trajectories.insert_batch(session, batch)
+
+    # -- cycles -----------------------------------------------------------------
+
+    def run_cycle(self, force: bool = False, *, trigger: str | None = None) -> CycleResult:
+        return cycle_module.run_cycle(
+            self.engine, self.config, force=force, trigger=trigger, actor=self.actor
+        )
+
+    def history(self, limit: int | None = None) -> list[CycleResult]:
+        with transaction(self.engine) as session:
+            return cycles.history(session, limit)
+
+    def cycle(self, cycle_id: int) -> CycleResult:
+        with transaction(self.engine) as session:
+            return CycleResult.from_row(cycles.get_cycle(session, cycle_id))
+
+    # -- patterns ---------------------------------------------------------------
+
+    def patterns(self, cycle_id: int | None = None) -> list[Pattern]:
+        """The patterns a cycle created; None: the current ones (the head cycle's)."""
+        with transaction(self.engine) as session:
+            if cycle_id is None:
+                cycle_id = state.get_head(session).cycle_id
+                if cycle_id is None:
+                    return []
+            else:
+                cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
+            rows = session.scalars(
+                sa.select(PatternRow).where(PatternRow.cycle_id == cycle_id).order_by(PatternRow.id)
+            )
+            return [Pattern.from_row(row) for row in rows]
+
+    def find_patterns(self, query: Any, k: int = 5) -> list[Pattern]:
+        """The k current patterns most similar (cosine) to `query`, best first."""
+        q = np.asarray(query, dtype=np.float64)
+        if q.ndim != 1 or q.size != self.config.embedding_dim or not np.isfinite(q).all():
+            raise ValidationError(
+                f"query must be {self.config.embedding_dim} finite numbers", field="query"
+            )
+        current = self.patterns()
+        if not current or k <= 0:
+            return []
+        matrix = np.stack([p.centroid for p in current]).astype(np.float64)
+        norms = np.linalg.norm(matrix, axis=1) * np.linalg.norm(q)
+        scores = np.where(norms >= 1e-8, matrix @ q / np.where(norms > 0, norms, 1.0), 0.0)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [current[i] for i in order]
+
+    # -- counts -----------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        with transaction(self.engine) as session:
+            return trajectories.count_pending(session)
+
+    def head(self) -> dict[str, int | None]:
+        with transaction(self.engine) as session:
+            head = state.get_head(session)
+            return {
+                "cycle_id": head.cycle_id,
+                "base_lora_version_id": head.base_lora_version_id,
+                "micro_lora_version_id": head.micro_lora_version_id,
+                "ewc_state_id": head.ewc_state_id,
+            }
+
+
+__all__ = ["CycleNotFoundError", "CycleResult", "Pattern", "SonaStore"]

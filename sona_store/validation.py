@@ -1,0 +1,249 @@
+"""Checking trajectories before anything is written.
+
+Input is the JSONL shape of the golden cases (dicts of lists) or the same
+with numpy arrays. A batch is validated whole, into arrays, so a bad item
+anywhere means nothing of the batch reaches the database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sona_store.config import SonaConfig
+from sona_store.errors import ValidationError
+from sona_store.learning.embedding import trajectory_embeddings
+
+TRAJECTORY_FIELDS = {
+    "query_embedding",
+    "steps",
+    "quality",
+    "model_route",
+    "context_ids",
+    "latency_us",
+}
+REQUIRED_TRAJECTORY_FIELDS = ("query_embedding", "quality")
+STEP_FIELDS = {"activations", "attention_weights", "reward", "layer_name", "step_idx"}
+REQUIRED_STEP_FIELDS = ("activations", "reward")
+MAX_TEXT = 200
+
+
+@dataclass
+class TrajectoryBatch:
+    """n validated trajectories and their m steps, as arrays ready to insert."""
+
+    queries: np.ndarray  # (n, embedding_dim) float32
+    qualities: np.ndarray  # (n,) float64
+    latencies: list[int | None]
+    routes: list[str | None]
+    contexts: list[list[str]]
+    step_owner: np.ndarray  # (m,) index into the batch
+    step_index: np.ndarray  # (m,) position within its trajectory
+    activations: np.ndarray  # (m, hidden_dim) float32
+    attention: list[np.ndarray]  # m vectors of any length
+    rewards: np.ndarray  # (m,) float64
+    layer_names: list[str | None]
+    pattern_embeddings: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pattern_embeddings = trajectory_embeddings(
+            self.queries, self.step_owner, self.activations, self.rewards.astype(np.float32)
+        )
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.ndarray:
+    if value is None:
+        raise ValidationError("is missing", index=index, field=name)
+    if isinstance(value, (str, bytes, Mapping)):
+        raise ValidationError(
+            f"must be a list of numbers, got {type(value).__name__}", index=index, field=name
+        )
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(
+            f"must be a list of numbers ({exc})", index=index, field=name
+        ) from None
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        raise ValidationError("must be a flat list of numbers", index=index, field=name)
+    if array.size == 0 and dim != 0:
+        raise ValidationError("is empty", index=index, field=name)
+    if dim is not None and array.size != dim:
+        raise ValidationError(f"has {array.size} values, expected {dim}", index=index, field=name)
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValidationError(
+            "contains NaN or infinity (or a value too large for float32)", index=index, field=name
+        )
+    return array
+
+
+def _number(value: Any, *, index: int | None, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValidationError(
+            f"must be a number, got {type(value).__name__}", index=index, field=name
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValidationError("must be finite", index=index, field=name)
+    return number
+
+
+def _text(value: Any, *, index: int | None, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"must be a string, got {type(value).__name__}", index=index, field=name
+        )
+    if len(value) > MAX_TEXT:
+        raise ValidationError(f"is longer than {MAX_TEXT} characters", index=index, field=name)
+    return value
+
+
+def _check_fields(
+    item: Any, allowed: set[str], required: Iterable[str], *, index: int | None, prefix: str
+) -> None:
+    if not isinstance(item, Mapping):
+        raise ValidationError(
+            f"must be an object, got {type(item).__name__}", index=index, field=prefix or None
+        )
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise ValidationError(
+            f"unknown field(s): {', '.join(unknown)}", index=index, field=prefix or None
+        )
+    for name in required:
+        if name not in item:
+            raise ValidationError("is missing", index=index, field=f"{prefix}{name}")
+
+
+class _BatchBuilder:
+    def __init__(self, config: SonaConfig):
+        self.config = config
+        self.queries: list[np.ndarray] = []
+        self.qualities: list[float] = []
+        self.latencies: list[int | None] = []
+        self.routes: list[str | None] = []
+        self.contexts: list[list[str]] = []
+        self.step_owner: list[int] = []
+        self.step_index: list[int] = []
+        self.activations: list[np.ndarray] = []
+        self.attention: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.layer_names: list[str | None] = []
+
+    def add(self, item: Any, index: int) -> None:
+        cfg = self.config
+        _check_fields(item, TRAJECTORY_FIELDS, REQUIRED_TRAJECTORY_FIELDS, index=index, prefix="")
+        query = _vector(
+            item["query_embedding"], index=index, name="query_embedding", dim=cfg.embedding_dim
+        )
+        quality = _number(item["quality"], index=index, name="quality")
+        if not 0.0 <= quality <= 1.0:
+            raise ValidationError(f"must be in [0, 1], got {quality}", index=index, field="quality")
+        steps = item.get("steps") or []
+        if not isinstance(steps, (list, tuple)):
+            raise ValidationError("must be a list of steps", index=index, field="steps")
+        latency = item.get("latency_us")
+        if latency is not None:
+            latency_value = _number(latency, index=index, name="latency_us")
+            if latency_value < 0 or latency_value != int(latency_value):
+                raise ValidationError(
+                    "must be a non-negative integer", index=index, field="latency_us"
+                )
+            latency = int(latency_value)
+        route = _text(item.get("model_route"), index=index, name="model_route")
+        context = item.get("context_ids") or []
+        if not isinstance(context, (list, tuple)):
+            raise ValidationError("must be a list of strings", index=index, field="context_ids")
+        context = [_text(c, index=index, name="context_ids") for c in context]
+        owner = len(self.queries)
+        parsed_steps = [self._step(step, index, j) for j, step in enumerate(steps)]
+        # Everything of this trajectory is valid: only now does it join the batch.
+        self.queries.append(query)
+        self.qualities.append(quality)
+        self.latencies.append(latency)
+        self.routes.append(route)
+        self.contexts.append(context)
+        for j, (acts, attn, reward, layer) in enumerate(parsed_steps):
+            self.step_owner.append(owner)
+            self.step_index.append(j)
+            self.activations.append(acts)
+            self.attention.append(attn)
+            self.rewards.append(reward)
+            self.layer_names.append(layer)
+
+    def _step(
+        self, step: Any, index: int, j: int
+    ) -> tuple[np.ndarray, np.ndarray, float, str | None]:
+        prefix = f"steps[{j}]."
+        _check_fields(step, STEP_FIELDS, REQUIRED_STEP_FIELDS, index=index, prefix=prefix)
+        acts = _vector(
+            step["activations"],
+            index=index,
+            name=prefix + "activations",
+            dim=self.config.hidden_dim,
+        )
+        attention = step.get("attention_weights")
+        attn = (
+            np.zeros(0, dtype=np.float32)
+            if attention is None or (isinstance(attention, (list, tuple)) and not attention)
+            else _vector(attention, index=index, name=prefix + "attention_weights", dim=None)
+        )
+        reward = _number(step["reward"], index=index, name=prefix + "reward")
+        layer = _text(step.get("layer_name"), index=index, name=prefix + "layer_name")
+        return acts, attn, reward, layer
+
+    def build(self) -> TrajectoryBatch:
+        cfg = self.config
+        m = len(self.step_owner)
+        return TrajectoryBatch(
+            queries=np.stack(self.queries)
+            if self.queries
+            else np.zeros((0, cfg.embedding_dim), np.float32),
+            qualities=np.asarray(self.qualities, dtype=np.float64),
+            latencies=self.latencies,
+            routes=self.routes,
+            contexts=self.contexts,
+            step_owner=np.asarray(self.step_owner, dtype=np.int64),
+            step_index=np.asarray(self.step_index, dtype=np.int64),
+            activations=np.stack(self.activations)
+            if m
+            else np.zeros((0, cfg.hidden_dim), np.float32),
+            attention=self.attention,
+            rewards=np.asarray(self.rewards, dtype=np.float64),
+            layer_names=self.layer_names,
+        )
+
+
+def validate_batch(
+    items: Iterable[Any], config: SonaConfig, *, first_index: int = 0
+) -> TrajectoryBatch:
+    """Validate every item (raising ValidationError naming the first bad one)."""
+    builder = _BatchBuilder(config)
+    for offset, item in enumerate(items):
+        builder.add(item, first_index + offset)
+    return builder.build()
+
+
+def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line; malformed JSON is a
+    ValidationError naming the line."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})"
+            ) from None

@@ -77,11 +77,6 @@ class SonaConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.micro_lora_rank not in (1, 2):
             raise ConfigError(f"micro_lora_rank must be 1 or 2, got {self.micro_lora_rank!r}")
-        if self.base_lora_rank > self.hidden_dim:
-            raise ConfigError(
-                f"base_lora_rank must be at most hidden_dim ({self.hidden_dim}), "
-                f"got {self.base_lora_rank}"
-            )
         non_negative = (
             "micro_lora_lr",
             "base_lora_lr",

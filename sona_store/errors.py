@@ -15,11 +15,21 @@ class ConfigError(SonaStoreError, ValueError):
 class ValidationError(SonaStoreError, ValueError):
     """A trajectory (or other input) is malformed; nothing of its batch was written."""
 
-    def __init__(self, message: str, *, index: int | None = None, field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ):
         self.index = index
         self.field = field
+        self.line = line
         self.message = message
         where = []
+        if line is not None:
+            where.append(f"line {line}")
         if index is not None:
             where.append(f"trajectory {index}")
         if field is not None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.learning.base_lora import initial_base_lora
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import initial_micro_lora
-from sona_store.validation import validate_batch
+from sona_store.validation import read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
 
@@ -113,6 +114,7 @@ class SonaStore:
         self.actor = actor or cycles.default_actor()
         ensure_schema(self.engine, create=create)
         self.config = self._load_or_init_config(config)
+        self.enabled = True
 
     # -- opening --------------------------------------------------------------
 
@@ -178,6 +180,32 @@ class SonaStore:
         with transaction(self.engine) as session:
             return trajectories.insert_batch(session, batch)
 
+    def ingest(
+        self,
+        lines: Iterable[str],
+        *,
+        chunk_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[int]:
+        """Record a JSONL stream in one transaction, validated and written in
+        chunks so a large file is never held in memory whole. A bad line raises
+        ValidationError naming its line number; then nothing of the file is kept."""
+        ids: list[int] = []
+        with transaction(self.engine) as session:
+            for numbered in _chunks(read_jsonl(lines), chunk_size):
+                line_numbers = [number for number, _ in numbered]
+                try:
+                    batch = validate_batch((item for _, item in numbered), self.config)
+                except ValidationError as exc:
+                    line = line_numbers[exc.index] if exc.index is not None else None
+                    raise ValidationError(
+                        exc.message, index=None, field=exc.field, line=line
+                    ) from None
+                ids.extend(trajectories.insert_batch(session, batch))
+                if progress is not None:
+                    progress(len(ids))
+        return ids
+
     # -- cycles -----------------------------------------------------------------
 
     def run_cycle(self, force: bool = False, *, trigger: str | None = None) -> CycleResult:
@@ -231,6 +259,46 @@ class SonaStore:
         with transaction(self.engine) as session:
             return trajectories.count_pending(session)
 
+    def stats(self) -> dict[str, Any]:
+        """The reference's statistics keys, plus the store's own."""
+        from sona_store.db.models import Cycle, EwcTaskMemory, LoraVersion, Trajectory
+
+        count = sa.func.count()
+        with transaction(self.engine) as session:
+            head = state.get_head(session)
+            recorded = trajectories.count_all(session)
+            pending = trajectories.count_pending(session)
+            current = session.scalar(
+                sa.select(count).select_from(PatternRow).where(PatternRow.cycle_id == head.cycle_id)
+            )
+            return {
+                "trajectories_recorded": recorded,
+                "trajectories_buffered": pending,
+                "trajectories_dropped": 0,
+                "buffer_success_rate": 1.0,
+                "patterns_stored": current or 0,
+                "patterns_learned": session.scalar(sa.select(count).select_from(PatternRow)),
+                "ewc_tasks": session.scalar(
+                    sa.select(count)
+                    .select_from(EwcTaskMemory)
+                    .where(EwcTaskMemory.ewc_state_id == head.ewc_state_id)
+                ),
+                "instant_enabled": self.enabled,
+                "background_enabled": self.enabled,
+                "trajectories_consumed": session.scalar(
+                    sa.select(count)
+                    .select_from(Trajectory)
+                    .where(Trajectory.consumed_by_cycle_id.is_not(None))
+                ),
+                "cycles": session.scalar(sa.select(count).select_from(Cycle)),
+                "head_cycle_id": head.cycle_id,
+                "base_lora_version_id": head.base_lora_version_id,
+                "micro_lora_version_id": head.micro_lora_version_id,
+                "lora_versions": session.scalar(sa.select(count).select_from(LoraVersion)),
+                "ewc_state_id": head.ewc_state_id,
+                "database_url": mask_url(self.engine.url),
+            }
+
     def head(self) -> dict[str, int | None]:
         with transaction(self.engine) as session:
             head = state.get_head(session)
@@ -240,6 +308,11 @@ class SonaStore:
                 "micro_lora_version_id": head.micro_lora_version_id,
                 "ewc_state_id": head.ewc_state_id,
             }
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
 
 
 __all__ = ["CycleNotFoundError", "CycleResult", "Pattern", "SonaStore"]

@@ -47,6 +47,7 @@ class CycleResult:
     actor: str | None = None
     base_lora_version_id: int | None = None
     ewc_state_id: int | None = None
+    config: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Cycle) -> CycleResult:
@@ -68,6 +69,7 @@ class CycleResult:
             actor=row.actor,
             base_lora_version_id=row.base_lora_version_id,
             ewc_state_id=row.ewc_state_id,
+            config=row.config,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def lloyd(points: np.ndarray, k: int, max_iterations: int, convergence: float) -
     centres = points[seed_centres(points, k)].copy()
     assignments = np.zeros(len(points), dtype=np.int64)
     iterations = 0
-    for iterations in range(1, max_iterations + 1):
+    while iterations < max_iterations:
+        iterations += 1
         new_assignments = np.argmin(_squared_distances(points64, centres, point_norms), axis=1)
         if np.array_equal(new_assignments, assignments):
             break

@@ -1,0 +1,233 @@
+"""`sona-store`: the command line. Thin: it parses arguments, calls SonaStore or
+the schema runner, and prints. User errors become one line and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url
+from sona_store.errors import SonaStoreError
+
+logger = logging.getLogger("sona_store")
+EXIT_USER_ERROR = 1
+
+
+def _url(args: argparse.Namespace) -> str:
+    return args.url or os.environ.get("SONA_STORE_URL") or DEFAULT_URL
+
+
+def _open(args: argparse.Namespace):  # -> SonaStore (imported lazily: fast --help)
+    from sona_store.store import SonaStore
+
+    return SonaStore(_url(args), create=True, actor=getattr(args, "actor", None))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    text = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in text:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if hasattr(value, "isoformat"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from sona_store.db import schema
+
+    engine = create_store_engine(_url(args))
+    try:
+        if args.db_command == "upgrade":
+            schema.upgrade(engine, args.revision)
+            print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
+        elif args.db_command == "downgrade":
+            schema.downgrade(engine, args.revision)
+            print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
+        else:
+            current = schema.database_revision(engine)
+            head = schema.head_revision()
+            state = "up to date" if current == head else f"needs upgrade to {head}"
+            print(f"{mask_url(engine.url)}: revision {current or '(empty)'} ({state})")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    store = _open(args)
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    show = sys.stderr.isatty() or args.progress
+
+    def progress(count: int) -> None:
+        if show:
+            print(f"\r{count} trajectories read", end="", file=sys.stderr, flush=True)
+
+    try:
+        ids = store.ingest(stream, progress=progress)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+        if show:
+            print(file=sys.stderr)
+    print(f"recorded {len(ids)} trajectories; {store.pending_count()} pending")
+    return 0
+
+
+def cmd_cycle(args: argparse.Namespace) -> int:
+    result = _open(args).run_cycle(force=args.force)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(
+            f"cycle {result.cycle_id}: {result.status}"
+            + (f" ({result.reason})" if result.reason else "")
+            + f"; {result.trajectories_processed} trajectories, "
+            f"{result.patterns_extracted} patterns, {result.elapsed:.3f} s"
+        )
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    records = [r.to_dict() for r in _open(args).history(limit=args.limit)]
+    if args.json:
+        _print_json(records)
+    else:
+        _table(
+            records,
+            [
+                "cycle_id",
+                "started_at",
+                "trigger",
+                "status",
+                "trajectories_processed",
+                "patterns_extracted",
+                "elapsed",
+                "reason",
+            ],
+        )
+    return 0
+
+
+def cmd_patterns(args: argparse.Namespace) -> int:
+    patterns = _open(args).patterns(cycle_id=args.cycle)
+    if args.json:
+        _print_json([p.to_dict() for p in patterns])
+    else:
+        _table(
+            [p.to_dict(with_centroid=False) for p in patterns],
+            ["id", "cycle_id", "cluster_size", "avg_quality", "total_weight", "access_count"],
+        )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = _open(args).stats()
+    if args.json:
+        _print_json(stats)
+    else:
+        for key, value in stats.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sona-store",
+        description="Durable, auditable SONA learning on SQLite or PostgreSQL.",
+    )
+    parser.add_argument(
+        "--url",
+        help=f"database URL (default: $SONA_STORE_URL, else {DEFAULT_URL})",
+    )
+    parser.add_argument("--actor", help="name recorded in the audit trail (default: OS user)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="schema: upgrade, downgrade, current")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="create or upgrade the schema")
+    up.add_argument("revision", nargs="?", default="head")
+    down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data)")
+    down.add_argument("revision")
+    db_sub.add_parser("current", help="show the schema revision")
+    db.set_defaults(func=cmd_db)
+
+    ingest = sub.add_parser("ingest", help="record trajectories from a JSONL file (or -)")
+    ingest.add_argument("file")
+    ingest.add_argument("--progress", action="store_true", help="show progress even when piped")
+    ingest.set_defaults(func=cmd_ingest)
+
+    cycle = sub.add_parser("cycle", help="run one learning cycle now")
+    cycle.add_argument("--force", action="store_true", help="run even under the minimum")
+    cycle.add_argument("--json", action="store_true")
+    cycle.set_defaults(func=cmd_cycle)
+
+    history = sub.add_parser("history", help="cycle records, newest first")
+    history.add_argument("--limit", type=int)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    patterns = sub.add_parser("patterns", help="current patterns, or a cycle's")
+    patterns.add_argument("--cycle", type=int)
+    patterns.add_argument("--json", action="store_true")
+    patterns.set_defaults(func=cmd_patterns)
+
+    stats = sub.add_parser("stats", help="counters of the store")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later modules add their commands here (kept in their own files).
+EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (SonaStoreError, ValueError, LookupError, OSError) as exc:
+        print(f"sona-store: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sona-store: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,9 +38,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         return
     text = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in text:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
 def _cell(value: Any) -> str:
@@ -112,12 +112,12 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    records = [r.to_dict() for r in _open(args).history(limit=args.limit)]
+    records = _open(args).history(limit=args.limit)
     if args.json:
-        _print_json(records)
+        _print_json([r.to_dict() for r in records])
     else:
         _table(
-            records,
+            [dict(r.__dict__) for r in records],
             [
                 "cycle_id",
                 "started_at",
@@ -151,6 +151,67 @@ def cmd_stats(args: argparse.Namespace) -> int:
     else:
         for key, value in stats.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _confirm(args: argparse.Namespace, question: str) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ValueError(f"{question} Refusing without confirmation: add --yes")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = _open(args)
+    target = store.cycle(args.cycle_id)
+    what = "and requeue their trajectories" if args.requeue else "(trajectories stay consumed)"
+    question = (
+        f"Roll back cycle {target.cycle_id} ({target.status}, {target.started_at:%Y-%m-%d %H:%M}) "
+        f"and every later cycle {what}?"
+    )
+    if not _confirm(args, question):
+        print("nothing done")
+        return 0
+    move = store.rollback(args.cycle_id, requeue=args.requeue, reason=args.reason)
+    print(
+        f"rolled back cycles {', '.join(map(str, move.cycles_rolled_back))}; head is now "
+        f"cycle {move.to_cycle_id if move.to_cycle_id is not None else '(initial state)'}"
+        + (f"; {move.trajectories_requeued} trajectories pending again" if args.requeue else "")
+        + f" (audit #{move.audit_id})"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    store = _open(args)
+    if not _confirm(args, f"Make cycle {args.cycle_id}'s state current again?"):
+        print("nothing done")
+        return 0
+    move = store.restore(args.cycle_id, reason=args.reason)
+    print(
+        f"restored cycles {', '.join(map(str, move.cycles_restored))}; head is now cycle "
+        f"{move.to_cycle_id}"
+        + (
+            f"; rolled back {', '.join(map(str, move.cycles_rolled_back))}"
+            if move.cycles_rolled_back
+            else ""
+        )
+        + f" (audit #{move.audit_id})"
+    )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    events = _open(args).audit_log(limit=args.limit)
+    if args.json:
+        _print_json(events)
+    else:
+        _table(
+            events,
+            ["id", "at", "actor", "action", "cycle_id", "from_cycle_id", "to_cycle_id", "reason"],
+        )
     return 0
 
 
@@ -202,6 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="counters of the store")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    for name, func, text in (
+        ("rollback", cmd_rollback, "make current what was current before a cycle"),
+        ("restore", cmd_restore, "make a rolled-back cycle's state current again"),
+    ):
+        move = sub.add_parser(name, help=text)
+        move.add_argument("cycle_id", type=int, metavar="CYCLE")
+        if name == "rollback":
+            move.add_argument(
+                "--requeue", action="store_true", help="make the cycles' trajectories pending again"
+            )
+        move.add_argument("--reason", help="why, for the audit trail")
+        move.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        move.set_defaults(func=func)
+
+    audit = sub.add_parser("audit", help="rollbacks, restores and imports, newest first")
+    audit.add_argument("--limit", type=int)
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
 
     for register in EXTRA_COMMANDS:
         register(sub)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -16,18 +16,23 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sona_store import cycle as cycle_module
+from sona_store import rollback as rollback_module
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
+from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
-from sona_store.db.models import StoreHead, StoreSettings
 from sona_store.db.schema import ensure_schema
+from sona_store.db.state import LoraArrays
 from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
-from sona_store.learning.base_lora import initial_base_lora
+from sona_store.head_cache import HeadCache
+from sona_store.learning import base_lora
+from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import initial_micro_lora
+from sona_store.rollback import HeadMove
 from sona_store.validation import read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
@@ -108,6 +113,7 @@ class SonaStore:
         create: bool = True,
         actor: str | None = None,
         engine: Engine | None = None,
+        head_refresh_seconds: float = 0.5,
     ):
         self.url = url
         self.engine = engine or create_store_engine(url)
@@ -115,6 +121,7 @@ class SonaStore:
         ensure_schema(self.engine, create=create)
         self.config = self._load_or_init_config(config)
         self.enabled = True
+        self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
 
     # -- opening --------------------------------------------------------------
 
@@ -209,9 +216,103 @@ class SonaStore:
     # -- cycles -----------------------------------------------------------------
 
     def run_cycle(self, force: bool = False, *, trigger: str | None = None) -> CycleResult:
-        return cycle_module.run_cycle(
-            self.engine, self.config, force=force, trigger=trigger, actor=self.actor
-        )
+        try:
+            return cycle_module.run_cycle(
+                self.engine, self.config, force=force, trigger=trigger, actor=self.actor
+            )
+        finally:
+            self._cache.invalidate()
+
+    # -- rollback -----------------------------------------------------------------
+
+    def rollback(
+        self,
+        cycle_id: int,
+        requeue: bool = False,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> HeadMove:
+        """Restore the LoRA weights, EWC++ state and patterns that were current
+        before `cycle_id`; that cycle and every later one become rolled_back."""
+        try:
+            return rollback_module.rollback(
+                self.engine, cycle_id, actor=actor or self.actor, reason=reason, requeue=requeue
+            )
+        finally:
+            self._cache.invalidate()
+
+    def restore(
+        self, cycle_id: int, *, reason: str | None = None, actor: str | None = None
+    ) -> HeadMove:
+        """Make a rolled-back cycle's state current again."""
+        try:
+            return rollback_module.restore(
+                self.engine, cycle_id, actor=actor or self.actor, reason=reason
+            )
+        finally:
+            self._cache.invalidate()
+
+    def audit_log(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rollbacks, restores and imports, newest first."""
+        with transaction(self.engine) as session:
+            statement = sa.select(AuditEvent).order_by(AuditEvent.id.desc())
+            if limit is not None:
+                statement = statement.limit(limit)
+            return [
+                {
+                    "id": e.id,
+                    "at": e.at,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "cycle_id": e.cycle_id,
+                    "from_cycle_id": e.from_cycle_id,
+                    "to_cycle_id": e.to_cycle_id,
+                    "reason": e.reason,
+                    "details": e.details,
+                }
+                for e in session.scalars(statement)
+            ]
+
+    # -- learned state --------------------------------------------------------------
+
+    def _read_head_pointers(self) -> tuple[int | None, int, int, int]:
+        with transaction(self.engine) as session:
+            h = state.get_head(session)
+            return (h.cycle_id, h.base_lora_version_id, h.micro_lora_version_id, h.ewc_state_id)
+
+    def lora_state(self, version: int | None = None, tier: str = "base") -> LoraArrays:
+        """A LoRA version's weights as numpy arrays ((layers, rank, dim) down and
+        up); None: the current version of `tier`."""
+        with transaction(self.engine) as session:
+            if version is None:
+                head = state.get_head(session)
+                version = (
+                    head.base_lora_version_id if tier == "base" else head.micro_lora_version_id
+                )
+            return state.load_lora(session, version)
+
+    def ewc_state(self, state_id: int | None = None) -> EwcState:
+        """An EWC++ state (None: the current one)."""
+        with transaction(self.engine) as session:
+            if state_id is None:
+                state_id = state.get_head(session).ewc_state_id
+            return state.load_ewc_state(session, state_id)
+
+    def _current_base_lora(self) -> BaseLoraWeights:
+        def load(head: tuple[Any, ...]) -> BaseLoraWeights:
+            with transaction(self.engine) as session:
+                return state.load_base_lora(session, head[1])
+
+        return self._cache.get("base_lora", load)
+
+    def apply_base_lora(self, layer_idx: int, x: Any) -> np.ndarray:
+        """x + delta through base-LoRA layer `layer_idx` of the current version."""
+        weights = self._current_base_lora()
+        vector = np.asarray(x, dtype=np.float32)
+        if vector.shape[-1:] != (weights.dim,) or not np.isfinite(vector).all():
+            raise ValidationError(f"x must have {weights.dim} finite values", field="x")
+        return base_lora.forward(weights, layer_idx, vector)
 
     def history(self, limit: int | None = None) -> list[CycleResult]:
         with transaction(self.engine) as session:

@@ -31,6 +31,7 @@ REQUIRED_TRAJECTORY_FIELDS = ("query_embedding", "quality")
 STEP_FIELDS = {"activations", "attention_weights", "reward", "layer_name", "step_idx"}
 REQUIRED_STEP_FIELDS = ("activations", "reward")
 MAX_TEXT = 200
+MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
 
 
 @dataclass
@@ -74,11 +75,15 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
         ) from None
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ValidationError("must be a flat list of numbers", index=index, field=name)
+    if not isinstance(value, np.ndarray) and any(isinstance(v, (bool, np.bool_)) for v in value):
+        # numpy reads [0.5, True] as [0.5, 1.0]: a bool is not a number here.
+        raise ValidationError("must be a flat list of numbers, got a bool", index=index, field=name)
     if array.size == 0 and dim != 0:
         raise ValidationError("is empty", index=index, field=name)
     if dim is not None and array.size != dim:
         raise ValidationError(f"has {array.size} values, expected {dim}", index=index, field=name)
-    array = array.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise ValidationError(
             "contains NaN or infinity (or a value too large for float32)", index=index, field=name
@@ -91,7 +96,10 @@ def _number(value: Any, *, index: int | None, name: str) -> float:
         raise ValidationError(
             f"must be a number, got {type(value).__name__}", index=index, field=name
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise ValidationError("must be finite", index=index, field=name) from None
     if not math.isfinite(number):
         raise ValidationError("must be finite", index=index, field=name)
     return number
@@ -112,14 +120,15 @@ def _text(value: Any, *, index: int | None, name: str) -> str | None:
 def _check_fields(
     item: Any, allowed: set[str], required: Iterable[str], *, index: int | None, prefix: str
 ) -> None:
+    where = prefix.rstrip(".") or None  # "steps[0]", or None for the trajectory itself
     if not isinstance(item, Mapping):
         raise ValidationError(
-            f"must be an object, got {type(item).__name__}", index=index, field=prefix or None
+            f"must be an object, got {type(item).__name__}", index=index, field=where
         )
-    unknown = sorted(set(item) - allowed)
+    unknown = sorted(set(item) - allowed, key=str)
     if unknown:
         raise ValidationError(
-            f"unknown field(s): {', '.join(unknown)}", index=index, field=prefix or None
+            f"unknown field(s): {', '.join(map(str, unknown))}", index=index, field=where
         )
     for name in required:
         if name not in item:
@@ -150,20 +159,25 @@ class _BatchBuilder:
         quality = _number(item["quality"], index=index, name="quality")
         if not 0.0 <= quality <= 1.0:
             raise ValidationError(f"must be in [0, 1], got {quality}", index=index, field="quality")
-        steps = item.get("steps") or []
+        steps = item.get("steps")
+        steps = [] if steps is None else steps
         if not isinstance(steps, (list, tuple)):
             raise ValidationError("must be a list of steps", index=index, field="steps")
         latency = item.get("latency_us")
         if latency is not None:
             latency_value = _number(latency, index=index, name="latency_us")
-            if latency_value < 0 or latency_value != int(latency_value):
+            if latency_value != int(latency_value):
+                raise ValidationError("must be an integer", index=index, field="latency_us")
+            # An int keeps its exact value (a float cannot hold every 64-bit one).
+            latency = int(latency) if isinstance(latency, (int, np.integer)) else int(latency_value)
+            if not 0 <= latency <= MAX_LATENCY_US:
                 raise ValidationError(
-                    "must be a non-negative integer", index=index, field="latency_us"
+                    f"must be in [0, {MAX_LATENCY_US}]", index=index, field="latency_us"
                 )
-            latency = int(latency_value)
         route = _text(item.get("model_route"), index=index, name="model_route")
-        context = item.get("context_ids") or []
-        if not isinstance(context, (list, tuple)):
+        context = item.get("context_ids")
+        context = [] if context is None else context
+        if not isinstance(context, (list, tuple)) or any(c is None for c in context):
             raise ValidationError("must be a list of strings", index=index, field="context_ids")
         context = [_text(c, index=index, name="context_ids") for c in context]
         owner = len(self.queries)
@@ -200,6 +214,13 @@ class _BatchBuilder:
             else _vector(attention, index=index, name=prefix + "attention_weights", dim=None)
         )
         reward = _number(step["reward"], index=index, name=prefix + "reward")
+        step_idx = step.get("step_idx")  # informational: the position in `steps` is used
+        if step_idx is not None and (
+            isinstance(step_idx, bool) or not isinstance(step_idx, int) or step_idx < 0
+        ):
+            raise ValidationError(
+                "must be a non-negative integer", index=index, field=prefix + "step_idx"
+            )
         layer = _text(step.get("layer_name"), index=index, name=prefix + "layer_name")
         return acts, attn, reward, layer
 

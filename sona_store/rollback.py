@@ -1,0 +1,210 @@
+"""Rollback and restore: moving the head, never rewriting history.
+
+Invariant: a cycle is `completed` exactly when it lies on the current line of
+history (the head cycle and its ancestors); the ones cut off are
+`rolled_back`. Rolling back cycle C makes C's parent state current and cuts C
+and every later completed cycle off; restoring X makes X's state current
+again and cuts off whatever the current line has that X's does not. Both run
+under the cycle lock in one transaction and append an audit row, like a git
+reflog: every earlier head stays reachable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from sona_store.db import cycles, state, trajectories
+from sona_store.db.engine import transaction
+from sona_store.db.locks import acquire_cycle_lock
+from sona_store.db.models import Cycle, LoraVersion, StoreHead
+from sona_store.db.models import EwcState as EwcStateRow
+from sona_store.errors import RollbackError
+
+
+@dataclass(frozen=True)
+class HeadMove:
+    """What a rollback or restore did."""
+
+    audit_id: int
+    action: str
+    cycle_id: int
+    from_cycle_id: int | None
+    to_cycle_id: int | None
+    cycles_rolled_back: list[int] = field(default_factory=list)
+    cycles_restored: list[int] = field(default_factory=list)
+    trajectories_requeued: int = 0
+
+
+def _state_before(session: Session, cycle: Cycle) -> tuple[int, int]:
+    """The base-LoRA version and EWC++ state that were current when `cycle` began:
+    the parents of what it wrote, or what it referenced if it learned nothing."""
+    if not cycle.ewc_updated:
+        return cycle.base_lora_version_id, cycle.ewc_state_id
+    lora_parent = session.get(LoraVersion, cycle.base_lora_version_id).parent_id
+    ewc_parent = session.get(EwcStateRow, cycle.ewc_state_id).parent_id
+    return lora_parent, ewc_parent
+
+
+def _pointers(head: StoreHead) -> dict[str, int | None]:
+    return {
+        "cycle_id": head.cycle_id,
+        "base_lora_version_id": head.base_lora_version_id,
+        "ewc_state_id": head.ewc_state_id,
+    }
+
+
+def _refuse_unless(cycle: Cycle, wanted: str, action: str) -> None:
+    if cycle.status == wanted:
+        return
+    if cycle.status in ("skipped", "failed"):
+        raise RollbackError(
+            f"cycle {cycle.id} was {cycle.status}: it changed nothing, so there is nothing to {action}"
+        )
+    if action == "roll back":
+        raise RollbackError(
+            f"cycle {cycle.id} is already rolled back; use restore to bring it back"
+        )
+    raise RollbackError(
+        f"cycle {cycle.id} is already current (on the head's line); nothing to restore"
+    )
+
+
+def rollback(
+    engine: Engine,
+    cycle_id: int,
+    *,
+    actor: str,
+    reason: str | None = None,
+    requeue: bool = False,
+) -> HeadMove:
+    """Make current what was current before `cycle_id`; mark it and every later
+    completed cycle rolled back. With `requeue`, their trajectories become
+    pending again; otherwise they stay consumed by the rolled-back cycles, out
+    of every future window."""
+    with transaction(engine, immediate=True) as session:
+        acquire_cycle_lock(session, wait=True)
+        cycle = cycles.get_cycle(session, cycle_id, for_update=True)
+        _refuse_unless(cycle, "completed", "roll back")
+        head = state.get_head(session, for_update=True)
+        before = _pointers(head)
+        cut = list(
+            session.scalars(
+                sa.select(Cycle.id)
+                .where(Cycle.status == "completed", Cycle.id >= cycle.id)
+                .order_by(Cycle.id)
+            )
+        )
+        session.execute(
+            sa.update(Cycle)
+            .where(Cycle.id.in_(cut))
+            .values(status="rolled_back")
+            .execution_options(synchronize_session=False)
+        )
+        requeued = trajectories.requeue(session, cut) if requeue else 0
+        lora_id, ewc_id = _state_before(session, cycle)
+        state.move_head(
+            session,
+            head,
+            cycle_id=cycle.parent_cycle_id,
+            base_lora_version_id=lora_id,
+            ewc_state_id=ewc_id,
+        )
+        event = cycles.add_audit(
+            session,
+            actor=actor,
+            action="rollback",
+            cycle_id=cycle.id,
+            from_cycle_id=before["cycle_id"],
+            to_cycle_id=head.cycle_id,
+            reason=reason,
+            details={
+                "from": before,
+                "to": _pointers(head),
+                "cycles_rolled_back": cut,
+                "requeue": requeue,
+                "trajectories_requeued": requeued,
+            },
+        )
+        return HeadMove(
+            audit_id=event.id,
+            action="rollback",
+            cycle_id=cycle.id,
+            from_cycle_id=before["cycle_id"],
+            to_cycle_id=head.cycle_id,
+            cycles_rolled_back=cut,
+            trajectories_requeued=requeued,
+        )
+
+
+def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = None) -> HeadMove:
+    """Make a rolled-back cycle's state current again (undoing a rollback)."""
+    with transaction(engine, immediate=True) as session:
+        acquire_cycle_lock(session, wait=True)
+        target = cycles.get_cycle(session, cycle_id, for_update=True)
+        _refuse_unless(target, "rolled_back", "restore")
+        head = state.get_head(session, for_update=True)
+        before = _pointers(head)
+        # Walk up from the target to where it joins the current line.
+        chain = [target]
+        fork = target.parent_cycle_id
+        while fork is not None:
+            parent = session.get(Cycle, fork)
+            if parent.status == "completed":
+                break
+            chain.append(parent)
+            fork = parent.parent_cycle_id
+        cut = list(
+            session.scalars(
+                sa.select(Cycle.id)
+                .where(Cycle.status == "completed", Cycle.id > (fork or 0))
+                .order_by(Cycle.id)
+            )
+        )
+        restored = sorted(c.id for c in chain)
+        session.execute(
+            sa.update(Cycle)
+            .where(Cycle.id.in_(cut))
+            .values(status="rolled_back")
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            sa.update(Cycle)
+            .where(Cycle.id.in_(restored))
+            .values(status="completed")
+            .execution_options(synchronize_session=False)
+        )
+        state.move_head(
+            session,
+            head,
+            cycle_id=target.id,
+            base_lora_version_id=target.base_lora_version_id,
+            ewc_state_id=target.ewc_state_id,
+        )
+        event = cycles.add_audit(
+            session,
+            actor=actor,
+            action="restore",
+            cycle_id=target.id,
+            from_cycle_id=before["cycle_id"],
+            to_cycle_id=target.id,
+            reason=reason,
+            details={
+                "from": before,
+                "to": _pointers(head),
+                "cycles_rolled_back": cut,
+                "cycles_restored": restored,
+            },
+        )
+        return HeadMove(
+            audit_id=event.id,
+            action="restore",
+            cycle_id=target.id,
+            from_cycle_id=before["cycle_id"],
+            to_cycle_id=target.id,
+            cycles_rolled_back=cut,
+            cycles_restored=restored,
+        )

@@ -1,0 +1,203 @@
+"""python -m benchmarks [--quick] [--url URL] [--seed-engine PATH] [--output FILE]
+
+Runs every benchmark on SQLite (and on PostgreSQL with --url), the reference on
+the same workload when node and @ruvector/sona are available, prints one table
+and writes the results as JSON. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import calls, cycle, ingest, reference, rollback
+from benchmarks.backends import Backend, PostgresBackend, SqliteBackend
+from benchmarks.plan import FULL, QUICK, Plan
+from benchmarks.report import Figure, table, write_json
+from benchmarks.timing import progress
+from benchmarks.workload import make_workload
+
+DEFAULT_OUTPUT = reference.REPO_ROOT / "benchmarks" / "results" / "latest.json"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--url", help="PostgreSQL server URL: also run on a fresh database there")
+    parser.add_argument(
+        "--seed-engine",
+        metavar="PATH_TO_NODE_MODULES",
+        help="node_modules holding @ruvector/sona@0.1.8 (default: $NODE_PATH)",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
+    return parser.parse_args(argv)
+
+
+def run_backend(
+    backend: Backend, plan: Plan, ref: reference.ReferenceResult, errors: list[str]
+) -> list[Figure]:
+    figures: list[Figure] = []
+
+    def section(name: str, body: Callable[[], list[Figure]]) -> None:
+        try:
+            figures.extend(body())
+        except Exception:  # report and go on: one broken section must not hide the rest
+            text = traceback.format_exc()
+            errors.append(f"{backend.name} {name}: {text.strip().splitlines()[-1]}")
+            progress(f"{backend.name} {name} FAILED:\n{text}")
+
+    sizes = sorted({plan.cycle_n, *plan.scaling.values()})
+    templates: dict[int, str] = {}
+    for n in sizes:
+        progress(f"{backend.name}: preparing a store of {n:,} trajectories")
+        templates[n] = cycle.prepare(backend, n)
+
+    cycled: list[str] = []
+    known: dict[int, list[float]] = {}
+
+    def cycle_section() -> list[Figure]:
+        run = cycle.bench_cycle(backend, templates[plan.cycle_n], plan.cycle_n, plan.cycle_reps)
+        cycled.append(run.cycled_url)
+        known[plan.cycle_n] = run.figure.reps
+        f = run.figure.compare(ref.median("cycle_s"))
+        return [f.check(">= 10x reference", None if f.ratio is None else f.ratio >= 10)]
+
+    section("cycle", cycle_section)
+    section(
+        "scaling",
+        lambda: cycle.bench_scaling(backend, plan.scaling, templates, plan.scaling_reps, known),
+    )
+    for url in templates.values():
+        backend.drop(url)
+
+    def ingest_section() -> list[Figure]:
+        out = ingest.bench_ingest(
+            backend, make_workload(plan.cycle_n), plan.single_n, plan.ingest_reps
+        )
+        for f in out:
+            if f.name == "ingest_batched_per_s":
+                f.compare(ref.median("record_per_s"))
+                f.check(">= reference", None if f.ratio is None else f.ratio >= 1)
+            elif f.name == "ingest_single_per_s":
+                f.compare(ref.median("record_per_s"))
+        return out
+
+    section("ingest", ingest_section)
+
+    def calls_section() -> list[Figure]:
+        if not cycled:
+            raise RuntimeError("no cycled store (the cycle benchmark failed)")
+        probe = make_workload(1).queries[0].astype(np.float32)
+        out = calls.bench_calls(
+            backend.name, cycled[0], probe, plan.call_reps, plan.call_min_seconds
+        )
+        for f in out:
+            key = {"micro_lora_us": "micro_lora_us", "find_patterns_us": "find_patterns_us"}
+            if f.name in key and f.ours is not None:
+                f.compare(ref.median(key[f.name]))
+                f.check(">= 5x reference", None if f.ratio is None else f.ratio >= 5)
+        return out
+
+    section("calls", calls_section)
+    for url in cycled:
+        backend.drop(url)
+    section(
+        "rollback",
+        lambda: rollback.bench_rollback(
+            backend, plan.rollback_short, plan.rollback_long, plan.rollback_reps
+        ),
+    )
+    return figures
+
+
+def machine() -> dict[str, Any]:
+    def command(*args: str) -> str:
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=10)
+            return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    lscpu = command("lscpu").splitlines()
+    root = str(reference.REPO_ROOT)
+    return {
+        "nproc": command("nproc") or str(os.cpu_count()),
+        "cpu_model": next(
+            (line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")),
+            platform.processor(),
+        ),
+        "lscpu_head": lscpu[:10],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "node": command("node", "--version"),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "git_commit": command("git", "-C", root, "rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(command("git", "-C", root, "status", "--porcelain", "sona_store")),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = QUICK if args.quick else FULL
+    started = dt.datetime.now(dt.timezone.utc)
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="sona_bench_") as scratch:
+        jsonl = Path(scratch) / f"workload_{plan.cycle_n}.jsonl"
+        make_workload(plan.cycle_n).write_jsonl(jsonl)
+        progress(f"workload: {plan.cycle_n:,} trajectories -> {jsonl.name}")
+        ref = reference.check(args.seed_engine)
+        if ref.available:
+            progress(f"reference: {plan.reference_reps} run(s) of seed_bench.js")
+            ref = reference.run(jsonl, cycle.CLUSTERS, args.seed_engine, plan.reference_reps)
+        progress(ref.message if not ref.available else f"reference: {ref.median('cycle_s')} s")
+
+        figures: list[Figure] = []
+        backends: list[Callable[[], Backend]] = [SqliteBackend]
+        if args.url:
+            backends.append(lambda: PostgresBackend(args.url))
+        for make in backends:
+            try:
+                backend = make()
+            except Exception as exc:
+                errors.append(f"backend: {exc}")
+                progress(f"backend unavailable: {exc}")
+                continue
+            try:
+                figures.extend(run_backend(backend, plan, ref, errors))
+            finally:
+                backend.close()
+
+    payload = {
+        "generated_at": started.isoformat(),
+        "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
+        "quick": args.quick,
+        "plan": plan.to_dict(),
+        "machine": machine(),
+        "reference": ref.summary(),
+        "errors": errors,
+    }
+    write_json(args.output, payload, figures)
+    print(table(figures))
+    print(f"\nreference: {ref.message}")
+    for error in errors:
+        print(f"ERROR {error}")
+    print(f"results: {args.output} ({payload['seconds']:.0f} s)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

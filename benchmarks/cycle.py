@@ -1,0 +1,190 @@
+"""Benchmarks 1 and 2: the whole forced cycle, and how it scales (time, peak RSS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from benchmarks.backends import Backend
+from benchmarks.reference import REPO_ROOT
+from benchmarks.report import Figure
+from benchmarks.timing import median, progress, timed
+from benchmarks.workload import iter_chunks
+from sona_store import SonaConfig, SonaStore
+
+DIM = 256
+CLUSTERS = 100
+MIB_PER_GIB = 1024
+
+
+def cycle_config(n: int) -> SonaConfig:
+    """The defaults (256 dims, 100 clusters), with the retention window raised to hold n."""
+    return SonaConfig(
+        hidden_dim=DIM,
+        pattern_clusters=CLUSTERS,
+        retention_window=max(n, 10_000),
+        trajectory_capacity=max(n, 10_000),
+    )
+
+
+def prepare(backend: Backend, n: int) -> str:
+    """A store holding n pending trajectories (recorded in batches of 1000), closed."""
+    url = backend.new_url(f"prep{n}")
+    store = SonaStore(url, cycle_config(n))
+    try:
+        for chunk in iter_chunks(n, DIM, topics=CLUSTERS):
+            store.record_trajectories(chunk.array_items())
+    finally:
+        store.close()
+    return url
+
+
+def _one_cycle(url: str) -> float:
+    store = SonaStore(url)
+    try:
+        result = None
+
+        def run() -> None:
+            nonlocal result
+            result = store.run_cycle(force=True)
+
+        seconds = timed(run)
+        if result is None or result.status != "completed" or not result.patterns_extracted:
+            raise RuntimeError(f"the benchmark cycle did not complete: {result}")
+        return seconds
+    finally:
+        store.close()
+
+
+@dataclass
+class CycleRun:
+    figure: Figure
+    cycled_url: str  # a store after one cycle (for the per-call benchmarks); caller drops it
+
+
+def bench_cycle(backend: Backend, template: str, n: int, reps: int) -> CycleRun:
+    """Median over `reps` of store.run_cycle(force=True), each on a fresh clone."""
+    times: list[float] = []
+    kept = ""
+    for rep in range(reps):
+        url = backend.clone(template, f"cycle{rep}")
+        times.append(_one_cycle(url))
+        if kept:
+            backend.drop(kept)
+        kept = url
+        progress(f"{backend.name} cycle n={n} rep {rep + 1}/{reps}: {times[-1]:.3f} s")
+    figure = Figure(
+        name="cycle_s",
+        backend=backend.name,
+        label=f"cycle {n // 1000}k x {DIM}d -> {CLUSTERS} clusters",
+        unit="s",
+        ours=median(times),
+        reps=times,
+        details={"trajectories": n, "dim": DIM, "clusters": CLUSTERS},
+    )
+    return CycleRun(figure, kept)
+
+
+def _worker(url: str) -> dict[str, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", url],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cycle worker failed: {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_scaling(
+    backend: Backend,
+    sizes: dict[str, int],
+    templates: dict[int, str],
+    reps: int,
+    known: dict[int, list[float]] | None = None,
+) -> list[Figure]:
+    """For each size: the cycle's time (in this process, warm, a fresh clone per
+    rep; `known` reuses timings already taken for a size) and its peak RSS (a
+    fresh process per rep, since ru_maxrss is a per-process high-water mark).
+    `sizes` maps a role (small, mid, large) to n; `templates` maps n to a prepared store."""
+    figures: list[Figure] = []
+    medians: dict[str, float] = {}
+    for role, n in sizes.items():
+        seconds = list((known or {}).get(n, []))
+        for rep in range(len(seconds), reps):
+            url = backend.clone(templates[n], f"scale{n}_{rep}")
+            try:
+                seconds.append(_one_cycle(url))
+            finally:
+                backend.drop(url)
+            progress(f"{backend.name} scaling n={n} rep {rep + 1}/{reps}: {seconds[-1]:.3f} s")
+        runs = []
+        for rep in range(reps):
+            url = backend.clone(templates[n], f"rss{n}_{rep}")
+            try:
+                runs.append(_worker(url))
+            finally:
+                backend.drop(url)
+            progress(
+                f"{backend.name} scaling n={n} process {rep + 1}/{reps}: "
+                f"peak {runs[-1]['peak_rss_mb']:.0f} MiB (after opening: "
+                f"{runs[-1]['baseline_rss_mb']:.0f} MiB)"
+            )
+        peaks = [r["peak_rss_mb"] for r in runs]
+        medians[role] = median(seconds)
+        details = {
+            "trajectories": n,
+            "baseline_rss_mb": median([r["baseline_rss_mb"] for r in runs]),
+            "cold_process_seconds": median([r["seconds"] for r in runs]),
+            "window_size": runs[0]["window_size"],
+            "patterns": runs[0]["patterns"],
+        }
+        figures.append(
+            Figure(
+                name=f"scaling_{role}_s",
+                backend=backend.name,
+                label=f"cycle scaling {_k(n)}: time",
+                unit="s",
+                ours=medians[role],
+                reps=seconds,
+                details=details,
+            )
+        )
+        rss = Figure(
+            name=f"scaling_{role}_rss_mb",
+            backend=backend.name,
+            label=f"cycle scaling {_k(n)}: peak RSS",
+            unit="MiB",
+            ours=median(peaks),
+            reps=peaks,
+            details=details,
+        )
+        if role == "large":
+            rss.check("< 1 GiB", rss.ours is not None and rss.ours < MIB_PER_GIB)
+        figures.append(rss)
+    mid, large = sizes["mid"], sizes["large"]
+    growth = medians["large"] / medians["mid"]
+    limit = large / mid
+    figures.append(
+        Figure(
+            name="scaling_growth_x",
+            backend=backend.name,
+            label=f"cycle time {_k(large)} / {_k(mid)}",
+            unit="x",
+            ours=growth,
+            details={"linear": limit},
+        ).check(f"<= {limit:g} (linear)", growth <= limit)
+    )
+    return figures
+
+
+def _k(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)

@@ -1,0 +1,186 @@
+"""Benchmark 3: recording trajectories, batched and one commit each, against a
+floor: raw sqlite3 `executemany` of the same bytes into the store's own two
+tables (trajectories, trajectory_steps), one transaction per batch."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import make_url
+
+from benchmarks.backends import Backend
+from benchmarks.cycle import cycle_config
+from benchmarks.report import Figure
+from benchmarks.timing import median, progress, timed
+from benchmarks.workload import Workload
+from sona_store import SonaStore
+from sona_store.db.types import FLOAT32, utcnow
+from sona_store.learning.embedding import trajectory_embeddings
+
+BATCH = 1000
+
+
+def _record_batched(store: SonaStore, items: list[dict[str, Any]]) -> None:
+    for start in range(0, len(items), BATCH):
+        store.record_trajectories(items[start : start + BATCH])
+
+
+def _record_single(store: SonaStore, items: list[dict[str, Any]]) -> None:
+    if hasattr(store, "begin_trajectory") and hasattr(store, "end_trajectory"):
+        for item in items:
+            step = item["steps"][0]
+            t = store.begin_trajectory(item["query_embedding"])
+            t.add_step(step["activations"], step["attention_weights"], step["reward"])
+            store.end_trajectory(t, item["quality"])
+    else:
+        for item in items:
+            store.record_trajectories([item])
+
+
+def _on_fresh_store(backend: Backend, n: int, body: Any) -> float:
+    url = backend.new_url("ingest")
+    store = SonaStore(url, cycle_config(n))
+    try:
+        return timed(lambda: body(store))
+    finally:
+        store.close()
+        backend.drop(url)
+
+
+def bench_ingest(backend: Backend, workload: Workload, single_n: int, reps: int) -> list[Figure]:
+    n = len(workload)
+    items = workload.items()  # the JSON shape, as parsed from the JSONL
+    batched = []
+    for rep in range(reps):
+        batched.append(n / _on_fresh_store(backend, n, lambda s: _record_batched(s, items)))
+        progress(f"{backend.name} ingest batched rep {rep + 1}/{reps}: {batched[-1]:,.0f}/s")
+    few = items[:single_n]
+    single = []
+    for rep in range(reps):
+        single.append(single_n / _on_fresh_store(backend, n, lambda s: _record_single(s, few)))
+        progress(f"{backend.name} ingest single rep {rep + 1}/{reps}: {single[-1]:,.0f}/s")
+    api = "begin/end_trajectory" if hasattr(SonaStore, "end_trajectory") else "record([one])"
+    figures = [
+        Figure(
+            name="ingest_batched_per_s",
+            backend=backend.name,
+            label=f"ingest, batches of {BATCH}",
+            unit="/s",
+            ours=median(batched),
+            reps=batched,
+            higher_is_better=True,
+            details={"trajectories": n, "input": "JSON-shaped dicts of lists"},
+        ),
+        Figure(
+            name="ingest_single_per_s",
+            backend=backend.name,
+            label=f"ingest, one commit each ({api})",
+            unit="/s",
+            ours=median(single),
+            reps=single,
+            higher_is_better=True,
+            details={"trajectories": single_n, "api": api},
+        ),
+    ]
+    if backend.name == "sqlite":
+        floor = [_floor_rate(backend, workload) for _ in range(reps)]
+        progress(f"sqlite ingest floor: {median(floor):,.0f}/s")
+        figures.append(
+            Figure(
+                name="ingest_floor_per_s",
+                backend=backend.name,
+                label="ingest floor: raw sqlite3 executemany",
+                unit="/s",
+                ours=median(floor),
+                reps=floor,
+                higher_is_better=True,
+            )
+        )
+        share = figures[0].ours / median(floor)
+        figures.append(
+            Figure(
+                name="ingest_batched_of_floor",
+                backend=backend.name,
+                label="ingest batched / floor",
+                unit="x",
+                ours=share,
+                higher_is_better=True,
+            ).check(">= 0.5", share >= 0.5)
+        )
+    return figures
+
+
+def _floor_rows(workload: Workload) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The rows the store writes, as bytes and text, computed outside the timing."""
+    n = len(workload)
+    queries = workload.queries.astype(FLOAT32)
+    activations = workload.activations.astype(FLOAT32)
+    embeddings = trajectory_embeddings(
+        queries, np.arange(n), activations, workload.rewards.astype(np.float32)
+    )
+    created = utcnow().replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    no_context = json.dumps([])
+    trajectories = [
+        (
+            i + 1,
+            queries[i].tobytes(),
+            embeddings[i].tobytes(),
+            float(workload.qualities[i]),
+            None,
+            None,
+            no_context,
+            created,
+        )
+        for i in range(n)
+    ]
+    steps = [
+        (
+            i + 1,
+            0,
+            activations[i].tobytes(),
+            workload.attention[i].astype(FLOAT32).tobytes(),
+            float(workload.rewards[i]),
+            None,
+        )
+        for i in range(n)
+    ]
+    return trajectories, steps
+
+
+def _floor_rate(backend: Backend, workload: Workload) -> float:
+    url = backend.new_url("floor")
+    SonaStore(url, cycle_config(len(workload))).close()  # the store's own tables, empty
+    trajectories, steps = _floor_rows(workload)
+    conn = sqlite3.connect(make_url(url).database or "", isolation_level=None)
+    try:
+        for pragma in (
+            "foreign_keys = ON",
+            "busy_timeout = 30000",
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+        ):
+            conn.execute(f"PRAGMA {pragma}")
+
+        def insert() -> None:
+            for start in range(0, len(trajectories), BATCH):
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT INTO trajectories (id, query_embedding, pattern_embedding, quality,"
+                    " latency_us, model_route, context_ids, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    trajectories[start : start + BATCH],
+                )
+                conn.executemany(
+                    "INSERT INTO trajectory_steps (trajectory_id, step_index, activations,"
+                    " attention_weights, reward, layer_name) VALUES (?, ?, ?, ?, ?, ?)",
+                    steps[start : start + BATCH],
+                )
+                conn.execute("COMMIT")
+
+        return len(trajectories) / timed(insert)
+    finally:
+        conn.close()
+        backend.drop(url)

@@ -1,0 +1,56 @@
+"""How much each benchmark does: the full run and `--quick`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    cycle_n: int  # trajectories of the cycle benchmark (and of the reference's JSONL)
+    cycle_reps: int
+    scaling: dict[str, int] = field(default_factory=dict)  # role -> trajectories
+    scaling_reps: int = 1
+    ingest_reps: int = 1
+    single_n: int = 100  # trajectories recorded one commit each
+    call_reps: int = 3
+    call_min_seconds: float = 0.05
+    rollback_short: int = 10
+    rollback_long: int = 100
+    rollback_reps: int = 5
+    reference_reps: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = Plan(
+    cycle_n=10_000,
+    cycle_reps=5,
+    scaling={"small": 1_000, "mid": 10_000, "large": 100_000},
+    scaling_reps=3,
+    ingest_reps=3,
+    single_n=1_000,
+    call_reps=5,
+    call_min_seconds=0.3,
+    rollback_short=10,
+    rollback_long=1_000,
+    rollback_reps=20,
+    reference_reps=3,
+)
+
+QUICK = Plan(
+    cycle_n=2_000,
+    cycle_reps=2,
+    scaling={"small": 500, "mid": 2_000, "large": 5_000},
+    scaling_reps=1,
+    ingest_reps=2,
+    single_n=200,
+    call_reps=3,
+    call_min_seconds=0.05,
+    rollback_short=10,
+    rollback_long=100,
+    rollback_reps=5,
+    reference_reps=1,
+)

@@ -1,0 +1,78 @@
+"""`python -m benchmarks --quick` runs every section and writes every figure.
+No timing is asserted: the machine is shared and figures are noisy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sona_store import SonaStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+FIGURES = [
+    "cycle_s",
+    "scaling_small_s",
+    "scaling_small_rss_mb",
+    "scaling_mid_s",
+    "scaling_mid_rss_mb",
+    "scaling_large_s",
+    "scaling_large_rss_mb",
+    "scaling_growth_x",
+    "ingest_batched_per_s",
+    "ingest_single_per_s",
+    "ingest_floor_per_s",
+    "ingest_batched_of_floor",
+    "micro_lora_us",
+    "find_patterns_us",
+    "base_lora_us",
+    "rollback_short_ms",
+    "restore_short_ms",
+    "rollback_long_ms",
+    "restore_long_ms",
+    "rollback_growth_x",
+]
+# Figures measured only once the store has the method (else "n/a (not implemented)").
+NEEDS_METHOD = {
+    "micro_lora_us": "apply_micro_lora",
+    "find_patterns_us": "find_patterns",
+    "base_lora_us": "apply_base_lora",
+    "rollback_short_ms": "rollback",
+    "restore_short_ms": "restore",
+    "rollback_long_ms": "rollback",
+    "restore_long_ms": "restore",
+    "rollback_growth_x": "rollback",
+}
+
+
+def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "latest.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["errors"] == []
+    assert results["quick"] is True
+    ours = {f["name"]: f for f in results["figures"] if f["backend"] == "sqlite"}
+    missing = [name for name in FIGURES if name not in ours]
+    assert not missing, f"figures missing from the results: {missing}"
+    for name in FIGURES:
+        figure = ours[name]
+        method = NEEDS_METHOD.get(name)
+        if method is not None and not hasattr(SonaStore, method):
+            assert figure["status"] == "n/a (not implemented)", figure
+            continue
+        assert figure["status"] == "ok", figure
+        assert isinstance(figure["ours"], (int, float)) and figure["ours"] > 0, figure
+    assert "figure" in done.stdout and "results:" in done.stdout

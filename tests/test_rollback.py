@@ -193,8 +193,11 @@ def test_remembered_task_fisher_is_stored_once(db_url):
         n = CONFIG.base_lora_param_count
         rng = np.random.default_rng(0)
         tasks = tuple(
-            TaskMemory(task_id=i, fisher=rng.random(n, dtype=np.float32),
-                       optimal_weights=rng.random(n, dtype=np.float32))
+            TaskMemory(
+                task_id=i,
+                fisher=rng.random(n, dtype=np.float32),
+                optimal_weights=rng.random(n, dtype=np.float32),
+            )
             for i in range(3)
         )
         base = EwcState.initial(EwcConfig(param_count=n))

@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Later modules add their commands here (kept in their own files).
 EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
+from sona_store.scheduler import register_cli as _register_run  # noqa: E402
+
+EXTRA_COMMANDS.append(_register_run)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

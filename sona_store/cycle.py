@@ -61,6 +61,8 @@ def run_cycle(
         with transaction(engine, immediate=True) as session:
             if not acquire_cycle_lock(session, wait=wait_for_lock):
                 raise CycleInProgressError("another cycle is running on this store")
+            # A cycle starts when it holds the lock, so no two records' spans overlap.
+            started_at = utcnow()
             if scheduled_for is not None and cycles.slot_taken(session, scheduled_for):
                 raise SlotTakenError(f"the slot {scheduled_for.isoformat()} already has a cycle")
             record = _cycle_body(

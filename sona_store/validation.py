@@ -31,6 +31,7 @@ REQUIRED_TRAJECTORY_FIELDS = ("query_embedding", "quality")
 STEP_FIELDS = {"activations", "attention_weights", "reward", "layer_name", "step_idx"}
 REQUIRED_STEP_FIELDS = ("activations", "reward")
 MAX_TEXT = 200
+_BOOL_TYPES = {bool, np.bool_}
 MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
 
 
@@ -75,7 +76,7 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
         ) from None
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ValidationError("must be a flat list of numbers", index=index, field=name)
-    if not isinstance(value, np.ndarray) and any(isinstance(v, (bool, np.bool_)) for v in value):
+    if not isinstance(value, np.ndarray) and _BOOL_TYPES & set(map(type, value)):
         # numpy reads [0.5, True] as [0.5, 1.0]: a bool is not a number here.
         raise ValidationError("must be a flat list of numbers, got a bool", index=index, field=name)
     if array.size == 0 and dim != 0:

@@ -243,7 +243,8 @@ def test_ingest_from_stdin(small_store, capsys, monkeypatch):
 
 
 def test_url_comes_from_sona_store_url(small_store, tmp_path, capsys, monkeypatch):
-    SonaStore(small_store).record_trajectories(make_trajectories(3, DIM))
+    with SonaStore(small_store) as store:
+        store.record_trajectories(make_trajectories(3, DIM))
     monkeypatch.setenv("SONA_STORE_URL", small_store)
     monkeypatch.chdir(tmp_path)
     assert run_json(capsys, "stats", "--json")["trajectories_recorded"] == 3
@@ -366,7 +367,7 @@ def test_subprocess_error_is_one_line_without_traceback(small_store, tmp_path):
     before = counts(small_store)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "sona_store.cli", "--url", small_store, "ingest", str(path)],

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy.exc import ArgumentError
+
 from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url
 from sona_store.errors import SonaStoreError
 
@@ -305,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (SonaStoreError, ValueError, LookupError, OSError) as exc:
+    except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
         print(f"sona-store: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

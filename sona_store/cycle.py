@@ -121,7 +121,10 @@ def _cycle_body(
             f"insufficient trajectories ({pending} < {config.min_trajectories} minimum, "
             "use force to bypass)"
         )
-    head = state.get_head(session, for_update=True)
+    # The head row is locked only at the end: micro-LoRA flushes update it too
+    # and must not wait for a whole cycle (the cycle lock already keeps other
+    # cycles and rollbacks out).
+    head = state.get_head(session)
     record = cycles.add_cycle(
         session,
         parent_cycle_id=head.cycle_id,
@@ -179,6 +182,7 @@ def _cycle_body(
         record.ewc_updated = True
 
     # 7. The new state becomes current; the record is final.
+    head = state.get_head(session, for_update=True)
     state.move_head(
         session,
         head,

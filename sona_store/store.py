@@ -4,6 +4,7 @@ to `db.trajectories`, cycles to `cycle`, rollback to `rollback`."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from sona_store import cycle as cycle_module
 from sona_store import rollback as rollback_module
+from sona_store.access_log import AccessLog
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.cycles import CycleResult
@@ -28,10 +30,13 @@ from sona_store.db.state import LoraArrays
 from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
-from sona_store.learning import base_lora
+from sona_store.instant import InstantLearner, batch_signals
+from sona_store.learning import base_lora, micro_lora
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
 from sona_store.learning.ewc import EwcState
-from sona_store.learning.micro_lora import initial_micro_lora
+from sona_store.learning.micro_lora import MicroLoraWeights, initial_micro_lora
+from sona_store.pattern_index import PatternIndex
+from sona_store.recording import TrajectoryBuilder
 from sona_store.rollback import HeadMove
 from sona_store.validation import read_jsonl, validate_batch
 
@@ -122,6 +127,8 @@ class SonaStore:
         self.config = self._load_or_init_config(config)
         self.enabled = True
         self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
+        self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
+        self._accesses = AccessLog(self.engine)
 
     # -- opening --------------------------------------------------------------
 
@@ -167,7 +174,14 @@ class SonaStore:
         )
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Write pending pattern accesses and release connections. Pending
+        micro-LoRA signals are not applied here (as in the reference, they wait
+        for the next flush); their trajectories are stored, and the next store
+        that flushes applies them."""
+        try:
+            self._accesses.flush()
+        finally:
+            self.engine.dispose()
 
     def __enter__(self) -> SonaStore:
         return self
@@ -182,10 +196,39 @@ class SonaStore:
 
     def record_trajectories(self, items: Iterable[dict[str, Any]]) -> list[int]:
         """Validate every item, then insert them all in one transaction; returns
-        their ids in order. A bad item raises ValidationError and writes nothing."""
+        their ids in order. A bad item raises ValidationError and writes nothing.
+        The trajectories then feed the instant loop, in order."""
+        if not self.enabled:
+            return []
         batch = validate_batch(items, self.config)
         with transaction(self.engine) as session:
-            return trajectories.insert_batch(session, batch)
+            ids = trajectories.insert_batch(session, batch)
+        self._instant.observe(batch_signals(batch, ids, self.config.hidden_dim))
+        return ids
+
+    def begin_trajectory(self, query_embedding: Any) -> TrajectoryBuilder:
+        """Start a trajectory; nothing is written until `end_trajectory`."""
+        return TrajectoryBuilder(query_embedding)
+
+    def end_trajectory(
+        self, builder: TrajectoryBuilder, quality: float | None = None
+    ) -> int | None:
+        """Validate, persist and commit one trajectory; returns its id (None
+        when the store is disabled)."""
+        ids = self.record_trajectories([builder.to_item(quality)])
+        return ids[0] if ids else None
+
+    @contextlib.contextmanager
+    def trajectory(self, query_embedding: Any) -> Iterator[TrajectoryBuilder]:
+        """`with store.trajectory(q) as t: ...; t.quality = 0.8` records on exit
+        (not when the block raises)."""
+        builder = self.begin_trajectory(query_embedding)
+        yield builder
+        self.end_trajectory(builder)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Disabled: recording and adaptation are no-ops, as in the reference."""
+        self.enabled = bool(enabled)
 
     def ingest(
         self,
@@ -198,6 +241,8 @@ class SonaStore:
         chunks so a large file is never held in memory whole. A bad line raises
         ValidationError naming its line number; then nothing of the file is kept."""
         ids: list[int] = []
+        if not self.enabled:
+            return ids
         with transaction(self.engine) as session:
             for numbered in _chunks(read_jsonl(lines), chunk_size):
                 line_numbers = [number for number, _ in numbered]
@@ -211,6 +256,7 @@ class SonaStore:
                 ids.extend(trajectories.insert_batch(session, batch))
                 if progress is not None:
                     progress(len(ids))
+        self._instant.catch_up()
         return ids
 
     # -- cycles -----------------------------------------------------------------
@@ -325,34 +371,88 @@ class SonaStore:
     # -- patterns ---------------------------------------------------------------
 
     def patterns(self, cycle_id: int | None = None) -> list[Pattern]:
-        """The patterns a cycle created; None: the current ones (the head cycle's)."""
+        """The patterns a cycle created (all of them, pruned or not); None: the
+        current ones (the head cycle's, less the pruned)."""
         with transaction(self.engine) as session:
+            statement = sa.select(PatternRow).order_by(PatternRow.id)
             if cycle_id is None:
                 cycle_id = state.get_head(session).cycle_id
                 if cycle_id is None:
                     return []
+                statement = statement.where(PatternRow.pruned_at.is_(None))
             else:
                 cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
-            rows = session.scalars(
-                sa.select(PatternRow).where(PatternRow.cycle_id == cycle_id).order_by(PatternRow.id)
-            )
+            rows = session.scalars(statement.where(PatternRow.cycle_id == cycle_id))
             return [Pattern.from_row(row) for row in rows]
 
+    def _pattern_index(self) -> PatternIndex:
+        return self._cache.get("patterns", lambda _head: PatternIndex(self.patterns()))
+
     def find_patterns(self, query: Any, k: int = 5) -> list[Pattern]:
-        """The k current patterns most similar (cosine) to `query`, best first."""
-        q = np.asarray(query, dtype=np.float64)
-        if q.ndim != 1 or q.size != self.config.embedding_dim or not np.isfinite(q).all():
+        """The k current patterns most similar (cosine) to `query`, best first.
+        Served from memory; accesses are counted and written in batches."""
+        q = np.asarray(query, dtype=np.float32)
+        if q.shape != (self.config.embedding_dim,) or not np.isfinite(q).all():
             raise ValidationError(
                 f"query must be {self.config.embedding_dim} finite numbers", field="query"
             )
-        current = self.patterns()
-        if not current or k <= 0:
-            return []
-        matrix = np.stack([p.centroid for p in current]).astype(np.float64)
-        norms = np.linalg.norm(matrix, axis=1) * np.linalg.norm(q)
-        scores = np.where(norms >= 1e-8, matrix @ q / np.where(norms > 0, norms, 1.0), 0.0)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [current[i] for i in order]
+        found = self._pattern_index().search(q, k)
+        if found:
+            self._accesses.touch([p.id for p in found])
+        return found
+
+    def prune_patterns(self, min_quality: float, min_accesses: int, max_age_seconds: float) -> int:
+        """Stop serving current patterns with avg_quality < min_quality, fewer
+        than min_accesses accesses and no access for max_age_seconds (all
+        three, as the reference's should_prune). They stay in history."""
+        self._accesses.flush()
+        now = utcnow()
+        cutoff = now - dt.timedelta(seconds=max_age_seconds)
+        with transaction(self.engine) as session:
+            head = state.get_head(session)
+            result = session.execute(
+                sa.update(PatternRow)
+                .where(
+                    PatternRow.cycle_id == head.cycle_id,
+                    PatternRow.pruned_at.is_(None),
+                    PatternRow.avg_quality < min_quality,
+                    PatternRow.access_count < min_accesses,
+                    sa.func.coalesce(PatternRow.last_accessed, PatternRow.created_at) < cutoff,
+                )
+                .values(pruned_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        self._cache.invalidate()
+        return result.rowcount
+
+    # -- instant loop ------------------------------------------------------------
+
+    def _current_micro_lora(self) -> MicroLoraWeights:
+        def load(head: tuple[Any, ...]) -> MicroLoraWeights:
+            with transaction(self.engine) as session:
+                return state.load_micro_lora(session, head[2])
+
+        return self._cache.get("micro_lora", load)
+
+    def apply_micro_lora(self, x: Any) -> np.ndarray:
+        """x + delta through the current micro-LoRA (x itself when disabled)."""
+        vector = np.asarray(x, dtype=np.float32)
+        if vector.shape[-1:] != (self.config.hidden_dim,) or not np.isfinite(vector).all():
+            raise ValidationError(f"x must have {self.config.hidden_dim} finite values", field="x")
+        if not self.enabled:
+            return vector.copy()
+        return micro_lora.apply(self._current_micro_lora(), vector)
+
+    def flush(self) -> int:
+        """Apply every pending micro-LoRA signal and write counted pattern
+        accesses; returns the number of signals applied."""
+        applied = self._instant.flush()
+        self._accesses.flush()
+        return applied
+
+    @property
+    def pending_signals(self) -> int:
+        return self._instant.pending
 
     # -- counts -----------------------------------------------------------------
 

@@ -225,6 +225,7 @@ def upgrade() -> None:
         sa.Column("access_count", sa.Integer(), nullable=False),
         sa.Column("last_accessed", UTC_TIMESTAMP, nullable=True),
         sa.Column("created_at", UTC_TIMESTAMP, nullable=False),
+        sa.Column("pruned_at", UTC_TIMESTAMP, nullable=True),
         sa.ForeignKeyConstraint(
             ["cycle_id"], ["cycles.id"], name=op.f("fk_patterns_cycle_id_cycles")
         ),
@@ -306,9 +307,27 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("trajectory_id", "step_index", name=op.f("pk_trajectory_steps")),
     )
+    op.create_table(
+        "micro_lora_signals",
+        sa.Column("trajectory_id", BIG_ID, nullable=False),
+        sa.Column("micro_lora_version_id", BIG_ID, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["micro_lora_version_id"],
+            ["lora_versions.id"],
+            name=op.f("fk_micro_lora_signals_micro_lora_version_id_lora_versions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["trajectory_id"],
+            ["trajectories.id"],
+            name=op.f("fk_micro_lora_signals_trajectory_id_trajectories"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("trajectory_id", name=op.f("pk_micro_lora_signals")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("micro_lora_signals")
     op.drop_table("trajectory_steps")
     with op.batch_alter_table("trajectories", schema=None) as batch_op:
         batch_op.drop_index("ix_trajectories_consumed_by_cycle_id_id")

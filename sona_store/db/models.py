@@ -223,6 +223,21 @@ class Pattern(Base):
     access_count: Mapped[int] = mapped_column(Integer, default=0)
     last_accessed: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Set by prune_patterns: the pattern stays in history but is no longer served.
+    pruned_at: Mapped[dt.datetime | None]
+
+
+class MicroLoraSignal(Base):
+    """Which micro-LoRA version absorbed each trajectory's learning signal. A row
+    is written once per trajectory, under the head lock, so a signal is applied
+    exactly once even when several processes (or a restarted one) flush."""
+
+    __tablename__ = "micro_lora_signals"
+
+    trajectory_id: Mapped[int] = mapped_column(
+        ForeignKey("trajectories.id", ondelete="CASCADE"), primary_key=True
+    )
+    micro_lora_version_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id"))
 
 
 class StoreHead(Base):
@@ -264,6 +279,7 @@ __all__ = [
     "EwcState",
     "EwcTaskMemory",
     "LoraVersion",
+    "MicroLoraSignal",
     "Pattern",
     "StoreHead",
     "StoreSettings",

@@ -1,0 +1,205 @@
+"""Loop A, durable: each recorded trajectory's learning signal is accumulated in
+this process and applied to the stored micro-LoRA every `micro_flush_threshold`
+signals (or on flush).
+
+Exactly-once application without a global lock on the hot path:
+- signals wait in memory together with their trajectory ids;
+- a flush takes the head row lock, skips the trajectories some other process
+  (or an earlier life of this one) already applied, applies the rest to the
+  *latest* stored weights, writes a new version and one `micro_lora_signals`
+  row per trajectory, and commits;
+- a trajectory whose signal was never applied (the process died, or exited
+  with signals pending) is adopted by the next store that flushes.
+A signal is never dropped: a flush that fails puts its signals back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from sona_store.config import SonaConfig
+from sona_store.db import state
+from sona_store.db.engine import transaction
+from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep
+from sona_store.db.types import FLOAT32
+from sona_store.learning.embedding import fit_width
+from sona_store.learning.micro_lora import MicroAccumulator, MicroLoraWeights, apply_update
+from sona_store.learning.signal import learning_signal
+from sona_store.validation import TrajectoryBatch
+
+
+@dataclass(frozen=True)
+class Signal:
+    trajectory_id: int
+    gradient: np.ndarray  # (hidden_dim,) float32
+    quality: float
+
+
+def batch_signals(batch: TrajectoryBatch, ids: list[int], dim: int) -> list[Signal]:
+    """The learning signal of every trajectory of a validated batch, in order."""
+    bounds = np.searchsorted(batch.step_owner, np.arange(len(batch) + 1))
+    rewards = batch.rewards.astype(np.float32)
+    out = []
+    for i, trajectory_id in enumerate(ids):
+        lo, hi = bounds[i], bounds[i + 1]
+        gradient = learning_signal(batch.queries[i], batch.activations[lo:hi], rewards[lo:hi])
+        out.append(Signal(trajectory_id, fit_width(gradient[None, :], dim)[0], batch.qualities[i]))
+    return out
+
+
+class InstantLearner:
+    """One process's share of Loop A (thread-safe)."""
+
+    def __init__(
+        self, engine: Engine, config: SonaConfig, on_flush: Callable[[], None] | None = None
+    ):
+        self.engine = engine
+        self.config = config
+        self._pending: list[Signal] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._flush_lock = threading.Lock()  # one flush at a time per process
+        self._adopted = False
+        self._on_flush = on_flush
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def observe(self, signals: list[Signal]) -> int:
+        """Queue signals; apply full groups of `micro_flush_threshold` at once.
+        Returns the number of signals applied now."""
+        threshold = self.config.micro_flush_threshold
+        with self._lock:
+            self._pending.extend(signals)
+            due = len(self._pending) >= threshold
+        return self._flush(whole_groups_only=True) if due else 0
+
+    def flush(self) -> int:
+        """Apply every pending signal (this process's, and any orphaned ones)."""
+        return self._flush(whole_groups_only=False)
+
+    def catch_up(self) -> int:
+        """Pick up trajectories recorded without going through `observe` (bulk
+        ingest) and apply whole groups of them."""
+        self._adopted = False
+        return self._flush(whole_groups_only=True)
+
+    def _flush(self, *, whole_groups_only: bool) -> int:
+        threshold = self.config.micro_flush_threshold
+        with self._flush_lock:
+            if not self._adopted:
+                self._adopt_orphans()
+            with self._lock:
+                size = len(self._pending)
+                if whole_groups_only:
+                    size -= size % threshold
+                taken, self._pending = self._pending[:size], self._pending[size:]
+            if not taken:
+                return 0
+            try:
+                applied = self._apply(taken, threshold)
+            except BaseException:
+                with self._lock:  # never drop a signal
+                    self._pending[:0] = taken
+                raise
+        if self._on_flush is not None:
+            self._on_flush()
+        return applied
+
+    def _apply(self, signals: list[Signal], group: int) -> int:
+        lr = self.config.micro_lora_lr
+        with transaction(self.engine, immediate=True) as session:
+            head = state.get_head(session, for_update=True)
+            done = _already_applied(session, [s.trajectory_id for s in signals])
+            fresh = [s for s in signals if s.trajectory_id not in done]
+            if not fresh:
+                return 0
+            weights = state.load_micro_lora(session, head.micro_lora_version_id)
+            # Apply in groups of the flush threshold, in order, as the
+            # reference's instant loop does (each group averaged on its own).
+            for start in range(0, len(fresh), group):
+                accumulator = MicroAccumulator.empty(weights.rank, weights.dim)
+                for signal in fresh[start : start + group]:
+                    accumulator.add(signal.gradient, signal.quality)
+                grad_up, count = accumulator.take()
+                weights = apply_update(weights, grad_up, count, lr)
+            version = state.save_micro_lora(
+                session,
+                weights,
+                parent_id=head.micro_lora_version_id,
+                source="flush",
+                note=f"{len(fresh)} signals",
+            )
+            session.execute(
+                sa.insert(MicroLoraSignal),
+                [
+                    {"trajectory_id": s.trajectory_id, "micro_lora_version_id": version}
+                    for s in fresh
+                ],
+            )
+            state.move_head(session, head, micro_lora_version_id=version)
+            return len(fresh)
+
+    def _adopt_orphans(self) -> None:
+        """Queue, ahead of ours, the signals of trajectories nobody applied."""
+        with transaction(self.engine) as session:
+            orphans = _unapplied_signals(session, self.config)
+        with self._lock:
+            known = {s.trajectory_id for s in self._pending}
+            self._pending[:0] = [s for s in orphans if s.trajectory_id not in known]
+        self._adopted = True
+
+
+def _already_applied(session: Session, ids: list[int]) -> set[int]:
+    found: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        found.update(
+            session.scalars(
+                sa.select(MicroLoraSignal.trajectory_id).where(
+                    MicroLoraSignal.trajectory_id.in_(chunk)
+                )
+            )
+        )
+    return found
+
+
+def _unapplied_signals(session: Session, config: SonaConfig) -> list[Signal]:
+    rows = session.execute(
+        sa.select(Trajectory.id, Trajectory.query_embedding, Trajectory.quality)
+        .outerjoin(MicroLoraSignal, MicroLoraSignal.trajectory_id == Trajectory.id)
+        .where(MicroLoraSignal.trajectory_id.is_(None))
+        .order_by(Trajectory.id)
+    ).all()
+    if not rows:
+        return []
+    steps: dict[int, list[tuple[np.ndarray, float]]] = {}
+    ids = [r.id for r in rows]
+    for start in range(0, len(ids), 5000):
+        for step in session.execute(
+            sa.select(
+                TrajectoryStep.trajectory_id, TrajectoryStep.activations, TrajectoryStep.reward
+            )
+            .where(TrajectoryStep.trajectory_id.in_(ids[start : start + 5000]))
+            .order_by(TrajectoryStep.trajectory_id, TrajectoryStep.step_index)
+        ):
+            steps.setdefault(step.trajectory_id, []).append((step.activations, step.reward))
+    out = []
+    for row in rows:
+        own = steps.get(row.id, [])
+        acts = np.stack([a for a, _ in own]) if own else np.zeros((0, config.hidden_dim), FLOAT32)
+        rewards = np.asarray([r for _, r in own], dtype=np.float32)
+        gradient = learning_signal(row.query_embedding, acts, rewards)
+        out.append(Signal(row.id, fit_width(gradient[None, :], config.hidden_dim)[0], row.quality))
+    return out
+
+
+__all__ = ["InstantLearner", "MicroLoraWeights", "Signal", "batch_signals"]

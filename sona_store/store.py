@@ -25,6 +25,7 @@ from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
+from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.schema import ensure_schema
 from sona_store.db.state import LoraArrays
 from sona_store.db.types import utcnow
@@ -135,6 +136,11 @@ class SonaStore:
     def _load_or_init_config(self, config: SonaConfig | None) -> SonaConfig:
         with transaction(self.engine, immediate=True) as session:
             settings = session.get(StoreSettings, 1)
+            if settings is None:
+                # Two processes opening one empty PostgreSQL store must not both
+                # initialise it (SQLite's immediate transaction already does that).
+                acquire_cycle_lock(session, wait=True)
+                settings = session.get(StoreSettings, 1, populate_existing=True)
             if settings is not None:
                 stored = SonaConfig.from_dict(settings.config)
                 if config is None:

@@ -7,6 +7,7 @@ checkout they are the top-level `migrations/` folder next to `alembic.ini`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from sona_store.db.engine import IMMEDIATE, mask_url, translate_errors
@@ -62,23 +64,37 @@ def _locked_begin(engine: Engine) -> Connection:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to `revision` in one transaction, serialised between processes."""
-    with translate_errors(engine):
-        connection = _locked_begin(engine)
-        try:
-            command.upgrade(alembic_config(connection), revision)
-            connection.commit()
-        finally:
-            connection.close()
+    _migrate(engine, command.upgrade, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    _migrate(engine, command.downgrade, "downgrade", revision)
+
+
+def _migrate(engine: Engine, run: Callable[[Config, str], None], verb: str, revision: str) -> None:
     with translate_errors(engine):
         connection = _locked_begin(engine)
         try:
-            command.downgrade(alembic_config(connection), revision)
+            current = current_revision(connection)
+            if current is not None and current not in _known_revisions():
+                raise SchemaVersionError(_newer_database_message(engine, current))
+            try:
+                run(alembic_config(connection), revision)
+            except CommandError as exc:  # e.g. an unknown target revision
+                raise SchemaVersionError(
+                    f"cannot {verb} {mask_url(engine.url)} to {revision!r}: {exc}"
+                ) from None
             connection.commit()
         finally:
             connection.close()
+
+
+def _newer_database_message(engine: Engine, current: str) -> str:
+    return (
+        f"database {mask_url(engine.url)} is at schema revision {current}, which this "
+        f"sona_store does not know (it needs {head_revision()}); the database was upgraded "
+        "by a newer sona_store: upgrade the sona-store package"
+    )
 
 
 def database_revision(engine: Engine) -> str | None:
@@ -114,8 +130,4 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
             f"database {url} is at schema revision {current}, this sona_store needs {head}; "
             f"run: sona-store --url {url} db upgrade"
         )
-    raise SchemaVersionError(
-        f"database {url} is at schema revision {current}, which this sona_store does not "
-        f"know (it needs {head}); the database was upgraded by a newer sona_store: "
-        "upgrade the sona-store package"
-    )
+    raise SchemaVersionError(_newer_database_message(engine, current))

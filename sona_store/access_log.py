@@ -43,7 +43,7 @@ class AccessLog:
             return 0
         now = utcnow()
         try:
-            with transaction(self.engine) as session:
+            with transaction(self.engine, immediate=True) as session:
                 table = Pattern.__table__  # Core executemany, not ORM bulk-by-key
                 session.execute(
                     sa.update(table)

@@ -240,7 +240,7 @@ def record_failed_cycle(
         else "".join(traceback.format_exception_only(type(error), error)).strip()
     )
     try:
-        with transaction(engine) as session:
+        with transaction(engine, immediate=True) as session:
             head = state.get_head(session)
             taken = scheduled_for is not None and cycles.slot_taken(session, scheduled_for)
             record = cycles.add_cycle(

@@ -23,9 +23,9 @@ from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
+from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
-from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.schema import ensure_schema
 from sona_store.db.state import LoraArrays
 from sona_store.db.types import utcnow
@@ -207,7 +207,7 @@ class SonaStore:
         if not self.enabled:
             return []
         batch = validate_batch(items, self.config)
-        with transaction(self.engine) as session:
+        with transaction(self.engine, immediate=True) as session:
             ids = trajectories.insert_batch(session, batch)
         self._instant.observe(batch_signals(batch, ids, self.config.hidden_dim))
         return ids
@@ -249,7 +249,7 @@ class SonaStore:
         ids: list[int] = []
         if not self.enabled:
             return ids
-        with transaction(self.engine) as session:
+        with transaction(self.engine, immediate=True) as session:
             for numbered in _chunks(read_jsonl(lines), chunk_size):
                 line_numbers = [number for number, _ in numbered]
                 try:
@@ -414,7 +414,7 @@ class SonaStore:
         self._accesses.flush()
         now = utcnow()
         cutoff = now - dt.timedelta(seconds=max_age_seconds)
-        with transaction(self.engine) as session:
+        with transaction(self.engine, immediate=True) as session:
             head = state.get_head(session)
             result = session.execute(
                 sa.update(PatternRow)

@@ -1,11 +1,18 @@
 """SQL functions the store's SQLite connections carry, so the same queries run
-on SQLite as on PostgreSQL (where a migration creates them)."""
+on SQLite as on PostgreSQL (where migration 0002_sql_views creates them).
+
+A plain `sqlite3` shell does not have them; `register_sqlite_functions` adds
+them to any sqlite3 connection.
+"""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 
 import numpy as np
+
+FLOAT32 = np.dtype("<f4")
 
 
 def sona_cosine(a: bytes | None, b: bytes | None) -> float | None:
@@ -13,8 +20,8 @@ def sona_cosine(a: bytes | None, b: bytes | None) -> float | None:
     or a norm is under 1e-8 (as the reference's pattern similarity); NULL in, NULL out."""
     if a is None or b is None:
         return None
-    x = np.frombuffer(a, dtype="<f4").astype(np.float64)
-    y = np.frombuffer(b, dtype="<f4").astype(np.float64)
+    x = np.frombuffer(a, dtype=FLOAT32).astype(np.float64)
+    y = np.frombuffer(b, dtype=FLOAT32).astype(np.float64)
     if len(x) != len(y):
         return 0.0
     nx, ny = np.linalg.norm(x), np.linalg.norm(y)
@@ -24,9 +31,25 @@ def sona_cosine(a: bytes | None, b: bytes | None) -> float | None:
 
 
 def sona_vector_length(a: bytes | None) -> int | None:
+    """Number of float32 entries in a stored vector."""
     return None if a is None else len(a) // 4
+
+
+def sona_vector(a: bytes | None) -> str | None:
+    """A stored vector as JSON array text (SQLite has no array type), each entry
+    in the shortest digits that read back as the same float32, as PostgreSQL
+    prints real[]. Trailing bytes short of 4 are ignored, as on PostgreSQL."""
+    if a is None:
+        return None
+    values = np.frombuffer(a, dtype=FLOAT32, count=len(a) // 4)
+    return "[" + ",".join(_json_number(v) for v in values) + "]"
+
+
+def _json_number(value: np.float32) -> str:
+    return str(value) if math.isfinite(value) else "null"
 
 
 def register_sqlite_functions(connection: sqlite3.Connection) -> None:
     connection.create_function("sona_cosine", 2, sona_cosine, deterministic=True)
     connection.create_function("sona_vector_length", 1, sona_vector_length, deterministic=True)
+    connection.create_function("sona_vector", 1, sona_vector, deterministic=True)

@@ -297,6 +297,11 @@ from sona_store.scheduler import register_cli as _register_run  # noqa: E402
 
 EXTRA_COMMANDS.append(_register_run)
 
+from sona_store.lora_io import register_cli as _register_lora  # noqa: E402
+from sona_store.report import register_cli as _register_report  # noqa: E402
+
+EXTRA_COMMANDS += [_register_lora, _register_report]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

@@ -1,0 +1,562 @@
+"""LoRA export and import in the layout the PEFT library reads, so a learned
+adapter can leave the store (to be merged into a model) and an adapter trained
+elsewhere can come in as an audited, rollbackable version.
+
+Mapping (one PEFT "layer" per store layer i; `<module>` repeats for every name
+in `target_modules`, each a copy of the same tensors):
+
+    base_model.model.<prefix>.layers.{i}.<module>.lora_A.weight  (r, dim)  = down[i]
+    base_model.model.<prefix>.layers.{i}.<module>.lora_B.weight  (dim, r)  = up[i].T
+
+The store's forward is `x + scale * up^T (down x)`; PEFT's is
+`x + (lora_alpha / r) * B (A x)`, so A = down, B = up^T and:
+
+- base tier: `lora_alpha` = the version's alpha (scale = alpha / rank in both);
+- micro tier (one layer): the micro-LoRA's scale is 1/sqrt(rank), so
+  `lora_alpha` = sqrt(rank), which makes `lora_alpha / r` that same scale.
+
+Tensors are float32 and copied bit for bit (a transpose is exact), so an
+export imported again gives the same arrays. `adapter_config.json` carries the
+PEFT fields and a `sona_store` section (tier, version, dim, layers, ...) that
+PEFT ignores. See docs/lora_export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sona_store.db import cycles, state
+from sona_store.db.engine import transaction
+from sona_store.db.locks import acquire_cycle_lock
+from sona_store.db.models import LORA_TIERS, LoraVersion
+from sona_store.db.types import utcnow
+from sona_store.errors import SonaStoreError
+
+if TYPE_CHECKING:
+    from sona_store.store import SonaStore
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+DEFAULT_TARGET_MODULES = ("sona_adapter",)
+DEFAULT_LAYER_PREFIX = "model"
+FORMAT_VERSION = 1
+
+_KEY = re.compile(
+    r"^base_model\.model\.(?P<prefix>.+?)\.layers\.(?P<layer>\d+)\."
+    r"(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$"
+)
+_HEAD_POINTER = {"base": "base_lora_version_id", "micro": "micro_lora_version_id"}
+
+
+class MissingExtraError(SonaStoreError, ImportError):
+    """An optional dependency is not installed (the CLI prints it as one line)."""
+
+
+def _safetensors_numpy() -> Any:
+    try:
+        import safetensors.numpy as st
+    except ImportError as exc:  # an optional extra
+        raise MissingExtraError(
+            "LoRA export/import needs the safetensors package: pip install 'sona-store[export]'"
+        ) from exc
+    return st
+
+
+def _check_tier(tier: str) -> str:
+    if tier not in LORA_TIERS:
+        raise ValueError(f"tier must be one of {', '.join(LORA_TIERS)}, got {tier!r}")
+    return tier
+
+
+def _peft_alpha(tier: str, rank: int, alpha: float) -> float | int:
+    """The `lora_alpha` that makes PEFT's lora_alpha / r equal the store's scale."""
+    value = math.sqrt(rank) if tier == "micro" else float(alpha)
+    return int(value) if value.is_integer() else value
+
+
+def tensor_name(prefix: str, layer: int, module: str, ab: str) -> str:
+    return f"base_model.model.{prefix}.layers.{layer}.{module}.lora_{ab}.weight"
+
+
+# -- export -----------------------------------------------------------------------
+
+
+def export_lora(
+    store: SonaStore,
+    out_dir: str | os.PathLike[str],
+    version: int | None = None,
+    tier: str | None = None,
+    target_modules: list[str] | tuple[str, ...] | None = None,
+    *,
+    layer_prefix: str = DEFAULT_LAYER_PREFIX,
+) -> Path:
+    """Write `adapter_model.safetensors` and `adapter_config.json` for a LoRA
+    version (None: the current one of `tier`) into `out_dir`; returns out_dir.
+    `tier` None means the version's own tier, or base when no version is given."""
+    st = _safetensors_numpy()
+    modules = list(target_modules or DEFAULT_TARGET_MODULES)
+    if not modules or any(not m or not re.fullmatch(r"[\w.]+", m) for m in modules):
+        raise ValueError(f"target modules must be non-empty names like q_proj, got {modules}")
+    if len(set(modules)) != len(modules):
+        raise ValueError(f"target modules repeat a name: {modules}")
+    if not re.fullmatch(r"[\w.]+", layer_prefix):
+        raise ValueError(f"layer prefix must be a dotted name, got {layer_prefix!r}")
+    if version is None:
+        arrays = store.lora_state(None, _check_tier(tier or "base"))
+    else:
+        arrays = store.lora_state(version)
+        if tier is not None and _check_tier(tier) != arrays.tier:
+            raise ValueError(f"LoRA version {version} is a {arrays.tier} version, not {tier}")
+    layers, rank, dim = arrays.up.shape
+    tensors: dict[str, np.ndarray] = {}
+    for i in range(layers):
+        a = np.ascontiguousarray(arrays.down[i], dtype=np.float32)
+        b = np.ascontiguousarray(arrays.up[i].T, dtype=np.float32)
+        for module in modules:
+            tensors[tensor_name(layer_prefix, i, module, "A")] = a
+            tensors[tensor_name(layer_prefix, i, module, "B")] = b
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": None,
+        "inference_mode": True,
+        "r": rank,
+        "lora_alpha": _peft_alpha(arrays.tier, rank, arrays.alpha),
+        "target_modules": modules,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "sona_store": {
+            "format_version": FORMAT_VERSION,
+            "tier": arrays.tier,
+            "version_id": arrays.version_id,
+            "parent_version_id": arrays.parent_id,
+            "source": arrays.source,
+            "dim": dim,
+            "layers": layers,
+            "rank": rank,
+            "alpha": arrays.alpha,
+            "scale": _peft_alpha(arrays.tier, rank, arrays.alpha) / rank,
+            "layer_prefix": layer_prefix,
+            "exported_at": utcnow().isoformat(),
+        },
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "sona_store_tier": arrays.tier}
+    metadata["sona_store_version_id"] = str(arrays.version_id)
+    _write_atomic(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
+    text = json.dumps(config, indent=2) + "\n"
+    _write_atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    return out
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file and rename, so a reader (or a crash) never
+    sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- reading and validating an adapter --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportedLora:
+    """A validated adapter, in the store's (layers, rank, dim) form."""
+
+    tier: str
+    down: np.ndarray
+    up: np.ndarray
+    alpha: float
+    sha256: str
+
+
+def read_adapter(
+    in_dir: str | os.PathLike[str], *, rank: int, dim: int, layers: int, tier: str
+) -> ImportedLora:
+    """Read and check a PEFT LoRA directory against the expected shape; every
+    problem is a ValueError that names it."""
+    st = _safetensors_numpy()
+    folder = Path(in_dir)
+    weights_path, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for path in (weights_path, config_path):
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file (an adapter directory holds both files)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
+    alpha = _check_config(config, config_path, rank=rank, tier=tier)
+    raw = weights_path.read_bytes()
+    try:
+        tensors = st.load(raw)
+    except Exception as exc:  # safetensors raises its own error type
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    down, up = _collect(tensors, config, weights_path, rank=rank, dim=dim, layers=layers)
+    return ImportedLora(tier, down, up, alpha, hashlib.sha256(raw).hexdigest())
+
+
+def _check_config(config: dict[str, Any], path: Path, *, rank: int, tier: str) -> float:
+    """Validate the PEFT fields; returns the alpha to store."""
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
+    unsupported = {
+        "bias": config.get("bias", "none") != "none",
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
+        "use_dora": bool(config.get("use_dora")),
+        "rank_pattern": bool(config.get("rank_pattern")),
+        "alpha_pattern": bool(config.get("alpha_pattern")),
+        "modules_to_save": bool(config.get("modules_to_save")),
+    }
+    for name, used in unsupported.items():
+        if used:
+            raise ValueError(f"{path}: {name}={config[name]!r} is not supported by the store")
+    r, lora_alpha = config.get("r"), config.get("lora_alpha")
+    if isinstance(r, bool) or not isinstance(r, int) or r != rank:
+        raise ValueError(f"{path}: r must be the store's {tier} rank {rank}, got {r!r}")
+    if (
+        isinstance(lora_alpha, bool)
+        or not isinstance(lora_alpha, int | float)
+        or not math.isfinite(lora_alpha)
+        or lora_alpha <= 0
+    ):
+        raise ValueError(f"{path}: lora_alpha must be a positive number, got {lora_alpha!r}")
+    scale = lora_alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+    if tier == "micro":
+        # The micro-LoRA's scale is fixed at 1/sqrt(rank); store the alpha its
+        # versions always carry (rank) rather than pretend another is honoured.
+        if not math.isclose(scale, 1 / math.sqrt(rank), rel_tol=1e-6):
+            raise ValueError(
+                f"{path}: a micro-LoRA's scale is 1/sqrt(rank) = {1 / math.sqrt(rank):.6g} "
+                f"(lora_alpha {math.sqrt(rank):.6g}), got lora_alpha/r = {scale:.6g}"
+            )
+        return float(rank)
+    return float(lora_alpha) if not config.get("use_rslora") else scale * r
+
+
+def _collect(
+    tensors: dict[str, np.ndarray],
+    config: dict[str, Any],
+    path: Path,
+    *,
+    rank: int,
+    dim: int,
+    layers: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tensors -> (down, up), both (layers, rank, dim)."""
+    found: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    prefixes = set()
+    for name, tensor in tensors.items():
+        match = _KEY.match(name)
+        if match is None:
+            raise ValueError(f"{path}: unexpected tensor {name!r} (not a LoRA A/B weight)")
+        prefixes.add(match["prefix"])
+        ab = match["ab"]
+        expected = (rank, dim) if ab == "A" else (dim, rank)
+        if tensor.dtype != np.float32:
+            raise ValueError(f"{path}: tensor {name!r} is {tensor.dtype}, expected float32")
+        if tensor.shape != expected:
+            raise ValueError(
+                f"{path}: tensor {name!r} has shape {tensor.shape}, expected {expected}"
+            )
+        if not np.isfinite(tensor).all():
+            raise ValueError(f"{path}: tensor {name!r} contains NaN or infinite values")
+        found.setdefault((int(match["layer"]), match["module"]), {})[ab] = tensor
+    if not found:
+        raise ValueError(f"{path}: holds no LoRA tensors")
+    if len(prefixes) > 1:
+        raise ValueError(f"{path}: tensors use several layer prefixes: {sorted(prefixes)}")
+    prefix = prefixes.pop()
+    declared = config.get("target_modules")
+    modules = sorted(declared) if isinstance(declared, list) else sorted({m for _, m in found})
+    for i in range(layers):
+        for module in modules:
+            for ab in "AB":
+                if ab not in found.get((i, module), {}):
+                    raise ValueError(
+                        f"{path}: missing tensor {tensor_name(prefix, i, module, ab)!r}"
+                    )
+    extra = sorted(key for key in found if key[0] >= layers or key[1] not in modules)
+    if extra:
+        layer, module = extra[0]
+        raise ValueError(
+            f"{path}: tensors for layer {layer} module {module!r} do not fit the store's "
+            f"{layers} layer(s) and target modules {modules}"
+        )
+    down = np.empty((layers, rank, dim), dtype=np.float32)
+    up = np.empty((layers, rank, dim), dtype=np.float32)
+    for i in range(layers):
+        a, b = found[(i, modules[0])]["A"], found[(i, modules[0])]["B"]
+        for module in modules[1:]:
+            other = found[(i, module)]
+            if not (np.array_equal(other["A"], a) and np.array_equal(other["B"], b)):
+                raise ValueError(
+                    f"{path}: layer {i} has different weights for {modules[0]!r} and "
+                    f"{module!r}; the store keeps one adapter per layer"
+                )
+        down[i] = a
+        up[i] = b.T
+    return down, up
+
+
+def _adapter_tier(in_dir: Path, tier: str | None) -> str:
+    """The tier named in the adapter's `sona_store` section, checked against `tier`."""
+    written = None
+    try:
+        section = json.loads((in_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("sona_store")
+        if isinstance(section, dict):
+            written = section.get("tier")
+    except (OSError, ValueError, AttributeError):
+        pass  # read_adapter reports the file's problem
+    if written is not None and tier is not None and written != tier:
+        raise ValueError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
+    return _check_tier(tier or written or "base")
+
+
+# -- import and moving the head -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraMove:
+    """What `use_lora_version` did."""
+
+    audit_id: int
+    tier: str
+    from_version_id: int
+    to_version_id: int
+
+
+def import_lora(
+    store: SonaStore,
+    in_dir: str | os.PathLike[str],
+    reason: str,
+    actor: str | None = None,
+    *,
+    tier: str | None = None,
+) -> int:
+    """Store a PEFT LoRA directory as a new version of its tier and make it
+    current, audited as `import_lora`; returns the new version id. A bad adapter
+    raises ValueError and writes nothing."""
+    return import_lora_move(store, in_dir, reason, actor, tier=tier).to_version_id
+
+
+def import_lora_move(
+    store: SonaStore,
+    in_dir: str | os.PathLike[str],
+    reason: str,
+    actor: str | None = None,
+    *,
+    tier: str | None = None,
+) -> LoraMove:
+    """`import_lora`, returning the whole head move (audit id, previous version)."""
+    if not reason or not reason.strip():
+        raise ValueError("an import needs a reason, for the audit trail")
+    folder = Path(in_dir)
+    tier = _adapter_tier(folder, tier)
+    config = store.config
+    if tier == "base":
+        shape = {"rank": config.base_lora_rank, "layers": config.base_lora_layers}
+    else:
+        shape = {"rank": config.micro_lora_rank, "layers": 1}
+    adapter = read_adapter(folder, dim=config.hidden_dim, tier=tier, **shape)
+    pointer = _HEAD_POINTER[tier]
+    with transaction(store.engine, immediate=True) as session:
+        if tier == "base":
+            acquire_cycle_lock(session, wait=True)  # cycles move the base pointer
+        head = state.get_head(session, for_update=True)
+        previous = getattr(head, pointer)
+        version = state.save_lora(
+            session,
+            tier,
+            adapter.down,
+            adapter.up,
+            adapter.alpha,
+            parent_id=previous,
+            source="import",
+            note=reason,
+        )
+        state.move_head(session, head, **{pointer: version})
+        event = cycles.add_audit(
+            session,
+            actor=actor or store.actor,
+            action="import_lora",
+            reason=reason,
+            details={
+                "tier": tier,
+                "from_version_id": previous,
+                "to_version_id": version,
+                "path": folder.resolve().name,
+                "sha256": adapter.sha256,
+                "head_cycle_id": head.cycle_id,
+            },
+        )
+        move = LoraMove(event.id, tier, previous, version)
+    store._cache.invalidate()
+    return move
+
+
+def use_lora_version(
+    store: SonaStore, version_id: int, reason: str, actor: str | None = None
+) -> LoraMove:
+    """Make an existing LoRA version current for its tier (undoing an import, or
+    going back to any earlier version), audited as `use_lora_version`. Cycles,
+    EWC++ state and patterns stay as they are."""
+    if not reason or not reason.strip():
+        raise ValueError("moving the LoRA head needs a reason, for the audit trail")
+    with transaction(store.engine, immediate=True) as session:
+        row = session.get(LoraVersion, version_id)
+        if row is None:
+            raise LookupError(f"no LoRA version {version_id}")
+        if row.tier == "base":
+            acquire_cycle_lock(session, wait=True)
+        pointer = _HEAD_POINTER[row.tier]
+        head = state.get_head(session, for_update=True)
+        previous = getattr(head, pointer)
+        if previous == version_id:
+            raise ValueError(f"LoRA version {version_id} is already the current {row.tier} LoRA")
+        state.move_head(session, head, **{pointer: version_id})
+        event = cycles.add_audit(
+            session,
+            actor=actor or store.actor,
+            action="use_lora_version",
+            reason=reason,
+            details={
+                "tier": row.tier,
+                "from_version_id": previous,
+                "to_version_id": version_id,
+                "head_cycle_id": head.cycle_id,
+            },
+        )
+        move = LoraMove(event.id, row.tier, previous, version_id)
+    store._cache.invalidate()
+    return move
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def cmd_export_lora(args: argparse.Namespace) -> int:
+    from sona_store.cli import _open
+
+    modules = [m.strip() for m in args.target_modules.split(",")] if args.target_modules else None
+    store = _open(args)
+    try:
+        out = export_lora(
+            store,
+            args.out_dir,
+            version=args.version,
+            tier=args.tier,
+            target_modules=modules,
+            layer_prefix=args.layer_prefix,
+        )
+        written = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))["sona_store"]
+    finally:
+        store.close()
+    print(
+        f"exported {written['tier']} LoRA version {written['version_id']} "
+        f"(layers {written['layers']}, r {written['rank']}, dim {written['dim']}) to {out}"
+    )
+    return 0
+
+
+def cmd_import_lora(args: argparse.Namespace) -> int:
+    from sona_store.cli import _open
+
+    store = _open(args)
+    try:
+        move = import_lora_move(store, args.dir, args.reason, tier=args.tier)
+    finally:
+        store.close()
+    print(
+        f"imported {move.tier} LoRA as version {move.to_version_id} "
+        f"(was {move.from_version_id}); it is current (audit #{move.audit_id})"
+    )
+    return 0
+
+
+def cmd_lora_use(args: argparse.Namespace) -> int:
+    from sona_store.cli import _open
+
+    store = _open(args)
+    try:
+        move = use_lora_version(store, args.version, args.reason)
+    finally:
+        store.close()
+    print(
+        f"{move.tier} LoRA is now version {move.to_version_id} "
+        f"(was {move.from_version_id}; audit #{move.audit_id})"
+    )
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    export = subparsers.add_parser(
+        "export-lora", help="write a LoRA version as a PEFT adapter (safetensors)"
+    )
+    export.add_argument("out_dir", metavar="OUT_DIR")
+    export.add_argument("--version", type=int, help="LoRA version id (default: the current one)")
+    export.add_argument("--tier", choices=LORA_TIERS, help="base or micro (default: base)")
+    export.add_argument(
+        "--target-modules",
+        help=f"comma-separated module names (default: {','.join(DEFAULT_TARGET_MODULES)})",
+    )
+    export.add_argument(
+        "--layer-prefix",
+        default=DEFAULT_LAYER_PREFIX,
+        help="module path before '.layers.N' in tensor names (default: %(default)s)",
+    )
+    export.set_defaults(func=cmd_export_lora)
+
+    imp = subparsers.add_parser(
+        "import-lora", help="store a PEFT LoRA adapter as a new, current version (audited)"
+    )
+    imp.add_argument("dir", metavar="DIR")
+    imp.add_argument("--reason", required=True, help="why, for the audit trail")
+    imp.add_argument(
+        "--tier", choices=LORA_TIERS, help="default: the adapter's sona_store metadata, else base"
+    )
+    imp.set_defaults(func=cmd_import_lora)
+
+    use = subparsers.add_parser(
+        "lora-use", help="make an existing LoRA version current for its tier (audited)"
+    )
+    use.add_argument("version", type=int, metavar="VERSION")
+    use.add_argument("--reason", required=True, help="why, for the audit trail")
+    use.set_defaults(func=cmd_lora_use)
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "ImportedLora",
+    "LoraMove",
+    "MissingExtraError",
+    "export_lora",
+    "import_lora",
+    "import_lora_move",
+    "read_adapter",
+    "use_lora_version",
+]

@@ -1,6 +1,7 @@
 """SQL surface: the views `current_patterns`, `pattern_history` and `cycle_audit`
 on both databases, and on PostgreSQL the functions `sona_vector(bytea)` (stored
-vector as real[]), `sona_cosine(bytea, bytea)` and `sona_vector_length(bytea)`.
+vector as real[]), its inverse `sona_bytes(real[] or text)`,
+`sona_vector_length(bytea)` and `sona_cosine(bytea, bytea)`.
 
 SQLite gets the same functions from the connections sona_store opens
 (sona_store/db/sqlfunctions.py), so this revision creates only its views there.
@@ -115,6 +116,32 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT length(data) / 4 $$
 """
 
+# The inverse of sona_vector: float4send gives big-endian bytes, reversed here.
+# A NULL entry makes the whole result NULL (a stored vector has none).
+SONA_BYTES_ARRAY = """
+CREATE OR REPLACE FUNCTION sona_bytes(v real[]) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT CASE WHEN array_position(v, NULL) IS NOT NULL THEN NULL ELSE coalesce(
+    string_agg(
+        substring(b from 4 for 1) || substring(b from 3 for 1)
+        || substring(b from 2 for 1) || substring(b from 1 for 1),
+        ''::bytea ORDER BY i
+    ),
+    ''::bytea
+) END
+FROM unnest(v) WITH ORDINALITY AS u(x, i), float4send(x) AS b
+$$
+"""
+
+# The same from text: a JSON array ('[0.5, -1]', as SQLite's sona_bytes takes)
+# or an array literal ('{0.5,-1}').
+SONA_BYTES_TEXT = """
+CREATE OR REPLACE FUNCTION sona_bytes(v text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT sona_bytes(CAST(translate(v, '[]', '{}') AS real[])) $$
+"""
+
 # As sona_store/db/sqlfunctions.py: float8 arithmetic; 0 when the lengths differ
 # or a norm is under 1e-8; NULL in, NULL out (STRICT).
 SONA_COSINE = """
@@ -134,10 +161,13 @@ FROM (
 $$
 """
 
+# In creation order: a SQL function's body is checked against those before it.
 POSTGRESQL_FUNCTIONS = {
     "sona_vector(bytea)": SONA_VECTOR,
     "sona_vector_length(bytea)": SONA_VECTOR_LENGTH,
-    "sona_cosine(bytea, bytea)": SONA_COSINE,  # uses sona_vector: created after it
+    "sona_bytes(real[])": SONA_BYTES_ARRAY,
+    "sona_bytes(text)": SONA_BYTES_TEXT,
+    "sona_cosine(bytea, bytea)": SONA_COSINE,
 }
 
 

@@ -7,6 +7,7 @@ them to any sqlite3 connection.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 
@@ -49,7 +50,25 @@ def _json_number(value: np.float32) -> str:
     return str(value) if math.isfinite(value) else "null"
 
 
+def sona_bytes(text: str | None) -> bytes | None:
+    """The inverse of `sona_vector`: a JSON array of numbers as stored float32
+    bytes (each number rounded to float32). Anything else raises."""
+    if text is None:
+        return None
+    values = json.loads(text)
+    if not isinstance(values, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise ValueError("sona_bytes takes a JSON array of numbers")
+    with np.errstate(over="ignore"):
+        vector = np.asarray(values, dtype=np.float64).astype(FLOAT32)
+    if not np.isfinite(vector).all():
+        raise ValueError("sona_bytes: a number is out of float32's range")
+    return vector.tobytes()
+
+
 def register_sqlite_functions(connection: sqlite3.Connection) -> None:
     connection.create_function("sona_cosine", 2, sona_cosine, deterministic=True)
     connection.create_function("sona_vector_length", 1, sona_vector_length, deterministic=True)
     connection.create_function("sona_vector", 1, sona_vector, deterministic=True)
+    connection.create_function("sona_bytes", 1, sona_bytes, deterministic=True)

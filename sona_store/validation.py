@@ -250,11 +250,117 @@ class _BatchBuilder:
 def validate_batch(
     items: Iterable[Any], config: SonaConfig, *, first_index: int = 0
 ) -> TrajectoryBatch:
-    """Validate every item (raising ValidationError naming the first bad one)."""
+    """Validate every item (raising ValidationError naming the first bad one).
+
+    A well-formed batch is checked in bulk (one numpy conversion for all its
+    vectors); anything irregular goes through the item-by-item path, which is
+    the one that names the bad trajectory and field."""
+    items = list(items)
+    fast = _bulk_batch(items, config)
+    if fast is not None:
+        return fast
     builder = _BatchBuilder(config)
     for offset, item in enumerate(items):
         builder.add(item, first_index + offset)
     return builder.build()
+
+
+_NUMBER_TYPES = (int, float)
+
+
+def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
+    """(n, width) float32 when every vector is a list of plain finite numbers
+    (no bools, strings or nesting) of that width; None otherwise."""
+    if not vectors or width == 0:
+        return np.zeros((len(vectors), width), dtype=np.float32)
+    for v in vectors:
+        if type(v) is not list or len(v) != width or _BOOL_TYPES & set(map(type, v)):
+            return None
+    try:
+        array = np.array(vectors, dtype=None)
+    except (ValueError, TypeError):
+        return None
+    if array.ndim != 2 or array.dtype.kind not in "iuf":
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = array.astype(np.float32)
+    return array if np.isfinite(array).all() else None
+
+
+def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
+    queries, qualities, latencies, routes, contexts = [], [], [], [], []
+    owners, positions, acts, attention, rewards, layers = [], [], [], [], [], []
+    for i, item in enumerate(items):
+        if type(item) is not dict or not item.keys() <= TRAJECTORY_FIELDS:
+            return None
+        quality = item.get("quality")
+        latency = item.get("latency_us")
+        route = item.get("model_route")
+        context = item.get("context_ids", [])
+        steps = item.get("steps", [])
+        if (
+            type(quality) not in _NUMBER_TYPES
+            or not 0.0 <= quality <= 1.0
+            or "query_embedding" not in item
+            or (latency is not None and (type(latency) is not int or not 0 <= latency < 2**63))
+            or (route is not None and (type(route) is not str or len(route) > MAX_TEXT))
+            or type(context) is not list
+            or any(type(c) is not str or len(c) > MAX_TEXT for c in context)
+            or type(steps) is not list
+        ):
+            return None
+        queries.append(item["query_embedding"])
+        qualities.append(quality)
+        latencies.append(latency)
+        routes.append(route)
+        contexts.append(context)
+        for j, step in enumerate(steps):
+            if (
+                type(step) is not dict
+                or not step.keys() <= STEP_FIELDS
+                or "activations" not in step
+                or "step_idx" in step  # rare: the item-by-item path checks it
+            ):
+                return None
+            reward = step.get("reward")
+            weights = step.get("attention_weights", [])
+            layer = step.get("layer_name")
+            if (
+                not (type(reward) is float or (type(reward) is int and abs(reward) < 2**53))
+                or not math.isfinite(reward)
+                or (layer is not None and (type(layer) is not str or len(layer) > MAX_TEXT))
+            ):
+                return None
+            if type(weights) is not list:
+                return None
+            owners.append(i)
+            positions.append(j)
+            acts.append(step["activations"])
+            attention.append(weights)
+            rewards.append(reward)
+            layers.append(layer)
+    query_array = _plain_vectors(queries, config.embedding_dim)
+    act_array = _plain_vectors(acts, config.hidden_dim)
+    # Attention vectors have any length: checked as one flat vector, then split.
+    flat = [w for weights in attention for w in weights]
+    flat_array = _plain_vectors([flat], len(flat))
+    if query_array is None or act_array is None or flat_array is None:
+        return None
+    ends = np.cumsum([len(weights) for weights in attention])
+    attention_arrays = np.split(flat_array[0], ends[:-1]) if attention else []
+    return TrajectoryBatch(
+        queries=query_array,
+        qualities=np.asarray(qualities, dtype=np.float64),
+        latencies=latencies,
+        routes=routes,
+        contexts=contexts,
+        step_owner=np.asarray(owners, dtype=np.int64),
+        step_index=np.asarray(positions, dtype=np.int64),
+        activations=act_array,
+        attention=attention_arrays,
+        rewards=np.asarray(rewards, dtype=np.float64),
+        layer_names=layers,
+    )
 
 
 def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:

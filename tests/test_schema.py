@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from sona_store import SonaConfig, SonaStore
 from sona_store.db import schema
@@ -174,6 +175,29 @@ def test_migrating_to_an_unknown_revision_is_a_schema_error(db_url, engine):
     with pytest.raises(SchemaVersionError, match="nonsense"):
         schema.downgrade(engine, "nonsense")
     assert schema.database_revision(engine) == schema.head_revision()
+
+
+def test_database_at_the_previous_shipped_revision_is_refused(db_url, engine):
+    """A real older revision of this package's own migrations, when it has one."""
+    script = ScriptDirectory.from_config(schema.alembic_config())
+    head = script.get_revision(schema.head_revision())
+    if head.down_revision is None:
+        pytest.skip("only one revision ships: covered by the next-release test below")
+    previous = head.down_revision
+    assert isinstance(previous, str)
+    schema.upgrade(engine, previous)
+    for create in (True, False):
+        with pytest.raises(SchemaVersionError) as info:
+            SonaStore(db_url, create=create)
+        message = str(info.value)
+        assert previous in message and head.revision in message
+        assert "sona-store" in message and "db upgrade" in message
+    assert schema.database_revision(engine) == previous
+    with engine.connect() as conn:  # nothing initialised (the older schema may lack tables)
+        assert conn.execute(sa.text("SELECT count(*) FROM store_settings")).scalar_one() == 0
+    schema.upgrade(engine)
+    SonaStore(db_url, create=False).close()
+    assert schema_diff(db_url) == []
 
 
 NEXT_REVISION = "9999_next"

@@ -18,7 +18,7 @@ The store's forward is `x + scale * up^T (down x)`; PEFT's is
 Tensors are float32 and copied bit for bit (a transpose is exact), so an
 export imported again gives the same arrays. `adapter_config.json` carries the
 PEFT fields and a `sona_store` section (tier, version, dim, layers, ...) that
-PEFT ignores. See docs/lora_export.md.
+recent PEFT versions ignore. See docs/lora_export.md.
 """
 
 from __future__ import annotations

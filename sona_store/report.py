@@ -265,6 +265,7 @@ def _chart_per_cycle(data: ReportData, chart: Chart) -> Any:
     for ax in (top, bottom):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, max(1.0, ax.get_ylim()[1] * 1.3))  # headroom for the legend
     _status_legend(top, [c["status"] for c in data.cycles])
     return fig
 
@@ -287,7 +288,7 @@ def _chart_quality(data: ReportData, chart: Chart) -> Any:
         )
     ax.set_ylim(0, 1.05)
     _time_axis(ax)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 
@@ -319,7 +320,7 @@ def _chart_ewc(data: ReportData, chart: Chart) -> Any:
             label="task boundary" if i == 0 else None,
         )
     _time_axis(ax)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 
@@ -359,7 +360,7 @@ def _chart_lora_norm(data: ReportData, chart: Chart) -> Any:
         )
         labelled.add(label)
     _time_axis(ax)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 
@@ -377,7 +378,7 @@ def _chart_durations(data: ReportData, chart: Chart) -> Any:
             ax.plot(*zip(*points, strict=True), "o", color=colour, label=status.replace("_", " "))
     ax.set_ylim(bottom=0)
     _time_axis(ax)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 
@@ -413,15 +414,20 @@ def render_html(data: ReportData, charts: Sequence[Chart]) -> str:
         "</section>"
         for c in charts
     )
-    columns = ["id", "started_at", "trigger", "status", "trajectories", "patterns", "elapsed"]
-    headers = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in columns)
-    headers += "<th>reason</th>"
+    columns = {
+        "id": "cycle",
+        "started_at": "started (UTC)",
+        "trigger": "trigger",
+        "status": "status",
+        "trajectories": "trajectories",
+        "patterns": "patterns",
+        "elapsed": "duration (s)",
+        "reason": "reason",
+    }
+    headers = "".join(f"<th>{label}</th>" for label in columns.values())
     recent = list(reversed(data.cycles[-TABLE_ROWS:]))
     body = "\n".join(
-        "<tr>"
-        + "".join(f"<td>{_cell(c[k])}</td>" for k in columns)
-        + f"<td>{_cell(c['reason'])}</td></tr>"
-        for c in recent
+        "<tr>" + "".join(f"<td>{_cell(c[k])}</td>" for k in columns) + "</tr>" for c in recent
     )
     table = (
         f"<table>\n<thead><tr>{headers}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
@@ -446,7 +452,7 @@ th {{ background: #f4f4f4; }}
 <h1>sona-store report</h1>
 <p>Store {html.escape(data.store_url)}, generated {_cell(utcnow())} UTC:
 {len(data.cycles)} cycles ({completed} completed), {len(data.versions)} base LoRA versions,
-{len(data.events)} head moves in the audit log.</p>
+{len(data.events)} rollbacks, restores or base-LoRA changes in the audit log.</p>
 {sections}
 <section>
 <h2>Last cycles</h2>

@@ -16,6 +16,9 @@ CYCLE_LOCK_KEY = 0x50A5_C1C1
 
 def acquire_cycle_lock(session: Session, *, wait: bool = True) -> bool:
     if session.get_bind().dialect.name != "postgresql":
+        # The session begins lazily: connect now, so BEGIN IMMEDIATE has run and
+        # the write lock is held when this returns (cycles time themselves from here).
+        session.connection()
         return True
     if wait:
         session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CYCLE_LOCK_KEY})

@@ -4,11 +4,12 @@ the schema runner, and prints. User errors become one line and exit code 1."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import ArgumentError
@@ -72,7 +73,12 @@ def cmd_db(args: argparse.Namespace) -> int:
         else:
             current = schema.database_revision(engine)
             head = schema.head_revision()
-            state = "up to date" if current == head else f"needs upgrade to {head}"
+            if current == head:
+                state = "up to date"
+            elif current is None or current in schema.known_revisions():
+                state = f"needs: sona-store db upgrade (to {head})"
+            else:
+                state = f"newer than this sona-store ({head}): upgrade the sona-store package"
             print(f"{mask_url(engine.url)}: revision {current or '(empty)'} ({state})")
     finally:
         engine.dispose()
@@ -285,22 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register_cli(sub)
     return parser
 
 
-# Later modules add their commands here (kept in their own files).
-EXTRA_COMMANDS: list[Callable[[Any], None]] = []
-
-from sona_store.scheduler import register_cli as _register_run  # noqa: E402
-
-EXTRA_COMMANDS.append(_register_run)
-
-from sona_store.lora_io import register_cli as _register_lora  # noqa: E402
-from sona_store.report import register_cli as _register_report  # noqa: E402
-
-EXTRA_COMMANDS += [_register_lora, _register_report]
+# Modules that add commands of their own, each through `register_cli(subparsers)`.
+COMMAND_MODULES = (
+    "sona_store.scheduler",  # run
+    "sona_store.lora_io",  # export-lora, import-lora, lora-use
+    "sona_store.report",  # report
+    "sona_store.demo",  # demo
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

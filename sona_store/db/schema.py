@@ -49,7 +49,7 @@ def current_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
-def _known_revisions() -> set[str]:
+def known_revisions() -> set[str]:
     script = ScriptDirectory.from_config(alembic_config())
     return {rev.revision for rev in script.walk_revisions()}
 
@@ -76,7 +76,7 @@ def _migrate(engine: Engine, run: Callable[[Config, str], None], verb: str, revi
         connection = _locked_begin(engine)
         try:
             current = current_revision(connection)
-            if current is not None and current not in _known_revisions():
+            if current is not None and current not in known_revisions():
                 raise SchemaVersionError(_newer_database_message(engine, current))
             try:
                 run(alembic_config(connection), revision)
@@ -125,7 +125,7 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
             )
         upgrade(engine)
         return
-    if current in _known_revisions():
+    if current in known_revisions():
         raise SchemaVersionError(
             f"database {url} is at schema revision {current}, this sona_store needs {head}; "
             f"run: sona-store --url {url} db upgrade"

@@ -58,7 +58,7 @@ def view_definitions(dialect: str) -> dict[str, str]:
             JOIN cycles AS c ON c.id = p.cycle_id
             LEFT JOIN store_head AS h ON h.cycle_id = p.cycle_id
         """,
-        # Cycles, rollbacks, restores and imports in one timeline (ORDER BY at).
+        # Cycles and audit events (rollbacks, restores, LoRA imports) in one timeline.
         "cycle_audit": """
             SELECT 'cycle' AS event, c.started_at AS at, c.id AS cycle_id, c.actor,
                    c.status, c.trigger, c.trajectories_processed, c.patterns_extracted,

@@ -286,7 +286,8 @@ def test_ewc_step_order():
     # 60 samples of 0.1 (mean 0.1, M2 1), current Fisher cleared, one remembered task
     # with F = [0, 0.01, 0], lambda 100: the raw gradient [10, 10, 10] is constrained to
     # [10, 5, 10] using the old state; it is a boundary (z ~ 76.7); the new task's Fisher
-    # is then 0.5 * [10, 5, 10]^2 = [50, 12.5, 50] and its mean the constrained gradient.
+    # is then 0.5 * [10, 5, 10]^2 = [50, 12.5, 50]; its Welford mean is that of the raw
+    # gradient (the one boundary detection tests; the reference used the constrained one).
     s = feed(EwcState.initial(CFG3), f32(0.1, 0.1, 0.1), 60, CFG3)
     s = dataclasses.replace(
         s, fisher=f32(0, 0, 0), lambda_=100.0, tasks=(task(0, [0, 0.01, 0], [0, 0, 0]),)
@@ -299,7 +300,7 @@ def test_ewc_step_order():
     assert len(new.tasks) == 2 and new.task_id == s.task_id + 1
     assert new.samples_seen == 1
     np.testing.assert_allclose(new.fisher, [50, 12.5, 50], rtol=1e-6)
-    np.testing.assert_allclose(new.grad_mean, [10, 5, 10], rtol=1e-6)
+    np.testing.assert_allclose(new.grad_mean, [10, 10, 10], rtol=1e-6)
     # No boundary: same task, Fisher folds in the constrained gradient.
     same, _, boundary = ewc_step(s, f32(0.1, 0.1, 0.1), CFG3)
     assert not boundary and same.samples_seen == 61 and len(same.tasks) == 1

@@ -41,7 +41,17 @@ def learn(
         return None
     config = ewc_config_for(lora.param_count, ewc_lambda)
     raw = base_lora.hebbian_gradient(lora, g)
-    new_state, constrained, boundary = ewc.ewc_step(state, raw, config)
+    # EWC++ sees the gradient in RMS units: its fixed constants (boundary
+    # z-score 2, variance prior 1, lambda 2000) then mean the same whatever the
+    # scale of the embeddings; the step applied keeps the gradient's own scale.
+    rms = np.float32(np.sqrt(np.mean(raw.astype(np.float64) ** 2)))
+    new_state, constrained_units, boundary = ewc.ewc_step(state, raw / rms, config)
+    constrained = constrained_units * rms
+    if ewc_lambda == 0:
+        # EWC++ off: the state is still tracked (Fisher, boundaries), but the
+        # update is not constrained (after a boundary the reference's lambda
+        # would otherwise be clamped up to min_lambda).
+        constrained = raw
     new_lora = base_lora.apply_update(lora, constrained, lr)
     new_state = ewc.with_weights(new_state, base_lora.flat_params(new_lora))
     return LearningStep(lora=new_lora, ewc_state=new_state, task_boundary=boundary)

@@ -132,18 +132,23 @@ def validate_state(state: EwcState, config: EwcConfig) -> None:
         raise ValidationError(f"negative samples_seen {state.samples_seen}", field="samples_seen")
 
 
-def update_fisher(state: EwcState, g: np.ndarray, config: EwcConfig) -> EwcState:
+def update_fisher(
+    state: EwcState, g: np.ndarray, config: EwcConfig, *, statistics_of: np.ndarray | None = None
+) -> EwcState:
     """Fold one gradient into the Fisher EMA, F = decay * F + (1 - decay) * g^2, and into
     the Welford mean and M2 (n = samples_seen + 1; mean += delta / n;
-    var += delta * (g - new mean)) that boundary detection compares against."""
+    var += delta * (g - new mean)) that boundary detection compares against.
+    `statistics_of` gives the Welford update another gradient than the Fisher's (see
+    `ewc_step`); by default both use g, as the reference does."""
     validate_state(state, config)
     g = _check_vector(g, config.param_count, "gradient")
+    s = g if statistics_of is None else _check_vector(statistics_of, config.param_count, "gradient")
     decay = np.float32(config.fisher_ema_decay)
     fisher = decay * state.fisher + (np.float32(1.0) - decay) * (g * g)
     n = np.float32(state.samples_seen + 1)
-    delta = g - state.grad_mean
+    delta = s - state.grad_mean
     mean = state.grad_mean + delta / n
-    var = state.grad_var + delta * (g - mean)
+    var = state.grad_var + delta * (s - mean)
     return dataclasses.replace(
         state,
         fisher=fisher.astype(np.float32),
@@ -274,10 +279,16 @@ def ewc_step(
     """One background cycle's EWC++ work, in the reference's order: constrain the raw
     gradient (with the state as it was), test the raw gradient for a task boundary, start
     a new task if so, then fold the constrained gradient into the Fisher.
+
+    One difference: the Welford statistics the boundary test compares against are kept
+    of the raw gradients, the ones it tests. The reference keeps them of the constrained
+    gradients, so once the current Fisher damps the updates, every raw gradient looks
+    far from the (damped) mean and a spurious boundary fires at the 50th sample (it never
+    showed, because its EWC++ never engaged: defect 2).
     Returns (new state, constrained gradient, boundary detected)."""
     constrained = apply_constraints(state, raw_gradient, config)
     boundary = detect_task_boundary(state, raw_gradient, config)
     if boundary:
         state = start_new_task(state, config)
-    state = update_fisher(state, constrained, config)
+    state = update_fisher(state, constrained, config, statistics_of=raw_gradient)
     return state, constrained, boundary

@@ -37,6 +37,8 @@ def _time_history(url: str, reps: int) -> tuple[list[float], list[float]]:
     store = SonaStore(url)
     try:
         last = store.history(limit=1)[0].cycle_id
+        store.rollback(last)  # warm: this engine's statement cache, the head cache
+        store.restore(last)
         rollbacks, restores = [], []
         for _ in range(reps):
             rollbacks.append(timed(lambda: store.rollback(last)) * 1000)

@@ -33,8 +33,19 @@ def per_call_us(fn: Callable[[], object], *, min_seconds: float, min_calls: int 
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss: KiB on
-    Linux, bytes on macOS)."""
+    """This process's peak resident set size so far, in MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process's
+    own memory map. Not ru_maxrss there: Linux carries ru_maxrss over fork and
+    exec, so a fresh child would report at least its parent's size at the
+    fork. Elsewhere: ru_maxrss (KiB on Linux and BSD, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -165,3 +166,13 @@ def test_installed_cli_ingests_and_runs_a_cycle(venv: Path, empty_dir: Path):
         )
     )
     assert stats["patterns_stored"] == result["patterns_extracted"] > 0
+
+
+def test_installed_demo_runs_in_under_a_minute(venv: Path, empty_dir: Path):
+    """The README's first command, from the installed wheel (no test extras)."""
+    started = time.monotonic()
+    out = check(run([venv / "bin" / "sona-store", "demo"], cwd=empty_dir, timeout=120))
+    elapsed = time.monotonic() - started
+    assert "weights bit-for-bit as before: True" in out
+    assert (empty_dir / "sona-demo.db").exists()
+    assert elapsed < 60, f"demo took {elapsed:.0f} s"

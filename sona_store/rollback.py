@@ -73,6 +73,70 @@ def _refuse_unless(cycle: Cycle, wanted: str, action: str) -> None:
     )
 
 
+def _completed_from(session: Session, first_id: int) -> list[int]:
+    """Completed cycles with id >= first_id: the current line from there on."""
+    return list(
+        session.scalars(
+            sa.select(Cycle.id)
+            .where(Cycle.status == "completed", Cycle.id >= first_id)
+            .order_by(Cycle.id)
+        )
+    )
+
+
+def _set_status(session: Session, cycle_ids: list[int], status: str) -> None:
+    session.execute(
+        sa.update(Cycle)
+        .where(Cycle.id.in_(cycle_ids))
+        .values(status=status)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _move_and_audit(
+    session: Session,
+    head: StoreHead,
+    *,
+    action: str,
+    cycle_id: int,
+    actor: str,
+    reason: str | None,
+    cut: list[int],
+    restored: list[int],
+    requeued: int | None,
+    to: dict[str, int | None],
+) -> HeadMove:
+    """Move the head to `to` (cycle, base LoRA, EWC++ pointers) and append the
+    audit row saying who, why, from where and what was cut or restored."""
+    before = _pointers(head)
+    state.move_head(session, head, **to)
+    details = {"from": before, "to": _pointers(head), "cycles_rolled_back": cut}
+    if restored:
+        details["cycles_restored"] = restored
+    if requeued is not None:
+        details.update(requeue=True, trajectories_requeued=requeued)
+    event = cycles.add_audit(
+        session,
+        actor=actor,
+        action=action,
+        cycle_id=cycle_id,
+        from_cycle_id=before["cycle_id"],
+        to_cycle_id=head.cycle_id,
+        reason=reason,
+        details=details,
+    )
+    return HeadMove(
+        audit_id=event.id,
+        action=action,
+        cycle_id=cycle_id,
+        from_cycle_id=before["cycle_id"],
+        to_cycle_id=head.cycle_id,
+        cycles_rolled_back=cut,
+        cycles_restored=restored,
+        trajectories_requeued=requeued or 0,
+    )
+
+
 def rollback(
     engine: Engine,
     cycle_id: int,
@@ -90,53 +154,25 @@ def rollback(
         cycle = cycles.get_cycle(session, cycle_id, for_update=True)
         _refuse_unless(cycle, "completed", "roll back")
         head = state.get_head(session, for_update=True)
-        before = _pointers(head)
-        cut = list(
-            session.scalars(
-                sa.select(Cycle.id)
-                .where(Cycle.status == "completed", Cycle.id >= cycle.id)
-                .order_by(Cycle.id)
-            )
-        )
-        session.execute(
-            sa.update(Cycle)
-            .where(Cycle.id.in_(cut))
-            .values(status="rolled_back")
-            .execution_options(synchronize_session=False)
-        )
-        requeued = trajectories.requeue(session, cut) if requeue else 0
+        cut = _completed_from(session, cycle.id)
+        _set_status(session, cut, "rolled_back")
+        requeued = trajectories.requeue(session, cut) if requeue else None
         lora_id, ewc_id = _state_before(session, cycle)
-        state.move_head(
+        return _move_and_audit(
             session,
             head,
-            cycle_id=cycle.parent_cycle_id,
-            base_lora_version_id=lora_id,
-            ewc_state_id=ewc_id,
-        )
-        event = cycles.add_audit(
-            session,
+            action="rollback",
+            cycle_id=cycle.id,
             actor=actor,
-            action="rollback",
-            cycle_id=cycle.id,
-            from_cycle_id=before["cycle_id"],
-            to_cycle_id=head.cycle_id,
             reason=reason,
-            details={
-                "from": before,
-                "to": _pointers(head),
-                "cycles_rolled_back": cut,
-                "requeue": requeue,
-                "trajectories_requeued": requeued,
+            cut=cut,
+            restored=[],
+            requeued=requeued,
+            to={
+                "cycle_id": cycle.parent_cycle_id,
+                "base_lora_version_id": lora_id,
+                "ewc_state_id": ewc_id,
             },
-        )
-        return HeadMove(
-            audit_id=event.id,
-            action="rollback",
-            cycle_id=cycle.id,
-            from_cycle_id=before["cycle_id"],
-            to_cycle_id=head.cycle_id,
-            cycles_rolled_back=cut,
-            trajectories_requeued=requeued,
         )
 
 
@@ -147,7 +183,6 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
         target = cycles.get_cycle(session, cycle_id, for_update=True)
         _refuse_unless(target, "rolled_back", "restore")
         head = state.get_head(session, for_update=True)
-        before = _pointers(head)
         # Walk up from the target to where it joins the current line.
         chain = [target]
         fork = target.parent_cycle_id
@@ -157,54 +192,23 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
                 break
             chain.append(parent)
             fork = parent.parent_cycle_id
-        cut = list(
-            session.scalars(
-                sa.select(Cycle.id)
-                .where(Cycle.status == "completed", Cycle.id > (fork or 0))
-                .order_by(Cycle.id)
-            )
-        )
+        cut = _completed_from(session, (fork or 0) + 1)
         restored = sorted(c.id for c in chain)
-        session.execute(
-            sa.update(Cycle)
-            .where(Cycle.id.in_(cut))
-            .values(status="rolled_back")
-            .execution_options(synchronize_session=False)
-        )
-        session.execute(
-            sa.update(Cycle)
-            .where(Cycle.id.in_(restored))
-            .values(status="completed")
-            .execution_options(synchronize_session=False)
-        )
-        state.move_head(
+        _set_status(session, cut, "rolled_back")
+        _set_status(session, restored, "completed")
+        return _move_and_audit(
             session,
             head,
+            action="restore",
             cycle_id=target.id,
-            base_lora_version_id=target.base_lora_version_id,
-            ewc_state_id=target.ewc_state_id,
-        )
-        event = cycles.add_audit(
-            session,
             actor=actor,
-            action="restore",
-            cycle_id=target.id,
-            from_cycle_id=before["cycle_id"],
-            to_cycle_id=target.id,
             reason=reason,
-            details={
-                "from": before,
-                "to": _pointers(head),
-                "cycles_rolled_back": cut,
-                "cycles_restored": restored,
+            cut=cut,
+            restored=restored,
+            requeued=None,
+            to={
+                "cycle_id": target.id,
+                "base_lora_version_id": target.base_lora_version_id,
+                "ewc_state_id": target.ewc_state_id,
             },
-        )
-        return HeadMove(
-            audit_id=event.id,
-            action="restore",
-            cycle_id=target.id,
-            from_cycle_id=before["cycle_id"],
-            to_cycle_id=target.id,
-            cycles_rolled_back=cut,
-            cycles_restored=restored,
         )

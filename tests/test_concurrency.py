@@ -166,7 +166,12 @@ def test_sigkill_mid_cycle_leaves_the_store_as_before_and_a_replica_finishes(db_
         wait_for(lambda: "scheduling" in procs.log(victim), 60, "the first service to start")
         wait_for(lambda: cycle_lock_held(db_url), 60, "its cycle to start", 0.01)
         survivor = procs.service("survivor", db_url, "--interval", "3600")
-        time.sleep(0.3)
+        # Let the other replica come up and wait for the lock (on SQLite it waits
+        # while opening the store), as long as the victim's cycle leaves time.
+        deadline = time.monotonic() + 2.0
+        while "scheduling" not in procs.log(survivor) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cycle_lock_held(db_url), "the cycle ended before the kill: make it longer"
         victim.kill()
         assert procs.wait(victim, 30) == -9
         assert snapshot(engine) == before, "a killed cycle must leave nothing behind"

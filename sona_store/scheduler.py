@@ -179,11 +179,8 @@ class SonaScheduler:
                 return
             signalled.set()
             self._stopping.set()
-            logger.info(
-                "%s received: finishing the running cycle, then stopping",
-                signal.Signals(signum).name,
-            )
-            threading.Thread(target=self._stop_scheduler, daemon=True).start()
+            name = signal.Signals(signum).name
+            threading.Thread(target=self._stop_scheduler, args=(name,), daemon=True).start()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -199,7 +196,8 @@ class SonaScheduler:
         self._finish()
         return True
 
-    def _stop_scheduler(self) -> None:
+    def _stop_scheduler(self, reason: str) -> None:
+        logger.info("%s received: finishing the running cycle, then stopping", reason)
         deadline = time.monotonic() + 10.0
         while not self._scheduler.running and time.monotonic() < deadline:
             time.sleep(0.01)  # the signal came while start() was still starting

@@ -65,9 +65,11 @@ class Processes:
     def all_logs(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.logs.values())
 
-    def terminate(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
-        """SIGTERM, then wait (bounded) for the exit code."""
-        proc.send_signal(signal.SIGTERM)
+    def terminate(
+        self, proc: subprocess.Popen[bytes], timeout: float = 60.0, sig: int = signal.SIGTERM
+    ) -> int:
+        """SIGTERM (or `sig`), then wait (bounded) for the exit code."""
+        proc.send_signal(sig)
         return self.wait(proc, timeout)
 
     def wait(self, proc: subprocess.Popen[bytes], timeout: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import signal
 import socket
 import threading
 import time
@@ -245,7 +246,8 @@ def test_restart_neither_runs_an_extra_cycle_nor_skips_one(db_url, procs):
     with inspector(db_url) as engine:
         first = procs.service("first", db_url, "--interval", str(interval))
         wait_for(lambda: _scheduled(cycles(engine)), 60, "the first scheduled cycle")
-        assert procs.terminate(first) == 0, procs.log(first)
+        assert procs.terminate(first, sig=signal.SIGINT) == 0, procs.log(first)
+        assert "SIGINT received" in procs.log(first)
         [anchor] = _scheduled(cycles(engine))
 
         second = procs.service("second", db_url, "--interval", str(interval))

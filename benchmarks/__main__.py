@@ -145,6 +145,8 @@ def machine() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "node": command("node", "--version"),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "git_commit": command("git", "-C", root, "rev-parse", "--short", "HEAD"),
         "git_dirty": bool(command("git", "-C", root, "status", "--porcelain", "sona_store")),
     }

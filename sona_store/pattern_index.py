@@ -1,15 +1,75 @@
-"""The current patterns as one normalised matrix, for cosine search in memory."""
+"""Learned patterns as the API returns them, and the current ones as one
+normalised matrix for cosine search in memory."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sona_store.store import Pattern
+from sona_store.db.models import Pattern as PatternRow
 
 NORM_EPSILON = 1e-8
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A learned pattern as read back from the store."""
+
+    id: int
+    cycle_id: int
+    centroid: np.ndarray
+    cluster_size: int
+    total_weight: float
+    avg_quality: float
+    pattern_type: str
+    access_count: int
+    last_accessed: dt.datetime | None
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: PatternRow) -> Pattern:
+        return cls(
+            id=row.id,
+            cycle_id=row.cycle_id,
+            centroid=row.centroid,
+            cluster_size=row.cluster_size,
+            total_weight=row.total_weight,
+            avg_quality=row.avg_quality,
+            pattern_type=row.pattern_type,
+            access_count=row.access_count,
+            last_accessed=row.last_accessed,
+            created_at=row.created_at,
+        )
+
+    def similarity(self, query: np.ndarray) -> float:
+        """Cosine similarity; 0 when lengths differ or a norm is under 1e-8."""
+        q = np.asarray(query, dtype=np.float64)
+        c = self.centroid.astype(np.float64)
+        if q.shape != c.shape:
+            return 0.0
+        nq, nc = np.linalg.norm(q), np.linalg.norm(c)
+        if nq < 1e-8 or nc < 1e-8:
+            return 0.0
+        return float(q @ c / (nq * nc))
+
+    def to_dict(self, *, with_centroid: bool = True) -> dict[str, Any]:
+        out = {
+            "id": self.id,
+            "cycle_id": self.cycle_id,
+            "cluster_size": self.cluster_size,
+            "total_weight": self.total_weight,
+            "avg_quality": self.avg_quality,
+            "pattern_type": self.pattern_type,
+            "access_count": self.access_count,
+            "last_accessed": self.last_accessed.isoformat() if self.last_accessed else None,
+            "created_at": self.created_at.isoformat(),
+        }
+        if with_centroid:
+            out["centroid"] = [float(v) for v in self.centroid]
+        return out
 
 
 class PatternIndex:

@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -28,6 +27,7 @@ from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
 from sona_store.db.schema import ensure_schema
 from sona_store.db.state import LoraArrays
+from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
@@ -36,70 +36,12 @@ from sona_store.learning import base_lora, micro_lora
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import MicroLoraWeights, initial_micro_lora
-from sona_store.pattern_index import PatternIndex
+from sona_store.pattern_index import Pattern, PatternIndex
 from sona_store.recording import TrajectoryBuilder
 from sona_store.rollback import HeadMove
 from sona_store.validation import read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A learned pattern as read back from the store."""
-
-    id: int
-    cycle_id: int
-    centroid: np.ndarray
-    cluster_size: int
-    total_weight: float
-    avg_quality: float
-    pattern_type: str
-    access_count: int
-    last_accessed: dt.datetime | None
-    created_at: dt.datetime
-
-    @classmethod
-    def from_row(cls, row: PatternRow) -> Pattern:
-        return cls(
-            id=row.id,
-            cycle_id=row.cycle_id,
-            centroid=row.centroid,
-            cluster_size=row.cluster_size,
-            total_weight=row.total_weight,
-            avg_quality=row.avg_quality,
-            pattern_type=row.pattern_type,
-            access_count=row.access_count,
-            last_accessed=row.last_accessed,
-            created_at=row.created_at,
-        )
-
-    def similarity(self, query: np.ndarray) -> float:
-        """Cosine similarity; 0 when lengths differ or a norm is under 1e-8."""
-        q = np.asarray(query, dtype=np.float64)
-        c = self.centroid.astype(np.float64)
-        if q.shape != c.shape:
-            return 0.0
-        nq, nc = np.linalg.norm(q), np.linalg.norm(c)
-        if nq < 1e-8 or nc < 1e-8:
-            return 0.0
-        return float(q @ c / (nq * nc))
-
-    def to_dict(self, *, with_centroid: bool = True) -> dict[str, Any]:
-        out = {
-            "id": self.id,
-            "cycle_id": self.cycle_id,
-            "cluster_size": self.cluster_size,
-            "total_weight": self.total_weight,
-            "avg_quality": self.avg_quality,
-            "pattern_type": self.pattern_type,
-            "access_count": self.access_count,
-            "last_accessed": self.last_accessed.isoformat() if self.last_accessed else None,
-            "created_at": self.created_at.isoformat(),
-        }
-        if with_centroid:
-            out["centroid"] = [float(v) for v in self.centroid]
-        return out
 
 
 class SonaStore:
@@ -467,42 +409,14 @@ class SonaStore:
             return trajectories.count_pending(session)
 
     def stats(self) -> dict[str, Any]:
-        """The reference's statistics keys, plus the store's own."""
-        from sona_store.db.models import Cycle, EwcTaskMemory, LoraVersion, Trajectory
-
-        count = sa.func.count()
+        """The reference's statistics keys, plus the store's own (see
+        `sona_store.db.stats.store_stats`)."""
         with transaction(self.engine) as session:
-            head = state.get_head(session)
-            recorded = trajectories.count_all(session)
-            pending = trajectories.count_pending(session)
-            current = session.scalar(
-                sa.select(count).select_from(PatternRow).where(PatternRow.cycle_id == head.cycle_id)
-            )
             return {
-                "trajectories_recorded": recorded,
-                "trajectories_buffered": pending,
-                "trajectories_dropped": 0,
-                "buffer_success_rate": 1.0,
-                "patterns_stored": current or 0,
-                "patterns_learned": session.scalar(sa.select(count).select_from(PatternRow)),
-                "ewc_tasks": session.scalar(
-                    sa.select(count)
-                    .select_from(EwcTaskMemory)
-                    .where(EwcTaskMemory.ewc_state_id == head.ewc_state_id)
-                ),
+                **store_stats(session),
                 "instant_enabled": self.enabled,
                 "background_enabled": self.enabled,
-                "trajectories_consumed": session.scalar(
-                    sa.select(count)
-                    .select_from(Trajectory)
-                    .where(Trajectory.consumed_by_cycle_id.is_not(None))
-                ),
-                "cycles": session.scalar(sa.select(count).select_from(Cycle)),
-                "head_cycle_id": head.cycle_id,
-                "base_lora_version_id": head.base_lora_version_id,
-                "micro_lora_version_id": head.micro_lora_version_id,
-                "lora_versions": session.scalar(sa.select(count).select_from(LoraVersion)),
-                "ewc_state_id": head.ewc_state_id,
+                "micro_signals_pending_here": self._instant.pending,
                 "database_url": mask_url(self.engine.url),
             }
 

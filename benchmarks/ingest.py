@@ -113,7 +113,9 @@ def bench_ingest(backend: Backend, workload: Workload, single_n: int, reps: int)
     return figures
 
 
-def _floor_rows(workload: Workload) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def _floor_rows(
+    workload: Workload,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The rows the store writes, as bytes and text, computed outside the timing."""
     n = len(workload)
     queries = workload.queries.astype(FLOAT32)
@@ -124,18 +126,9 @@ def _floor_rows(workload: Workload) -> tuple[list[tuple[Any, ...]], list[tuple[A
     created = utcnow().replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     no_context = json.dumps([])
     trajectories = [
-        (
-            i + 1,
-            queries[i].tobytes(),
-            embeddings[i].tobytes(),
-            float(workload.qualities[i]),
-            None,
-            None,
-            no_context,
-            created,
-        )
-        for i in range(n)
+        (i + 1, float(workload.qualities[i]), None, None, no_context, created) for i in range(n)
     ]
+    vectors = [(i + 1, queries[i].tobytes(), embeddings[i].tobytes()) for i in range(n)]
     steps = [
         (
             i + 1,
@@ -147,13 +140,13 @@ def _floor_rows(workload: Workload) -> tuple[list[tuple[Any, ...]], list[tuple[A
         )
         for i in range(n)
     ]
-    return trajectories, steps
+    return trajectories, vectors, steps
 
 
 def _floor_rate(backend: Backend, workload: Workload) -> float:
     url = backend.new_url("floor")
     SonaStore(url, cycle_config(len(workload))).close()  # the store's own tables, empty
-    trajectories, steps = _floor_rows(workload)
+    trajectories, vectors, steps = _floor_rows(workload)
     conn = sqlite3.connect(make_url(url).database or "", isolation_level=None)
     try:
         for pragma in (
@@ -168,10 +161,14 @@ def _floor_rate(backend: Backend, workload: Workload) -> float:
             for start in range(0, len(trajectories), BATCH):
                 conn.execute("BEGIN")
                 conn.executemany(
-                    "INSERT INTO trajectories (id, query_embedding, pattern_embedding, quality,"
-                    " latency_us, model_route, context_ids, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO trajectories (id, quality, latency_us, model_route,"
+                    " context_ids, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     trajectories[start : start + BATCH],
+                )
+                conn.executemany(
+                    "INSERT INTO trajectory_vectors (trajectory_id, query_embedding,"
+                    " pattern_embedding) VALUES (?, ?, ?)",
+                    vectors[start : start + BATCH],
                 )
                 conn.executemany(
                     "INSERT INTO trajectory_steps (trajectory_id, step_index, activations,"

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sona_store.config import SonaConfig
 from sona_store.db import state
 from sona_store.db.engine import transaction
-from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep
+from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
 from sona_store.learning.micro_lora import MicroAccumulator, MicroLoraWeights, apply_update
@@ -174,7 +174,8 @@ def _already_applied(session: Session, ids: list[int]) -> set[int]:
 
 def _unapplied_signals(session: Session, config: SonaConfig) -> list[Signal]:
     rows = session.execute(
-        sa.select(Trajectory.id, Trajectory.query_embedding, Trajectory.quality)
+        sa.select(Trajectory.id, TrajectoryVectors.query_embedding, Trajectory.quality)
+        .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == Trajectory.id)
         .outerjoin(MicroLoraSignal, MicroLoraSignal.trajectory_id == Trajectory.id)
         .where(MicroLoraSignal.trajectory_id.is_(None))
         .order_by(Trajectory.id)

@@ -266,8 +266,6 @@ def upgrade() -> None:
     op.create_table(
         "trajectories",
         sa.Column("id", BIG_ID, nullable=False),
-        sa.Column("query_embedding", FLOAT32_VECTOR, nullable=False),
-        sa.Column("pattern_embedding", FLOAT32_VECTOR, nullable=False),
         sa.Column("quality", sa.Float(), nullable=False),
         sa.Column("latency_us", sa.BigInteger(), nullable=True),
         sa.Column("model_route", sa.String(length=200), nullable=True),
@@ -291,6 +289,19 @@ def upgrade() -> None:
             unique=False,
         )
 
+    op.create_table(
+        "trajectory_vectors",
+        sa.Column("trajectory_id", BIG_ID, nullable=False),
+        sa.Column("query_embedding", FLOAT32_VECTOR, nullable=False),
+        sa.Column("pattern_embedding", FLOAT32_VECTOR, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["trajectory_id"],
+            ["trajectories.id"],
+            name=op.f("fk_trajectory_vectors_trajectory_id_trajectories"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("trajectory_id", name=op.f("pk_trajectory_vectors")),
+    )
     op.create_table(
         "trajectory_steps",
         sa.Column("trajectory_id", BIG_ID, nullable=False),
@@ -329,6 +340,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("micro_lora_signals")
     op.drop_table("trajectory_steps")
+    op.drop_table("trajectory_vectors")
     with op.batch_alter_table("trajectories", schema=None) as batch_op:
         batch_op.drop_index("ix_trajectories_consumed_by_cycle_id_id")
 

@@ -174,14 +174,13 @@ class Cycle(Base):
 
 
 class Trajectory(Base):
-    """One recorded interaction. `pattern_embedding` is the vector clustering
-    uses, computed once at ingest from the query and steps (it never changes)."""
+    """One recorded interaction. Its vectors live in `trajectory_vectors`: this
+    row stays narrow, so consuming a batch (an UPDATE of consumed_by_cycle_id)
+    rewrites a few bytes per trajectory, not kilobytes."""
 
     __tablename__ = "trajectories"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    query_embedding: Mapped[np.ndarray]
-    pattern_embedding: Mapped[np.ndarray]
     quality: Mapped[float] = mapped_column(Float)
     latency_us: Mapped[int | None] = mapped_column(BigInteger)
     model_route: Mapped[str | None] = mapped_column(String(200))
@@ -193,6 +192,19 @@ class Trajectory(Base):
         # The retention window reads trajectories in (cycle, id) order.
         Index("ix_trajectories_consumed_by_cycle_id_id", "consumed_by_cycle_id", "id"),
     )
+
+
+class TrajectoryVectors(Base):
+    """A trajectory's vectors. `pattern_embedding` is what clustering uses,
+    computed once at ingest from the query and the steps (it never changes)."""
+
+    __tablename__ = "trajectory_vectors"
+
+    trajectory_id: Mapped[int] = mapped_column(
+        ForeignKey("trajectories.id", ondelete="CASCADE"), primary_key=True
+    )
+    query_embedding: Mapped[np.ndarray]
+    pattern_embedding: Mapped[np.ndarray]
 
 
 class TrajectoryStep(Base):
@@ -285,5 +297,6 @@ __all__ = [
     "StoreSettings",
     "Trajectory",
     "TrajectoryStep",
+    "TrajectoryVectors",
     "VectorBlob",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from sona_store.db.models import Cycle, Trajectory, TrajectoryStep
+from sona_store.db.models import Cycle, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.validation import TrajectoryBatch
 
@@ -32,50 +34,87 @@ def reserve_ids(session: Session, n: int) -> list[int]:
     return list(range(start + 1, start + n + 1))
 
 
+def _bulk_insert(session: Session, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+    """executemany of plain tuples through the driver: values are already in
+    their stored form (bytes, numbers, text), so SQLAlchemy's per-value
+    processing is skipped. Parameters are bound, never formatted into SQL."""
+    connection = session.connection()
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join([marker] * len(columns))})"
+    )
+    for start in range(0, len(rows), INSERT_CHUNK):
+        connection.exec_driver_sql(sql, rows[start : start + INSERT_CHUNK])
+
+
+def _stored(session: Session, column: sa.Column, value: object) -> object:
+    """A value as the column's type stores it (its bind processor, run once)."""
+    dialect = session.get_bind().dialect
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process(value) if process else value
+
+
 def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
-    """Insert validated trajectories and their steps; ids in batch order.
-    Ids are reserved first so both tables go in as plain executemany (an
-    INSERT .. RETURNING per row is several times slower)."""
+    """Insert validated trajectories, their vectors and steps; ids in batch order.
+    Ids are reserved first so every table goes in as one plain executemany."""
     if not len(batch):
         return []
     ids = reserve_ids(session, len(batch))
-    now = utcnow()
+    table = Trajectory.__table__
+    created = _stored(session, table.c.created_at, utcnow())
+    _bulk_insert(
+        session,
+        table,
+        ["id", "quality", "latency_us", "model_route", "context_ids", "created_at"],
+        [
+            (
+                ids[i],
+                float(batch.qualities[i]),
+                batch.latencies[i],
+                batch.routes[i],
+                json.dumps(batch.contexts[i]),
+                created,
+            )
+            for i in range(len(batch))
+        ],
+    )
     queries = batch.queries.astype(FLOAT32, copy=False)
     embeddings = batch.pattern_embeddings.astype(FLOAT32, copy=False)
-    rows = [
-        {
-            "id": ids[i],
-            "query_embedding": queries[i].tobytes(),
-            "pattern_embedding": embeddings[i].tobytes(),
-            "quality": float(batch.qualities[i]),
-            "latency_us": batch.latencies[i],
-            "model_route": batch.routes[i],
-            "context_ids": batch.contexts[i],
-            "created_at": now,
-        }
-        for i in range(len(batch))
-    ]
-    connection = session.connection()
-    for start in range(0, len(rows), INSERT_CHUNK):
-        connection.execute(sa.insert(Trajectory.__table__), rows[start : start + INSERT_CHUNK])
+    _bulk_insert(
+        session,
+        TrajectoryVectors.__table__,
+        ["trajectory_id", "query_embedding", "pattern_embedding"],
+        [(ids[i], queries[i].tobytes(), embeddings[i].tobytes()) for i in range(len(batch))],
+    )
     if len(batch.step_owner):
         owners = np.asarray(ids, dtype=np.int64)[batch.step_owner].tolist()
+        positions = batch.step_index.tolist()
+        rewards = batch.rewards.tolist()
         activations = batch.activations.astype(FLOAT32, copy=False)
-        steps = [
-            {
-                "trajectory_id": owners[j],
-                "step_index": int(batch.step_index[j]),
-                "activations": activations[j].tobytes(),
-                "attention_weights": batch.attention[j].astype(FLOAT32, copy=False).tobytes(),
-                "reward": float(batch.rewards[j]),
-                "layer_name": batch.layer_names[j],
-            }
-            for j in range(len(owners))
-        ]
-        for start in range(0, len(steps), INSERT_CHUNK):
-            connection.execute(
-                sa.insert(TrajectoryStep.__table__), steps[start : start + INSERT_CHUNK]
-            )
+        _bulk_insert(
+            session,
+            TrajectoryStep.__table__,
+            [
+                "trajectory_id",
+                "step_index",
+                "activations",
+                "attention_weights",
+                "reward",
+                "layer_name",
+            ],
+            [
+                (
+                    owners[j],
+                    positions[j],
+                    activations[j].tobytes(),
+                    batch.attention[j].astype(FLOAT32, copy=False).tobytes(),
+                    rewards[j],
+                    batch.layer_names[j],
+                )
+                for j in range(len(owners))
+            ],
+        )
     return ids
 
 
@@ -116,12 +155,15 @@ def load_window(
     statement = (
         sa.select(
             Trajectory.id,
-            sa.type_coerce(Trajectory.pattern_embedding, sa.LargeBinary),
+            sa.type_coerce(TrajectoryVectors.pattern_embedding, sa.LargeBinary),
             Trajectory.quality,
         )
         .join(Cycle, Cycle.id == Trajectory.consumed_by_cycle_id)
+        .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == Trajectory.id)
         .where(Cycle.status == "completed")
-        .order_by(Trajectory.consumed_by_cycle_id.desc(), Trajectory.id.desc())
+        # Cycle.id (equal to consumed_by_cycle_id here) lets SQLite walk the
+        # indexes backwards instead of sorting the whole history.
+        .order_by(Cycle.id.desc(), Trajectory.id.desc())
         .limit(limit)
     )
     rows = session.execute(statement).all()

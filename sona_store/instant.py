@@ -29,7 +29,7 @@ from sona_store.db import state
 from sona_store.db.engine import transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
-from sona_store.learning.embedding import fit_width
+from sona_store.learning.embedding import NORM_EPSILON, fit_width
 from sona_store.learning.micro_lora import MicroAccumulator, MicroLoraWeights, apply_update
 from sona_store.learning.signal import learning_signal
 from sona_store.validation import TrajectoryBatch
@@ -43,15 +43,31 @@ class Signal:
 
 
 def batch_signals(batch: TrajectoryBatch, ids: list[int], dim: int) -> list[Signal]:
-    """The learning signal of every trajectory of a validated batch, in order."""
-    bounds = np.searchsorted(batch.step_owner, np.arange(len(batch) + 1))
-    rewards = batch.rewards.astype(np.float32)
-    out = []
-    for i, trajectory_id in enumerate(ids):
+    """The learning signal of every trajectory of a validated batch, in order.
+    Trajectories with none or one step (the common case) are computed for the
+    whole batch at once, bit for bit as `learning_signal` does one by one."""
+    n = len(batch)
+    counts = np.bincount(batch.step_owner, minlength=n)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    gradients = fit_width(batch.queries.astype(np.float32), dim).copy()
+    single = np.flatnonzero(counts == 1)
+    if len(single):
+        rewards = batch.rewards.astype(np.float32)[bounds[single]]
+        acts = fit_width(
+            batch.activations[bounds[single]].astype(np.float32), batch.queries.shape[1]
+        )
+        grads = rewards[:, None] * acts
+        norms = np.sqrt(np.cumsum(grads * grads, axis=1, dtype=np.float32)[:, -1])
+        scale = norms > NORM_EPSILON
+        grads[scale] = grads[scale] / norms[scale, None]
+        gradients[single] = fit_width(grads, dim)
+    rewards_all = batch.rewards.astype(np.float32)
+    for i in np.flatnonzero(counts > 1):
         lo, hi = bounds[i], bounds[i + 1]
-        gradient = learning_signal(batch.queries[i], batch.activations[lo:hi], rewards[lo:hi])
-        out.append(Signal(trajectory_id, fit_width(gradient[None, :], dim)[0], batch.qualities[i]))
-    return out
+        g = learning_signal(batch.queries[i], batch.activations[lo:hi], rewards_all[lo:hi])
+        gradients[i] = fit_width(g[None, :], dim)[0]
+    qualities = batch.qualities.tolist()
+    return [Signal(ids[i], gradients[i], qualities[i]) for i in range(n)]
 
 
 class InstantLearner:

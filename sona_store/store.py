@@ -32,10 +32,10 @@ from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
 from sona_store.instant import InstantLearner, batch_signals
-from sona_store.learning import base_lora, micro_lora
+from sona_store.learning import base_lora
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
 from sona_store.learning.ewc import EwcState
-from sona_store.learning.micro_lora import MicroLoraWeights, initial_micro_lora
+from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
 from sona_store.pattern_index import Pattern, PatternIndex
 from sona_store.recording import TrajectoryBuilder
 from sona_store.rollback import HeadMove
@@ -375,21 +375,24 @@ class SonaStore:
 
     # -- instant loop ------------------------------------------------------------
 
-    def _current_micro_lora(self) -> MicroLoraWeights:
-        def load(head: tuple[Any, ...]) -> MicroLoraWeights:
+    def _micro_projector(self) -> MicroProjector:
+        def load(head: tuple[Any, ...]) -> MicroProjector:
             with transaction(self.engine) as session:
-                return state.load_micro_lora(session, head[2])
+                return MicroProjector.of(state.load_micro_lora(session, head[2]))
 
         return self._cache.get("micro_lora", load)
 
     def apply_micro_lora(self, x: Any) -> np.ndarray:
-        """x + delta through the current micro-LoRA (x itself when disabled)."""
+        """x + delta through the current micro-LoRA (x itself when disabled);
+        x is one vector of hidden_dim values or a (n, hidden_dim) batch."""
         vector = np.asarray(x, dtype=np.float32)
-        if vector.shape[-1:] != (self.config.hidden_dim,) or not np.isfinite(vector).all():
-            raise ValidationError(f"x must have {self.config.hidden_dim} finite values", field="x")
+        if vector.shape[-1:] != (self.config.hidden_dim,) or vector.ndim > 2:
+            raise ValidationError(f"x must have {self.config.hidden_dim} values", field="x")
+        if not np.isfinite(vector).all():
+            raise ValidationError("x contains NaN or infinity", field="x")
         if not self.enabled:
             return vector.copy()
-        return micro_lora.apply(self._current_micro_lora(), vector)
+        return self._micro_projector()(vector)
 
     def flush(self) -> int:
         """Apply every pending micro-LoRA signal and write counted pattern

@@ -266,6 +266,7 @@ def validate_batch(
 
 
 _NUMBER_TYPES = (int, float)
+_PLAIN_NUMBERS = {int, float}
 
 
 def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
@@ -274,16 +275,14 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
     if not vectors or width == 0:
         return np.zeros((len(vectors), width), dtype=np.float32)
     for v in vectors:
-        if type(v) is not list or len(v) != width or _BOOL_TYPES & set(map(type, v)):
+        # One C-level pass per vector: the set of its element types.
+        if type(v) is not list or len(v) != width or not set(map(type, v)) <= _PLAIN_NUMBERS:
             return None
     try:
-        array = np.array(vectors, dtype=None)
-    except (ValueError, TypeError):
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.array(vectors, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError):
         return None
-    if array.ndim != 2 or array.dtype.kind not in "iuf":
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        array = array.astype(np.float32)
     return array if np.isfinite(array).all() else None
 
 

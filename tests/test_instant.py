@@ -349,3 +349,27 @@ def test_password_is_masked_in_stats_and_repr():
 
     url = "postgresql://sona:s3cret@127.0.0.1:5432/x"
     assert "s3cret" not in mask_url(url)
+
+
+def test_batch_signals_match_the_one_by_one_signal_bit_for_bit():
+    import random
+
+    from sona_store.instant import batch_signals
+    from sona_store.learning.signal import learning_signal
+    from sona_store.validation import validate_batch
+
+    items = (
+        make_trajectories(30, 16, seed=1, steps=1)
+        + make_trajectories(10, 16, seed=2, steps=0)
+        + make_trajectories(10, 16, seed=3, steps=3)
+    )
+    random.Random(0).shuffle(items)
+    batch = validate_batch(items, SonaConfig(hidden_dim=16))
+    signals = batch_signals(batch, list(range(len(items))), 16)
+    for item, signal in zip(items, signals, strict=True):
+        steps = item["steps"]
+        acts = np.asarray([s["activations"] for s in steps], np.float32).reshape(len(steps), 16)
+        rewards = np.asarray([s["reward"] for s in steps], np.float32)
+        expected = learning_signal(np.asarray(item["query_embedding"], np.float32), acts, rewards)
+        assert np.array_equal(signal.gradient, expected)
+        assert signal.quality == item["quality"]

@@ -273,3 +273,20 @@ def test_instant_loop_flushes_at_threshold() -> None:
     # three signals of [0, 1] * 1.0, averaged, times lr 1
     np.testing.assert_allclose(loop.weights.up, [[0.0, 1.0]])
     assert not w0.up.any()
+
+
+def test_projector_matches_apply_for_vectors_and_batches():
+    from sona_store.learning.micro_lora import MicroProjector
+
+    rng = np.random.default_rng(5)
+    for rank in (1, 2):
+        base = initial_micro_lora(rank, 64)
+        weights = MicroLoraWeights(
+            down=base.down, up=rng.normal(size=(rank, 64)).astype(np.float32)
+        )
+        project = MicroProjector.of(weights)
+        x = rng.normal(size=64).astype(np.float32)
+        batch = rng.normal(size=(7, 64)).astype(np.float32)
+        assert np.abs(project(x) - apply(weights, x)).max() <= 1e-6
+        assert np.abs(project(batch) - apply(weights, batch)).max() <= 1e-6
+        assert project(x).dtype == np.float32

@@ -275,8 +275,11 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
     if not vectors or width == 0:
         return np.zeros((len(vectors), width), dtype=np.float32)
     for v in vectors:
-        # One C-level pass per vector: the set of its element types.
-        if type(v) is not list or len(v) != width or not set(map(type, v)) <= _PLAIN_NUMBERS:
+        if type(v) is np.ndarray:  # API callers: no per-element check needed
+            if v.shape != (width,) or v.dtype.kind not in "iuf":
+                return None
+        # One C-level pass per list: the set of its element types.
+        elif type(v) is not list or len(v) != width or not set(map(type, v)) <= _PLAIN_NUMBERS:
             return None
     try:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -330,6 +333,8 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
                 or (layer is not None and (type(layer) is not str or len(layer) > MAX_TEXT))
             ):
                 return None
+            if type(weights) is np.ndarray:
+                weights = weights.tolist()
             if type(weights) is not list:
                 return None
             owners.append(i)

@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
 from sona_store.db import state
+from sona_store.db.bulk import bulk_insert
 from sona_store.db.engine import transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import NORM_EPSILON, fit_width
-from sona_store.learning.micro_lora import MicroAccumulator, MicroLoraWeights, apply_update
+from sona_store.learning.micro_lora import MicroLoraWeights, accumulate, apply_update
 from sona_store.learning.signal import learning_signal
 from sona_store.validation import TrajectoryBatch
 
@@ -141,11 +142,12 @@ class InstantLearner:
             weights = state.load_micro_lora(session, head.micro_lora_version_id)
             # Apply in groups of the flush threshold, in order, as the
             # reference's instant loop does (each group averaged on its own).
+            gradients = np.stack([s.gradient for s in fresh])
+            qualities = np.asarray([s.quality for s in fresh], dtype=np.float32)
             for start in range(0, len(fresh), group):
-                accumulator = MicroAccumulator.empty(weights.rank, weights.dim)
-                for signal in fresh[start : start + group]:
-                    accumulator.add(signal.gradient, signal.quality)
-                grad_up, count = accumulator.take()
+                grad_up, count = accumulate(
+                    gradients[start : start + group], qualities[start : start + group], weights.rank
+                )
                 weights = apply_update(weights, grad_up, count, lr)
             version = state.save_micro_lora(
                 session,
@@ -154,12 +156,11 @@ class InstantLearner:
                 source="flush",
                 note=f"{len(fresh)} signals",
             )
-            session.execute(
-                sa.insert(MicroLoraSignal),
-                [
-                    {"trajectory_id": s.trajectory_id, "micro_lora_version_id": version}
-                    for s in fresh
-                ],
+            bulk_insert(
+                session,
+                MicroLoraSignal.__table__,
+                ["trajectory_id", "micro_lora_version_id"],
+                [(s.trajectory_id, version) for s in fresh],
             )
             state.move_head(session, head, micro_lora_version_id=version)
             return len(fresh)

@@ -290,3 +290,17 @@ def test_projector_matches_apply_for_vectors_and_batches():
         assert np.abs(project(x) - apply(weights, x)).max() <= 1e-6
         assert np.abs(project(batch) - apply(weights, batch)).max() <= 1e-6
         assert project(x).dtype == np.float32
+
+
+def test_accumulate_equals_adding_one_by_one():
+    from sona_store.learning.micro_lora import accumulate
+
+    rng = np.random.default_rng(9)
+    gradients = rng.normal(size=(100, 32)).astype(np.float32)
+    qualities = rng.uniform(0, 1, 100).astype(np.float32)
+    one_by_one = MicroAccumulator.empty(2, 32)
+    for g, q in zip(gradients, qualities, strict=True):
+        one_by_one.add(g, float(q))
+    grad_up, count = accumulate(gradients, qualities, 2)
+    assert count == one_by_one.count == 100
+    assert np.array_equal(grad_up, one_by_one.grad_up)

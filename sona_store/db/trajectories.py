@@ -8,11 +8,10 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from sona_store.db.bulk import bulk_insert
 from sona_store.db.models import Cycle, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.validation import TrajectoryBatch
-
-INSERT_CHUNK = 2000  # rows per INSERT statement group; keeps bound parameters in limits
 
 
 def reserve_ids(session: Session, n: int) -> list[int]:
@@ -34,20 +33,6 @@ def reserve_ids(session: Session, n: int) -> list[int]:
     return list(range(start + 1, start + n + 1))
 
 
-def _bulk_insert(session: Session, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-    """executemany of plain tuples through the driver: values are already in
-    their stored form (bytes, numbers, text), so SQLAlchemy's per-value
-    processing is skipped. Parameters are bound, never formatted into SQL."""
-    connection = session.connection()
-    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join([marker] * len(columns))})"
-    )
-    for start in range(0, len(rows), INSERT_CHUNK):
-        connection.exec_driver_sql(sql, rows[start : start + INSERT_CHUNK])
-
-
 def _stored(session: Session, column: sa.Column, value: object) -> object:
     """A value as the column's type stores it (its bind processor, run once)."""
     dialect = session.get_bind().dialect
@@ -63,7 +48,7 @@ def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
     ids = reserve_ids(session, len(batch))
     table = Trajectory.__table__
     created = _stored(session, table.c.created_at, utcnow())
-    _bulk_insert(
+    bulk_insert(
         session,
         table,
         ["id", "quality", "latency_us", "model_route", "context_ids", "created_at"],
@@ -81,7 +66,7 @@ def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
     )
     queries = batch.queries.astype(FLOAT32, copy=False)
     embeddings = batch.pattern_embeddings.astype(FLOAT32, copy=False)
-    _bulk_insert(
+    bulk_insert(
         session,
         TrajectoryVectors.__table__,
         ["trajectory_id", "query_embedding", "pattern_embedding"],
@@ -92,7 +77,7 @@ def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
         positions = batch.step_index.tolist()
         rewards = batch.rewards.tolist()
         activations = batch.activations.astype(FLOAT32, copy=False)
-        _bulk_insert(
+        bulk_insert(
             session,
             TrajectoryStep.__table__,
             [

@@ -244,3 +244,19 @@ class MicroProjector:
         if x.ndim == 1:
             return x + self.lifted @ (self.down @ x)
         return x + (x @ self.down.T) @ self.lifted.T
+
+
+def accumulate(gradients: np.ndarray, qualities: np.ndarray, rank: int) -> tuple[np.ndarray, int]:
+    """What a fresh `MicroAccumulator` holds after `add`-ing each (gradient,
+    quality) in order, computed at once: the float32 running sum in index order
+    (`cumsum` never reorders), so the result is bit for bit the same."""
+    g = np.asarray(gradients, dtype=np.float32)
+    q = np.asarray(qualities, dtype=np.float32)
+    if g.ndim != 2 or len(q) != len(g):
+        raise ValueError(f"need (m, dim) gradients and m qualities, got {g.shape}, {q.shape}")
+    if not (np.isfinite(g).all() and np.isfinite(q).all()):
+        raise ValueError("gradient and quality must be finite")
+    if len(g) == 0:
+        return np.zeros((rank, g.shape[1]), dtype=np.float32), 0
+    total = np.cumsum(g * q[:, None], axis=0, dtype=np.float32)[-1]
+    return np.repeat(total[None, :], rank, axis=0), len(g)

@@ -4,6 +4,7 @@ its rollback, each step explained in one line. Leaves the database behind."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +164,10 @@ def run_demo(
     say("7. Explore next:")
     say(f"   sona-store --url {shown} history")
     say(f"   sona-store --url {shown} audit")
-    say(f"   sona-store --url {shown} report --out sona-report")
+    needs = (
+        "" if importlib.util.find_spec("matplotlib") else "   (pip install 'sona-store[report]')"
+    )
+    say(f"   sona-store --url {shown} report --out sona-report{needs}")
     if make_url(url).get_backend_name() == "sqlite":
         say(f"   sqlite3 {make_url(url).database} 'SELECT * FROM cycle_audit ORDER BY at'")
     else:

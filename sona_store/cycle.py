@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import time
 import traceback
+from typing import NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -65,7 +66,7 @@ def run_cycle(
             started_at = utcnow()
             if scheduled_for is not None and cycles.slot_taken(session, scheduled_for):
                 raise SlotTakenError(f"the slot {scheduled_for.isoformat()} already has a cycle")
-            record = _cycle_body(
+            record = cycle_body(
                 session,
                 config,
                 force=force,
@@ -86,6 +87,31 @@ def run_cycle(
         raise
     except Exception as exc:
         failure = exc
+    fail_cycle(
+        engine,
+        config,
+        failure,
+        trigger=trigger,
+        actor=actor,
+        started_at=started_at,
+        scheduled_for=scheduled_for,
+        clock=clock,
+    )
+
+
+def fail_cycle(
+    engine: Engine,
+    config: SonaConfig,
+    failure: BaseException,
+    *,
+    trigger: str,
+    actor: str,
+    started_at: dt.datetime,
+    scheduled_for: dt.datetime | None,
+    clock: float,
+) -> NoReturn:
+    """Record a cycle whose transaction raised as `failed`, then raise
+    CycleFailedError (with the failed record's id) from the cause."""
     cycle_id = record_failed_cycle(
         engine,
         config,
@@ -99,7 +125,7 @@ def run_cycle(
     raise CycleFailedError(f"cycle failed and was rolled back: {failure}", cycle_id) from failure
 
 
-def _cycle_body(
+def cycle_body(
     session: Session,
     config: SonaConfig,
     *,

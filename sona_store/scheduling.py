@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
-from sona_store.cycle import CycleFailedError, SlotTakenError, _cycle_body, record_failed_cycle
+from sona_store.cycle import SlotTakenError, cycle_body, fail_cycle
 from sona_store.db import cycles
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
@@ -84,7 +84,7 @@ def run_scheduled_cycle(
             slot = cycles.next_slot(session, interval, started_at)
             if slot > started_at + early:
                 return ScheduledRun(slot, None, interval)
-            record = _cycle_body(
+            record = cycle_body(
                 session,
                 config,
                 force=False,
@@ -103,17 +103,16 @@ def run_scheduled_cycle(
         raise
     except Exception as exc:
         failure = exc
-    cycle_id = record_failed_cycle(
+    fail_cycle(
         engine,
         config,
+        failure,
         trigger="scheduled",
         actor=actor,
         started_at=started_at,
         scheduled_for=slot,
-        error=failure,
-        elapsed=time.perf_counter() - clock,
+        clock=clock,
     )
-    raise CycleFailedError(f"cycle failed and was rolled back: {failure}", cycle_id) from failure
 
 
 def _wait_for_lock(session: Session, timeout: float, stop: threading.Event | None) -> None:

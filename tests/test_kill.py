@@ -80,7 +80,7 @@ with store.engine.connect() as conn:
 Path(before_path).write_text(json.dumps({"counts": before, "ids": ids}))
 
 session_of_cycle = []
-real_body = cycle_module._cycle_body
+real_body = cycle_module.cycle_body
 
 def body(session, *args, **kwargs):
     session_of_cycle.append(session)
@@ -97,7 +97,7 @@ def pause():
     time.sleep(60)
     sys.exit(3)  # never reached: the parent kills us first
 
-cycle_module._cycle_body = body
+cycle_module.cycle_body = body
 if pause_at == "extract_patterns":
     real_extract = cycle_module.extract_patterns
     def extract(*args, **kwargs):

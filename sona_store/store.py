@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from sona_store import cycle as cycle_module
 from sona_store import rollback as rollback_module
@@ -33,6 +34,7 @@ from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
 from sona_store.instant import InstantLearner, batch_signals
 from sona_store.learning import base_lora
+from sona_store.learning.background import ewc_config_for
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
@@ -100,11 +102,11 @@ class SonaStore:
             return config
 
     @staticmethod
-    def _init_state(session: Any, config: SonaConfig) -> None:
+    def _init_state(session: Session, config: SonaConfig) -> None:
+        """The initial versions every history starts from: identity adapters
+        (`up` zero) and an empty EWC++ state."""
         base = initial_base_lora(config.base_lora_layers, config.base_lora_rank, config.hidden_dim)
         micro = initial_micro_lora(config.micro_lora_rank, config.hidden_dim)
-        from sona_store.learning.background import ewc_config_for
-
         ewc = EwcState.initial(ewc_config_for(base.param_count, config.ewc_lambda))
         session.add(
             StoreHead(

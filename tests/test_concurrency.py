@@ -30,7 +30,9 @@ from .service_helpers import (
 pytestmark = pytest.mark.slow
 
 CONFIG = SonaConfig(hidden_dim=8, pattern_clusters=4, retention_window=2000)
-SLOW = SonaConfig(hidden_dim=256, pattern_clusters=1500)  # cycles of a few seconds
+# Cycles of several seconds (k-means++ seeding of 2250 centres over 4500 x 256 points),
+# so a kill reliably lands inside one.
+SLOW = SonaConfig(hidden_dim=256, pattern_clusters=2250)
 PASSWORD = "0utage-Pa55word"
 
 WRITER = """
@@ -157,7 +159,7 @@ def test_two_services_four_writers_and_manual_cycles_share_one_store(db_url, pro
 
 
 def test_sigkill_mid_cycle_leaves_the_store_as_before_and_a_replica_finishes(db_url, procs):
-    total = 3000
+    total = 4500
     with SonaStore(db_url, SLOW) as store:
         store.record_trajectories(make_trajectories(total, 256))
     with inspector(db_url) as engine:

@@ -34,10 +34,10 @@ from .service_helpers import (
 )
 
 SMALL = SonaConfig(hidden_dim=8, pattern_clusters=4)
-# Cycles of several seconds (k-means++ over 3000 x 256 with 1500 clusters), so a
+# Cycles of several seconds (k-means++ over 4500 x 256 with 2250 clusters), so a
 # signal sent once the cycle lock is seen held lands in the middle of one.
-SLOW = SonaConfig(hidden_dim=256, pattern_clusters=1500)
-SLOW_TRAJECTORIES = 3000
+SLOW = SonaConfig(hidden_dim=256, pattern_clusters=2250)
+SLOW_TRAJECTORIES = 4500
 PASSWORD = "s3cret-Pa55word"
 
 
@@ -133,7 +133,9 @@ def test_two_replicas_firing_together_make_one_cycle_per_slot(db_url):
     replicas = [SonaStore(db_url, SMALL) for _ in range(2)]
     try:
         replicas[0].record_trajectories(make_trajectories(12, 8))
-        interval = dt.timedelta(milliseconds=400)
+        # Long enough that the loser, once it has the lock, never finds the next
+        # slot already due, however slow the winner's cycle is on a busy machine.
+        interval = dt.timedelta(seconds=3)
         for round_ in range(3):
             barrier = threading.Barrier(2, timeout=30)
             outcomes: list = [None, None]

@@ -14,6 +14,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -94,3 +95,15 @@ def store(db_url: str, small_config: SonaConfig) -> Iterator[SonaStore]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    """Service and writer subprocesses of one test, all stopped at its end."""
+    from .service_helpers import Processes
+
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.cleanup()

@@ -17,7 +17,6 @@ from sona_store.db.types import utcnow
 from . import pgserver
 from .helpers import make_trajectories
 from .service_helpers import (
-    Processes,
     cycle_lock_held,
     cycles,
     inspector,
@@ -63,15 +62,6 @@ for i in range(count):
     result = store.run_cycle(force=i % 2 == 0)
     print(result.cycle_id, result.status, result.trajectories_processed, flush=True)
 """
-
-
-@pytest.fixture
-def procs(tmp_path: Path):
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.cleanup()
 
 
 def _read_ids(path: Path) -> list[int]:

@@ -25,7 +25,6 @@ from sona_store.scheduling import interval_delta, run_scheduled_cycle
 
 from .helpers import make_trajectories
 from .service_helpers import (
-    Processes,
     cycle_lock_held,
     cycles,
     inspector,
@@ -39,15 +38,6 @@ SMALL = SonaConfig(hidden_dim=8, pattern_clusters=4)
 SLOW = SonaConfig(hidden_dim=256, pattern_clusters=2250)
 SLOW_TRAJECTORIES = 4500
 PASSWORD = "s3cret-Pa55word"
-
-
-@pytest.fixture
-def procs(tmp_path: Path):
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.cleanup()
 
 
 def _scheduled(rows: list[dict]) -> list[dict]:

@@ -3,6 +3,7 @@ batches, so serving a query never waits on a database write."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,8 @@ from sona_store.db.engine import transaction
 from sona_store.db.models import Pattern
 from sona_store.db.types import utcnow
 
+logger = logging.getLogger("sona_store")
+
 
 class AccessLog:
     def __init__(self, engine: Engine, max_pending: int = 10_000, max_age_seconds: float = 5.0):
@@ -23,6 +26,7 @@ class AccessLog:
         self._lock = threading.Lock()
         self._counts: Counter[int] = Counter()
         self._since = time.monotonic()
+        self._flushing = False
 
     def touch(self, pattern_ids: list[int]) -> None:
         with self._lock:
@@ -32,7 +36,27 @@ class AccessLog:
                 or time.monotonic() - self._since >= self.max_age_seconds
             )
         if due:
-            self.flush()
+            self._flush_in_background()
+
+    def _flush_in_background(self) -> None:
+        """Write the counts off the caller's thread: on SQLite the write may
+        wait for a cycle's lock, and serving a query must not."""
+        with self._lock:
+            if self._flushing:
+                return
+            self._flushing = True
+            self._since = time.monotonic()
+
+        def run() -> None:
+            try:
+                self.flush()
+            except Exception as exc:  # the counts were kept for the next attempt
+                logger.warning("pattern access counts not written yet: %s", exc)
+            finally:
+                with self._lock:
+                    self._flushing = False
+
+        threading.Thread(target=run, name="sona-access-log", daemon=True).start()
 
     def flush(self) -> int:
         """Write the counted accesses (access_count += n, last_accessed = now)."""

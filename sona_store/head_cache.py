@@ -24,9 +24,12 @@ class HeadCache:
         self._head: tuple[Any, ...] | None = None
         self._checked_at = 0.0
         self._values: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        # Bumped by invalidate(): a read that started before it is not kept.
+        self._generation = 0
 
     def invalidate(self) -> None:
         with self._lock:
+            self._generation += 1
             self._head = None
             self._values.clear()
 
@@ -35,13 +38,17 @@ class HeadCache:
         with self._lock:
             if self._head is not None and now - self._checked_at < self.refresh_seconds:
                 return self._head
+            generation = self._generation
         head = self._read_head()
         with self._lock:
-            self._head, self._checked_at = head, now
+            if generation == self._generation:
+                self._head, self._checked_at = head, now
         return head
 
     def get(self, name: str, load: Callable[[tuple[Any, ...]], T]) -> T:
         """The value `name` for the current head, loading it when the head moved."""
+        with self._lock:
+            generation = self._generation
         head = self.head()
         with self._lock:
             cached = self._values.get(name)
@@ -49,5 +56,6 @@ class HeadCache:
                 return cached[1]
         value = load(head)
         with self._lock:
-            self._values[name] = (head, value)
+            if generation == self._generation:
+                self._values[name] = (head, value)
         return value

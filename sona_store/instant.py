@@ -30,7 +30,7 @@ from sona_store.db.bulk import bulk_insert
 from sona_store.db.engine import transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
-from sona_store.learning.embedding import NORM_EPSILON, fit_width
+from sona_store.learning.embedding import fit_width
 from sona_store.learning.micro_lora import MicroLoraWeights, accumulate, apply_update
 from sona_store.learning.signal import learning_signal
 from sona_store.validation import TrajectoryBatch
@@ -44,31 +44,11 @@ class Signal:
 
 
 def batch_signals(batch: TrajectoryBatch, ids: list[int], dim: int) -> list[Signal]:
-    """The learning signal of every trajectory of a validated batch, in order.
-    Trajectories with none or one step (the common case) are computed for the
-    whole batch at once, bit for bit as `learning_signal` does one by one."""
-    n = len(batch)
-    counts = np.bincount(batch.step_owner, minlength=n)
-    bounds = np.concatenate(([0], np.cumsum(counts)))
-    gradients = fit_width(batch.queries.astype(np.float32), dim).copy()
-    single = np.flatnonzero(counts == 1)
-    if len(single):
-        rewards = batch.rewards.astype(np.float32)[bounds[single]]
-        acts = fit_width(
-            batch.activations[bounds[single]].astype(np.float32), batch.queries.shape[1]
-        )
-        grads = rewards[:, None] * acts
-        norms = np.sqrt(np.cumsum(grads * grads, axis=1, dtype=np.float32)[:, -1])
-        scale = norms > NORM_EPSILON
-        grads[scale] = grads[scale] / norms[scale, None]
-        gradients[single] = fit_width(grads, dim)
-    rewards_all = batch.rewards.astype(np.float32)
-    for i in np.flatnonzero(counts > 1):
-        lo, hi = bounds[i], bounds[i + 1]
-        g = learning_signal(batch.queries[i], batch.activations[lo:hi], rewards_all[lo:hi])
-        gradients[i] = fit_width(g[None, :], dim)[0]
+    """The learning signal of every trajectory of a validated batch, in order,
+    fitted to the micro-LoRA's width."""
+    gradients = fit_width(batch.signals, dim)
     qualities = batch.qualities.tolist()
-    return [Signal(ids[i], gradients[i], qualities[i]) for i in range(n)]
+    return [Signal(ids[i], gradients[i], qualities[i]) for i in range(len(ids))]
 
 
 class InstantLearner:
@@ -95,7 +75,8 @@ class InstantLearner:
         Returns the number of signals applied now."""
         threshold = self.config.micro_flush_threshold
         with self._lock:
-            self._pending.extend(signals)
+            known = {s.trajectory_id for s in self._pending}
+            self._pending.extend(s for s in signals if s.trajectory_id not in known)
             due = len(self._pending) >= threshold
         return self._flush(whole_groups_only=True) if due else 0
 
@@ -136,7 +117,10 @@ class InstantLearner:
         with transaction(self.engine, immediate=True) as session:
             head = state.get_head(session, for_update=True)
             done = _already_applied(session, [s.trajectory_id for s in signals])
-            fresh = [s for s in signals if s.trajectory_id not in done]
+            # One signal per trajectory, whatever queued it twice (adoption can
+            # race a thread between its commit and its observe).
+            unique = {s.trajectory_id: s for s in signals if s.trajectory_id not in done}
+            fresh = [unique[i] for i in sorted(unique)]
             if not fresh:
                 return 0
             weights = state.load_micro_lora(session, head.micro_lora_version_id)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
-from sona_store.db.models import Cycle, LoraVersion, StoreHead
+from sona_store.db.models import Cycle, LoraVersion, StoreHead, Trajectory
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.errors import RollbackError
 
@@ -137,6 +137,25 @@ def _move_and_audit(
     )
 
 
+def _refuse_if_requeued(session: Session, chain: list[Cycle]) -> None:
+    """A cycle whose batch a rollback requeued no longer owns it: its state,
+    made current again, would count those trajectories twice (when the next
+    cycle consumes them) or lose them (when another cycle already has)."""
+    owned = dict(
+        session.execute(
+            sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
+            .where(Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]))
+            .group_by(Trajectory.consumed_by_cycle_id)
+        ).all()
+    )
+    for cycle in chain:
+        if owned.get(cycle.id, 0) != cycle.trajectories_processed:
+            raise RollbackError(
+                f"cycle {cycle.id}'s trajectories were requeued by a rollback "
+                f"(--requeue): restoring it would learn from them twice or lose them"
+            )
+
+
 def rollback(
     engine: Engine,
     cycle_id: int,
@@ -194,6 +213,7 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
             fork = parent.parent_cycle_id
         cut = _completed_from(session, (fork or 0) + 1)
         restored = sorted(c.id for c in chain)
+        _refuse_if_requeued(session, chain)
         _set_status(session, cut, "rolled_back")
         _set_status(session, restored, "completed")
         return _move_and_audit(

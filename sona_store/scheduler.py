@@ -116,7 +116,11 @@ class SonaScheduler:
         self._busy = threading.Lock()  # held while an attempt runs
         self._unrecorded: deque[_Unrecorded] = deque(maxlen=MAX_UNRECORDED)
         self._where = mask_url(store.engine.url)
-        self._password = store.engine.url.password
+        url = store.engine.url
+        query_password = url.query.get("password")
+        self._password = url.password or (
+            query_password if isinstance(query_password, str) else None
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -153,8 +153,18 @@ class SonaStore:
         batch = validate_batch(items, self.config)
         with transaction(self.engine, immediate=True) as session:
             ids = trajectories.insert_batch(session, batch)
-        self._instant.observe(batch_signals(batch, ids, self.config.hidden_dim))
+        # The trajectories are committed: a failing flush must not make the
+        # caller think otherwise (and retry). Its signals stay pending.
+        self._learn_quietly(
+            self._instant.observe, batch_signals(batch, ids, self.config.hidden_dim)
+        )
         return ids
+
+    def _learn_quietly(self, step: Callable[..., int], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:
+            logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
 
     def begin_trajectory(self, query_embedding: Any) -> TrajectoryBuilder:
         """Start a trajectory; nothing is written until `end_trajectory`."""
@@ -206,7 +216,7 @@ class SonaStore:
                 ids.extend(trajectories.insert_batch(session, batch))
                 if progress is not None:
                     progress(len(ids))
-        self._instant.catch_up()
+        self._learn_quietly(self._instant.catch_up)
         return ids
 
     # -- cycles -----------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 from sona_store.config import SonaConfig
 from sona_store.errors import ValidationError
 from sona_store.learning.embedding import trajectory_embeddings
+from sona_store.learning.signal import batch_learning_signals
 
 TRAJECTORY_FIELDS = {
     "query_embedding",
@@ -50,12 +51,33 @@ class TrajectoryBatch:
     attention: list[np.ndarray]  # m vectors of any length
     rewards: np.ndarray  # (m,) float64
     layer_names: list[str | None]
-    pattern_embeddings: np.ndarray = field(init=False)
+    pattern_embeddings: np.ndarray = field(init=False)  # (n, embedding_dim)
+    signals: np.ndarray = field(init=False)  # (n, embedding_dim): Loop A's gradients
 
     def __post_init__(self) -> None:
-        self.pattern_embeddings = trajectory_embeddings(
-            self.queries, self.step_owner, self.activations, self.rewards.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rewards = self.rewards.astype(np.float32)
+            self.pattern_embeddings = trajectory_embeddings(
+                self.queries, self.step_owner, self.activations, rewards
+            )
+        self.signals = batch_learning_signals(
+            self.queries, self.step_owner, self.activations, rewards
         )
+
+    def first_non_finite(self) -> tuple[int, str] | None:
+        """The first trajectory whose derived float32 values overflow (a finite
+        but huge reward or activation), and what overflowed; None if none does."""
+        with np.errstate(over="ignore"):
+            bad_reward = ~np.isfinite(self.rewards.astype(np.float32))
+        checks = (
+            ("steps.reward", np.unique(self.step_owner[bad_reward])),
+            ("steps.activations", np.flatnonzero(~np.isfinite(self.pattern_embeddings).all(1))),
+            ("steps.activations", np.flatnonzero(~np.isfinite(self.signals).all(1))),
+        )
+        found = [
+            (int(rows[0]), order, name) for order, (name, rows) in enumerate(checks) if len(rows)
+        ]
+        return min(found)[::2] if found else None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -256,13 +278,21 @@ def validate_batch(
     vectors); anything irregular goes through the item-by-item path, which is
     the one that names the bad trajectory and field."""
     items = list(items)
-    fast = _bulk_batch(items, config)
-    if fast is not None:
-        return fast
-    builder = _BatchBuilder(config)
-    for offset, item in enumerate(items):
-        builder.add(item, first_index + offset)
-    return builder.build()
+    batch = _bulk_batch(items, config)
+    if batch is None:
+        builder = _BatchBuilder(config)
+        for offset, item in enumerate(items):
+            builder.add(item, first_index + offset)
+        batch = builder.build()
+    overflow = batch.first_non_finite()
+    if overflow is not None:
+        index, name = overflow
+        raise ValidationError(
+            "values too large: they overflow float32 in the embedding or learning signal",
+            index=first_index + index,
+            field=name,
+        )
+    return batch
 
 
 _NUMBER_TYPES = (int, float)

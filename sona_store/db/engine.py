@@ -35,7 +35,10 @@ IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
 def mask_url(url: str | URL) -> str:
     """The URL as it may appear in logs and messages: password replaced by ***."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:  # libpq also takes ?password=...
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is shown without anything after '//'
         text = str(url)
         return text.split("//", 1)[0] + "//***" if "//" in text else "***"

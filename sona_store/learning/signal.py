@@ -58,3 +58,33 @@ def learning_signal(
     if norm > NORM_EPSILON:
         gradient = gradient / norm
     return gradient.astype(np.float32, copy=False)
+
+
+def batch_learning_signals(
+    queries: np.ndarray,
+    step_owner: np.ndarray,
+    step_activations: np.ndarray,
+    step_rewards: np.ndarray,
+) -> np.ndarray:
+    """`learning_signal` of n trajectories, (n, d) float32. Steps are sorted by
+    owner. Trajectories with none or one step (the common case) are computed
+    at once, bit for bit as one by one; longer ones one by one."""
+    n = len(queries)
+    counts = np.bincount(step_owner, minlength=n)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    gradients = np.array(queries, dtype=np.float32, copy=True)
+    rewards = np.asarray(step_rewards, dtype=np.float32)
+    single = np.flatnonzero(counts == 1)
+    if len(single):
+        acts = fit_width(np.asarray(step_activations, np.float32)[bounds[single]], queries.shape[1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            grads = rewards[bounds[single], None] * acts
+            norms = np.sqrt(np.cumsum(grads * grads, axis=1, dtype=np.float32)[:, -1])
+            scale = norms > NORM_EPSILON
+            grads[scale] = grads[scale] / norms[scale, None]
+        gradients[single] = grads
+    for i in np.flatnonzero(counts > 1):
+        lo, hi = bounds[i], bounds[i + 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            gradients[i] = learning_signal(queries[i], step_activations[lo:hi], rewards[lo:hi])
+    return gradients

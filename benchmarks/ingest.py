@@ -65,21 +65,20 @@ def _on_fresh_store(backend: Backend, n: int, body: Any) -> float:
 def bench_ingest(backend: Backend, workload: Workload, single_n: int, reps: int) -> list[Figure]:
     n = len(workload)
     items = workload.items()  # the JSON shape, as parsed from the JSONL
-    batched = []
-    for rep in range(reps):
-        batched.append(n / _on_fresh_store(backend, n, lambda s: _record_batched(s, items)))
-        progress(f"{backend.name} ingest batched rep {rep + 1}/{reps}: {batched[-1]:,.0f}/s")
+
+    def rates(what: str, count: int, body: Any) -> list[float]:
+        out = []
+        for rep in range(reps):
+            out.append(count / _on_fresh_store(backend, n, body))
+            progress(f"{backend.name} ingest {what} rep {rep + 1}/{reps}: {out[-1]:,.0f}/s")
+        return out
+
+    batched = rates("batched", n, lambda s: _record_batched(s, items))
     # The same trajectories as a Python caller holding numpy vectors sends them.
     arrays = [_as_numpy(item) for item in items]
-    batched_np = []
-    for rep in range(reps):
-        batched_np.append(n / _on_fresh_store(backend, n, lambda s: _record_batched(s, arrays)))
-        progress(f"{backend.name} ingest numpy rep {rep + 1}/{reps}: {batched_np[-1]:,.0f}/s")
+    batched_np = rates("numpy", n, lambda s: _record_batched(s, arrays))
     few = items[:single_n]
-    single = []
-    for rep in range(reps):
-        single.append(single_n / _on_fresh_store(backend, n, lambda s: _record_single(s, few)))
-        progress(f"{backend.name} ingest single rep {rep + 1}/{reps}: {single[-1]:,.0f}/s")
+    single = rates("single", single_n, lambda s: _record_single(s, few))
     api = "begin/end_trajectory" if hasattr(SonaStore, "end_trajectory") else "record([one])"
     figures = [
         Figure(

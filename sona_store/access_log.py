@@ -25,14 +25,16 @@ class AccessLog:
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
         self._counts: Counter[int] = Counter()
+        self._pending = 0  # sum of _counts, kept so touch() stays O(k)
         self._since = time.monotonic()
         self._flushing = False
 
     def touch(self, pattern_ids: list[int]) -> None:
         with self._lock:
             self._counts.update(pattern_ids)
+            self._pending += len(pattern_ids)
             due = (
-                sum(self._counts.values()) >= self.max_pending
+                self._pending >= self.max_pending
                 or time.monotonic() - self._since >= self.max_age_seconds
             )
         if due:
@@ -62,6 +64,7 @@ class AccessLog:
         """Write the counted accesses (access_count += n, last_accessed = now)."""
         with self._lock:
             counts, self._counts = self._counts, Counter()
+            self._pending = 0
             self._since = time.monotonic()
         if not counts:
             return 0
@@ -81,5 +84,6 @@ class AccessLog:
         except BaseException:
             with self._lock:  # keep them for the next attempt
                 self._counts.update(counts)
+                self._pending += sum(counts.values())
             raise
         return sum(counts.values())

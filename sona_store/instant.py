@@ -32,7 +32,7 @@ from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, Tr
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
 from sona_store.learning.micro_lora import MicroLoraWeights, accumulate, apply_update
-from sona_store.learning.signal import learning_signal
+from sona_store.learning.signal import batch_learning_signals
 from sona_store.validation import TrajectoryBatch
 
 
@@ -183,8 +183,11 @@ def _unapplied_signals(session: Session, config: SonaConfig) -> list[Signal]:
     ).all()
     if not rows:
         return []
-    steps: dict[int, list[tuple[np.ndarray, float]]] = {}
     ids = [r.id for r in rows]
+    position = {trajectory_id: i for i, trajectory_id in enumerate(ids)}
+    owners: list[int] = []
+    activations: list[np.ndarray] = []
+    rewards: list[float] = []
     for start in range(0, len(ids), 5000):
         for step in session.execute(
             sa.select(
@@ -193,15 +196,17 @@ def _unapplied_signals(session: Session, config: SonaConfig) -> list[Signal]:
             .where(TrajectoryStep.trajectory_id.in_(ids[start : start + 5000]))
             .order_by(TrajectoryStep.trajectory_id, TrajectoryStep.step_index)
         ):
-            steps.setdefault(step.trajectory_id, []).append((step.activations, step.reward))
-    out = []
-    for row in rows:
-        own = steps.get(row.id, [])
-        acts = np.stack([a for a, _ in own]) if own else np.zeros((0, config.hidden_dim), FLOAT32)
-        rewards = np.asarray([r for _, r in own], dtype=np.float32)
-        gradient = learning_signal(row.query_embedding, acts, rewards)
-        out.append(Signal(row.id, fit_width(gradient[None, :], config.hidden_dim)[0], row.quality))
-    return out
+            owners.append(position[step.trajectory_id])
+            activations.append(step.activations)
+            rewards.append(step.reward)
+    gradients = batch_learning_signals(
+        np.stack([r.query_embedding for r in rows]),
+        np.asarray(owners, dtype=np.int64),
+        np.stack(activations) if activations else np.zeros((0, config.hidden_dim), FLOAT32),
+        np.asarray(rewards, dtype=np.float32),
+    )
+    fitted = fit_width(gradients, config.hidden_dim)
+    return [Signal(row.id, fitted[i], row.quality) for i, row in enumerate(rows)]
 
 
 __all__ = ["InstantLearner", "MicroLoraWeights", "Signal", "batch_signals"]

@@ -14,6 +14,18 @@ from sona_store.db.models import Pattern as PatternRow
 NORM_EPSILON = 1e-8
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The reference's pattern similarity: cosine in float64, 0 when the lengths
+    differ or a norm is under 1e-8."""
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if x.shape != y.shape:
+        return 0.0
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx < NORM_EPSILON or ny < NORM_EPSILON:
+        return 0.0
+    return float(x @ y / (nx * ny))
+
+
 @dataclass(frozen=True)
 class Pattern:
     """A learned pattern as read back from the store."""
@@ -46,14 +58,7 @@ class Pattern:
 
     def similarity(self, query: np.ndarray) -> float:
         """Cosine similarity; 0 when lengths differ or a norm is under 1e-8."""
-        q = np.asarray(query, dtype=np.float64)
-        c = self.centroid.astype(np.float64)
-        if q.shape != c.shape:
-            return 0.0
-        nq, nc = np.linalg.norm(q), np.linalg.norm(c)
-        if nq < 1e-8 or nc < 1e-8:
-            return 0.0
-        return float(q @ c / (nq * nc))
+        return cosine(np.asarray(query), self.centroid)
 
     def to_dict(self, *, with_centroid: bool = True) -> dict[str, Any]:
         out = {

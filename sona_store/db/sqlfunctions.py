@@ -13,6 +13,8 @@ import sqlite3
 
 import numpy as np
 
+from sona_store.pattern_index import cosine
+
 FLOAT32 = np.dtype("<f4")
 
 
@@ -21,14 +23,7 @@ def sona_cosine(a: bytes | None, b: bytes | None) -> float | None:
     or a norm is under 1e-8 (as the reference's pattern similarity); NULL in, NULL out."""
     if a is None or b is None:
         return None
-    x = np.frombuffer(a, dtype=FLOAT32).astype(np.float64)
-    y = np.frombuffer(b, dtype=FLOAT32).astype(np.float64)
-    if len(x) != len(y):
-        return 0.0
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-    if nx < 1e-8 or ny < 1e-8:
-        return 0.0
-    return float(x @ y / (nx * ny))
+    return cosine(np.frombuffer(a, dtype=FLOAT32), np.frombuffer(b, dtype=FLOAT32))
 
 
 def sona_vector_length(a: bytes | None) -> int | None:

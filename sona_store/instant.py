@@ -15,9 +15,10 @@ A signal is never dropped: a flush that fails puts its signals back.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
@@ -35,6 +36,8 @@ from sona_store.learning.micro_lora import MicroLoraWeights, accumulate, apply_u
 from sona_store.learning.signal import batch_learning_signals
 from sona_store.validation import TrajectoryBatch
 
+logger = logging.getLogger("sona_store")
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -51,6 +54,25 @@ def batch_signals(batch: TrajectoryBatch, ids: list[int], dim: int) -> list[Sign
     return [Signal(ids[i], gradients[i], qualities[i]) for i in range(len(ids))]
 
 
+@dataclass(frozen=True)
+class Applied:
+    """A micro-LoRA version a flush wrote (known once its transaction commits)."""
+
+    version_id: int
+    weights: MicroLoraWeights
+    count: int
+
+
+@dataclass
+class InFlight:
+    """What a recording transaction took from the queue: settled by
+    `InstantLearner.settle` once that transaction has committed or failed."""
+
+    taken: list[Signal] = field(default_factory=list)  # queued before, applied now
+    fresh_rest: list[Signal] = field(default_factory=list)  # the batch's, not applied yet
+    applied: Applied | None = None
+
+
 class InstantLearner:
     """One process's share of Loop A (thread-safe)."""
 
@@ -61,9 +83,10 @@ class InstantLearner:
         self.config = config
         self._pending: list[Signal] = []
         self._lock = threading.Lock()  # guards _pending
-        self._flush_lock = threading.Lock()  # one flush at a time per process
+        self._flush_lock = threading.Lock()  # one standalone flush at a time per process
         self._adopted = False
         self._on_flush = on_flush
+        self._known: tuple[int, MicroLoraWeights] | None = None  # last version seen
 
     @property
     def pending(self) -> int:
@@ -79,6 +102,46 @@ class InstantLearner:
             self._pending.extend(s for s in signals if s.trajectory_id not in known)
             due = len(self._pending) >= threshold
         return self._flush(whole_groups_only=True) if due else 0
+
+    def record(self, session: Session, fresh: list[Signal]) -> InFlight:
+        """Inside the transaction that inserts `fresh`'s trajectories: apply the
+        whole groups of (queued + fresh) signals in that same transaction, so a
+        batch costs one commit, not two. The flush runs in a savepoint: if it
+        fails, the trajectories still commit and the signals stay queued.
+        Call `adopt_orphans_once` before the transaction, `settle` after it."""
+        threshold = self.config.micro_flush_threshold
+        with self._lock:
+            queued = len(self._pending)
+            size = queued + len(fresh)
+            size -= size % threshold
+            if size == 0:
+                return InFlight(fresh_rest=fresh)
+            taken = self._pending[:size]
+            self._pending = self._pending[size:]
+        fresh_taken = fresh[: max(0, size - queued)]
+        inflight = InFlight(taken=taken, fresh_rest=fresh[len(fresh_taken) :])
+        try:
+            with session.begin_nested():
+                fresh_ids = {s.trajectory_id for s in fresh_taken}
+                inflight.applied = self._apply(session, taken + fresh_taken, fresh_ids)
+        except Exception as exc:
+            logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+            with self._lock:
+                self._pending[:0] = taken
+            return InFlight(fresh_rest=fresh)
+        return inflight
+
+    def settle(self, inflight: InFlight, *, committed: bool) -> None:
+        """After the recording transaction: queue the batch's remaining signals
+        (committed), or put back what it took (rolled back: its own
+        trajectories are gone, the earlier ones still need their signals)."""
+        with self._lock:
+            if committed:
+                self._pending.extend(inflight.fresh_rest)
+            else:
+                self._pending[:0] = inflight.taken
+        if committed and inflight.applied is not None:
+            self._committed(inflight.applied)
 
     def flush(self) -> int:
         """Apply every pending signal (this process's, and any orphaned ones)."""
@@ -103,51 +166,75 @@ class InstantLearner:
             if not taken:
                 return 0
             try:
-                applied = self._apply(taken, threshold)
+                with transaction(self.engine, immediate=True) as session:
+                    applied = self._apply(session, taken)
             except BaseException:
                 with self._lock:  # never drop a signal
                     self._pending[:0] = taken
                 raise
+        if applied is None:
+            return 0
+        self._committed(applied)
+        return applied.count
+
+    def _committed(self, applied: Applied) -> None:
+        self._known = (applied.version_id, applied.weights)
         if self._on_flush is not None:
             self._on_flush()
-        return applied
 
-    def _apply(self, signals: list[Signal], group: int) -> int:
-        lr = self.config.micro_lora_lr
-        with transaction(self.engine, immediate=True) as session:
-            head = state.get_head(session, for_update=True)
-            done = _already_applied(session, [s.trajectory_id for s in signals])
-            # One signal per trajectory, whatever queued it twice (adoption can
-            # race a thread between its commit and its observe).
-            unique = {s.trajectory_id: s for s in signals if s.trajectory_id not in done}
-            fresh = [unique[i] for i in sorted(unique)]
-            if not fresh:
-                return 0
-            weights = state.load_micro_lora(session, head.micro_lora_version_id)
-            # Apply in groups of the flush threshold, in order, as the
-            # reference's instant loop does (each group averaged on its own).
-            gradients = np.stack([s.gradient for s in fresh])
-            qualities = np.asarray([s.quality for s in fresh], dtype=np.float32)
-            for start in range(0, len(fresh), group):
-                grad_up, count = accumulate(
-                    gradients[start : start + group], qualities[start : start + group], weights.rank
-                )
-                weights = apply_update(weights, grad_up, count, lr)
-            version = state.save_micro_lora(
-                session,
-                weights,
-                parent_id=head.micro_lora_version_id,
-                source="flush",
-                note=f"{len(fresh)} signals",
+    def _weights(self, session: Session, version_id: int) -> MicroLoraWeights:
+        known = self._known
+        if known is not None and known[0] == version_id:
+            return known[1]
+        weights = state.load_micro_lora(session, version_id)
+        self._known = (version_id, weights)
+        return weights
+
+    def _apply(
+        self, session: Session, signals: list[Signal], fresh_ids: frozenset[int] | set[int] = ()
+    ) -> Applied | None:
+        """Apply signals to the latest stored weights, in `session`: a new
+        version, its ledger rows and the head pointer. Trajectories in
+        `fresh_ids` were inserted by this transaction, so nobody can have
+        applied them; the others are checked against the ledger."""
+        head_version = state.micro_lora_pointer(session, for_update=True)
+        done = _already_applied(
+            session, [s.trajectory_id for s in signals if s.trajectory_id not in fresh_ids]
+        )
+        # One signal per trajectory, whatever queued it twice (adoption can
+        # race a thread between its commit and its observe).
+        unique = {s.trajectory_id: s for s in signals if s.trajectory_id not in done}
+        fresh = [unique[i] for i in sorted(unique)]
+        if not fresh:
+            return None
+        weights = self._weights(session, head_version)
+        # Apply in groups of the flush threshold, in order, as the reference's
+        # instant loop does (each group averaged on its own).
+        group = self.config.micro_flush_threshold
+        gradients = np.stack([s.gradient for s in fresh])
+        qualities = np.asarray([s.quality for s in fresh], dtype=np.float32)
+        for start in range(0, len(fresh), group):
+            grad_up, count = accumulate(
+                gradients[start : start + group], qualities[start : start + group], weights.rank
             )
-            bulk_insert(
-                session,
-                MicroLoraSignal.__table__,
-                ["trajectory_id", "micro_lora_version_id"],
-                [(s.trajectory_id, version) for s in fresh],
-            )
-            state.move_head(session, head, micro_lora_version_id=version)
-            return len(fresh)
+            weights = apply_update(weights, grad_up, count, self.config.micro_lora_lr)
+        version = state.save_micro_lora(
+            session, weights, parent_id=head_version, source="flush", note=f"{len(fresh)} signals"
+        )
+        bulk_insert(
+            session,
+            MicroLoraSignal.__table__,
+            ["trajectory_id", "micro_lora_version_id"],
+            [(s.trajectory_id, version) for s in fresh],
+        )
+        state.point_micro_lora(session, version)
+        return Applied(version, weights, len(fresh))
+
+    def adopt_orphans_once(self) -> None:
+        """Queue orphaned signals on this store's first use (outside any
+        transaction: it reads in one of its own)."""
+        if not self._adopted:
+            self._adopt_orphans()
 
     def _adopt_orphans(self) -> None:
         """Queue, ahead of ours, the signals of trajectories nobody applied."""

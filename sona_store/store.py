@@ -32,7 +32,7 @@ from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
-from sona_store.instant import InstantLearner, batch_signals
+from sona_store.instant import InFlight, InstantLearner, batch_signals
 from sona_store.learning import base_lora
 from sona_store.learning.background import ewc_config_for
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
@@ -151,13 +151,19 @@ class SonaStore:
         if not self.enabled:
             return []
         batch = validate_batch(items, self.config)
-        with transaction(self.engine, immediate=True) as session:
-            ids = trajectories.insert_batch(session, batch)
-        # The trajectories are committed: a failing flush must not make the
-        # caller think otherwise (and retry). Its signals stay pending.
-        self._learn_quietly(
-            self._instant.observe, batch_signals(batch, ids, self.config.hidden_dim)
-        )
+        self._learn_quietly(self._instant.adopt_orphans_once)
+        inflight = InFlight()
+        try:
+            with transaction(self.engine, immediate=True) as session:
+                ids = trajectories.insert_batch(session, batch)
+                # Due micro-LoRA groups are applied in this same transaction;
+                # a failing flush leaves the trajectories to commit regardless.
+                signals = batch_signals(batch, ids, self.config.hidden_dim)
+                inflight = self._instant.record(session, signals)
+        except BaseException:
+            self._instant.settle(inflight, committed=False)
+            raise
+        self._instant.settle(inflight, committed=True)
         return ids
 
     def _learn_quietly(self, step: Callable[..., int], *args: Any) -> None:

@@ -300,23 +300,37 @@ _PLAIN_NUMBERS = {int, float}
 
 
 def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
-    """(n, width) float32 when every vector is a list of plain finite numbers
-    (no bools, strings or nesting) of that width; None otherwise."""
+    """(n, width) float32 when every vector is a list (or numeric array) of
+    plain finite numbers (no bools, strings or nesting) of that width; None
+    otherwise, and the item-by-item path names the problem.
+
+    One numpy conversion for the whole batch: it refuses nesting (shape) and
+    strings or None (dtype). Only bools get through it, as 0.0 and 1.0, so the
+    rows holding an exact 0 or 1 are the only ones whose element types are
+    checked."""
     if not vectors or width == 0:
         return np.zeros((len(vectors), width), dtype=np.float32)
     for v in vectors:
-        if type(v) is np.ndarray:  # API callers: no per-element check needed
+        if type(v) is np.ndarray:
             if v.shape != (width,) or v.dtype.kind not in "iuf":
                 return None
-        # One C-level pass per list: the set of its element types.
-        elif type(v) is not list or len(v) != width or not set(map(type, v)) <= _PLAIN_NUMBERS:
+        elif type(v) is not list or len(v) != width:
             return None
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            array = np.array(vectors, dtype=np.float32)
+            array = np.array(vectors)
+            if array.shape != (len(vectors), width) or array.dtype.kind not in "iuf":
+                return None
+            array = array.astype(np.float32, copy=False)
     except (ValueError, TypeError, OverflowError):
         return None
-    return array if np.isfinite(array).all() else None
+    if not np.isfinite(array).all():
+        return None
+    for row in np.flatnonzero(((array == 0) | (array == 1)).any(axis=1)).tolist():
+        v = vectors[row]
+        if type(v) is list and not set(map(type, v)) <= _PLAIN_NUMBERS:
+            return None
+    return array
 
 
 def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:

@@ -66,6 +66,9 @@ def create_store_engine(url: str | URL, **options: Any) -> Engine:
     return engine
 
 
+SQLITE_PAGE_SIZE = 16384
+
+
 def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
     connect_args = {
         "timeout": SQLITE_BUSY_TIMEOUT_S,
@@ -82,6 +85,11 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         if not in_memory:
+            # Takes effect only on a file with no pages yet (a new store); an
+            # existing file keeps its size. A trajectory's vectors are ~2 KiB,
+            # so 4 KiB pages hold one row each, half empty: 16 KiB pages cut
+            # the bytes written per trajectory by about a third.
+            cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
             _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()

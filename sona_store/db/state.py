@@ -23,20 +23,30 @@ from sona_store.learning.micro_lora import MicroLoraWeights
 # -- blobs --------------------------------------------------------------------
 
 
+# Statements built once: building one costs more than running it on the hot
+# path (a micro-LoRA flush runs several per recorded batch).
+_FIND_BLOB = sa.select(VectorBlob.id).where(VectorBlob.sha256 == sa.bindparam("digest"))
+_INSERT_BLOB = {
+    name: insert(VectorBlob).on_conflict_do_nothing(index_elements=["sha256"])
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_INSERT_LORA_VERSION = sa.insert(LoraVersion)
+
+
 def put_blob(session: Session, array: np.ndarray) -> int:
     """Store a float32 array once; an identical array returns the existing id."""
     data = np.ascontiguousarray(array, dtype=FLOAT32).tobytes()
     digest = hashlib.sha256(data).hexdigest()
-    existing = session.scalar(sa.select(VectorBlob.id).where(VectorBlob.sha256 == digest))
+    conn = session.connection()
+    existing = conn.execute(_FIND_BLOB, {"digest": digest}).scalar()
     if existing is not None:
         return existing
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(VectorBlob)
-        .values(sha256=digest, length=len(data) // 4, data=data)
-        .on_conflict_do_nothing(index_elements=["sha256"])
+    result = conn.execute(
+        _INSERT_BLOB[conn.dialect.name], {"sha256": digest, "length": len(data) // 4, "data": data}
     )
-    return session.scalar(sa.select(VectorBlob.id).where(VectorBlob.sha256 == digest))
+    if result.rowcount == 1:
+        return result.inserted_primary_key[0]
+    return conn.execute(_FIND_BLOB, {"digest": digest}).scalar_one()  # stored concurrently
 
 
 def get_blobs(session: Session, blob_ids: list[int]) -> dict[int, np.ndarray]:
@@ -62,22 +72,21 @@ def save_lora(
 ) -> int:
     """Append a LoRA version; `down`/`up` are (layers, rank, dim) (micro: layers 1)."""
     layers, rank, dim = up.shape
-    version = LoraVersion(
-        tier=tier,
-        parent_id=parent_id,
-        layers=layers,
-        rank=rank,
-        dim=dim,
-        alpha=float(alpha),
-        down_blob_id=put_blob(session, down.reshape(-1)),
-        up_blob_id=put_blob(session, up.reshape(-1)),
-        source=source,
-        note=note,
-        created_at=utcnow(),
-    )
-    session.add(version)
-    session.flush()
-    return version.id
+    values = {
+        "tier": tier,
+        "parent_id": parent_id,
+        "layers": layers,
+        "rank": rank,
+        "dim": dim,
+        "alpha": float(alpha),
+        "down_blob_id": put_blob(session, down.reshape(-1)),
+        "up_blob_id": put_blob(session, up.reshape(-1)),
+        "source": source,
+        "note": note,
+        "created_at": utcnow(),
+    }
+    result = session.connection().execute(_INSERT_LORA_VERSION, values)
+    return result.inserted_primary_key[0]
 
 
 def save_base_lora(session: Session, weights: BaseLoraWeights, **kwargs: object) -> int:
@@ -215,6 +224,30 @@ def get_head(session: Session, *, for_update: bool = False) -> StoreHead:
     if head is None:
         raise LookupError("the store has no head row: it was not initialised")
     return head
+
+
+_MICRO_POINTER = sa.select(StoreHead.micro_lora_version_id).where(StoreHead.id == 1)
+_LOCKED_MICRO_POINTER = _MICRO_POINTER.with_for_update()
+_POINT_MICRO = (
+    sa.update(StoreHead)
+    .where(StoreHead.id == 1)
+    .values(micro_lora_version_id=sa.bindparam("version"), updated_at=sa.bindparam("at"))
+)
+
+
+def micro_lora_pointer(session: Session, *, for_update: bool = False) -> int:
+    """The head's micro-LoRA version; `for_update` locks the head row
+    (PostgreSQL) so concurrent flushes apply one after the other."""
+    statement = _LOCKED_MICRO_POINTER if for_update else _MICRO_POINTER
+    version = session.connection().execute(statement).scalar()
+    if version is None:
+        raise LookupError("the store has no head row: it was not initialised")
+    return version
+
+
+def point_micro_lora(session: Session, version_id: int) -> None:
+    """Move the head's micro-LoRA pointer (the flush's one head write)."""
+    session.connection().execute(_POINT_MICRO, {"version": version_id, "at": utcnow()})
 
 
 def move_head(session: Session, head: StoreHead, **pointers: int | None) -> None:

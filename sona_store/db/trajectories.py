@@ -13,6 +13,11 @@ from sona_store.db.models import Cycle, Trajectory, TrajectoryStep, TrajectoryVe
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.validation import TrajectoryBatch
 
+_MAX_TRAJECTORY_ID = sa.select(sa.func.max(Trajectory.id))
+_NEXT_TRAJECTORY_IDS = sa.text(
+    "SELECT nextval(pg_get_serial_sequence('trajectories', 'id')) FROM generate_series(1, :n)"
+)
+
 
 def reserve_ids(session: Session, n: int) -> list[int]:
     """n fresh trajectory ids, ascending. PostgreSQL draws them from the
@@ -21,15 +26,9 @@ def reserve_ids(session: Session, n: int) -> list[int]:
     if n == 0:
         return []
     if session.get_bind().dialect.name == "postgresql":
-        drawn = session.scalars(
-            sa.text(
-                "SELECT nextval(pg_get_serial_sequence('trajectories', 'id')) "
-                "FROM generate_series(1, :n)"
-            ),
-            {"n": n},
-        ).all()
+        drawn = session.connection().execute(_NEXT_TRAJECTORY_IDS, {"n": n}).scalars().all()
         return sorted(drawn)
-    start = session.scalar(sa.select(sa.func.max(Trajectory.id))) or 0
+    start = session.connection().execute(_MAX_TRAJECTORY_ID).scalar() or 0
     return list(range(start + 1, start + n + 1))
 
 

@@ -46,7 +46,10 @@ def trajectory_embeddings(
     if len(step_owner):
         weights = np.maximum(step_rewards.astype(np.float32), np.float32(0.0))
         weighted = fit_width(step_activations.astype(np.float32), dim) * weights[:, None]
-        np.add.at(out, step_owner, weighted)
+        if len(step_owner) == n and (n < 2 or bool((np.diff(step_owner) > 0).all())):
+            out[step_owner] += weighted  # one step each: no owner repeats
+        else:
+            np.add.at(out, step_owner, weighted)  # in step order, as the reference adds
         weight_sums = np.bincount(step_owner, weights=weights, minlength=n).astype(np.float32)
         has_weight = weight_sums > 0
         out[has_weight] /= (weight_sums[has_weight] + np.float32(1.0))[:, None]

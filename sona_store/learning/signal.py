@@ -28,6 +28,15 @@ def _sequential_sum(values: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis)
 
 
+def _row_sequential_sums(matrix: np.ndarray) -> np.ndarray:
+    """Float32 sum of each row in index order, a column at a time: the same
+    additions as a `cumsum` along the rows, without its (n, d) temporary."""
+    total = matrix[:, 0].copy()
+    for column in range(1, matrix.shape[1]):
+        total += matrix[:, column]
+    return total
+
+
 def learning_signal(
     query: np.ndarray,
     step_activations: np.ndarray,
@@ -76,10 +85,13 @@ def batch_learning_signals(
     rewards = np.asarray(step_rewards, dtype=np.float32)
     single = np.flatnonzero(counts == 1)
     if len(single):
-        acts = fit_width(np.asarray(step_activations, np.float32)[bounds[single]], queries.shape[1])
+        acts = np.asarray(step_activations, np.float32)
+        if len(single) != len(acts):  # some trajectories have 0 or 2+ steps
+            acts = acts[bounds[single]]
+        acts = fit_width(acts, queries.shape[1])
         with np.errstate(over="ignore", invalid="ignore"):
             grads = rewards[bounds[single], None] * acts
-            norms = np.sqrt(np.cumsum(grads * grads, axis=1, dtype=np.float32)[:, -1])
+            norms = np.sqrt(_row_sequential_sums(grads * grads))
             scale = norms > NORM_EPSILON
             grads[scale] = grads[scale] / norms[scale, None]
         gradients[single] = grads

@@ -32,7 +32,7 @@ from sona_store.db.engine import transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
-from sona_store.learning.micro_lora import MicroLoraWeights, accumulate, apply_update
+from sona_store.learning.micro_lora import MicroLoraWeights, accumulate_groups, apply_update
 from sona_store.learning.signal import batch_learning_signals
 from sona_store.validation import TrajectoryBatch
 
@@ -103,33 +103,36 @@ class InstantLearner:
             due = len(self._pending) >= threshold
         return self._flush(whole_groups_only=True) if due else 0
 
-    def record(self, session: Session, fresh: list[Signal]) -> InFlight:
+    def record(self, session: Session, fresh: list[Signal], inflight: InFlight) -> None:
         """Inside the transaction that inserts `fresh`'s trajectories: apply the
         whole groups of (queued + fresh) signals in that same transaction, so a
         batch costs one commit, not two. The flush runs in a savepoint: if it
         fails, the trajectories still commit and the signals stay queued.
-        Call `adopt_orphans_once` before the transaction, `settle` after it."""
+        `inflight` (the caller's) records what was taken as soon as it is, so
+        `settle` can give it back whatever fails later. Call
+        `adopt_orphans_once` before the transaction, `settle` after it."""
         threshold = self.config.micro_flush_threshold
+        inflight.fresh_rest = fresh
         with self._lock:
             queued = len(self._pending)
             size = queued + len(fresh)
             size -= size % threshold
             if size == 0:
-                return InFlight(fresh_rest=fresh)
-            taken = self._pending[:size]
+                return
+            inflight.taken = self._pending[:size]
             self._pending = self._pending[size:]
         fresh_taken = fresh[: max(0, size - queued)]
-        inflight = InFlight(taken=taken, fresh_rest=fresh[len(fresh_taken) :])
         try:
             with session.begin_nested():
                 fresh_ids = {s.trajectory_id for s in fresh_taken}
-                inflight.applied = self._apply(session, taken + fresh_taken, fresh_ids)
+                inflight.applied = self._apply(session, inflight.taken + fresh_taken, fresh_ids)
         except Exception as exc:
             logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
             with self._lock:
-                self._pending[:0] = taken
-            return InFlight(fresh_rest=fresh)
-        return inflight
+                self._pending[:0] = inflight.taken
+            inflight.taken = []
+            return
+        inflight.fresh_rest = fresh[len(fresh_taken) :]
 
     def settle(self, inflight: InFlight, *, committed: bool) -> None:
         """After the recording transaction: queue the batch's remaining signals
@@ -213,10 +216,7 @@ class InstantLearner:
         group = self.config.micro_flush_threshold
         gradients = np.stack([s.gradient for s in fresh])
         qualities = np.asarray([s.quality for s in fresh], dtype=np.float32)
-        for start in range(0, len(fresh), group):
-            grad_up, count = accumulate(
-                gradients[start : start + group], qualities[start : start + group], weights.rank
-            )
+        for grad_up, count in accumulate_groups(gradients, qualities, weights.rank, group):
             weights = apply_update(weights, grad_up, count, self.config.micro_lora_lr)
         version = state.save_micro_lora(
             session, weights, parent_id=head_version, source="flush", note=f"{len(fresh)} signals"

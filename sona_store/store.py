@@ -159,7 +159,7 @@ class SonaStore:
                 # Due micro-LoRA groups are applied in this same transaction;
                 # a failing flush leaves the trajectories to commit regardless.
                 signals = batch_signals(batch, ids, self.config.hidden_dim)
-                inflight = self._instant.record(session, signals)
+                self._instant.record(session, signals, inflight)
         except BaseException:
             self._instant.settle(inflight, committed=False)
             raise

@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ class TrajectoryBatch:
     step_owner: np.ndarray  # (m,) index into the batch
     step_index: np.ndarray  # (m,) position within its trajectory
     activations: np.ndarray  # (m, hidden_dim) float32
-    attention: list[np.ndarray]  # m vectors of any length
+    attention: list[bytes]  # m float32 vectors of any length, as stored
     rewards: np.ndarray  # (m,) float64
     layer_names: list[str | None]
     pattern_embeddings: np.ndarray = field(init=False)  # (n, embedding_dim)
@@ -169,7 +170,7 @@ class _BatchBuilder:
         self.step_owner: list[int] = []
         self.step_index: list[int] = []
         self.activations: list[np.ndarray] = []
-        self.attention: list[np.ndarray] = []
+        self.attention: list[bytes] = []
         self.rewards: list[float] = []
         self.layer_names: list[str | None] = []
 
@@ -215,7 +216,7 @@ class _BatchBuilder:
             self.step_owner.append(owner)
             self.step_index.append(j)
             self.activations.append(acts)
-            self.attention.append(attn)
+            self.attention.append(attn.astype(np.float32, copy=False).tobytes())
             self.rewards.append(reward)
             self.layer_names.append(layer)
 
@@ -394,8 +395,10 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
     flat_array = _plain_vectors([flat], len(flat))
     if query_array is None or act_array is None or flat_array is None:
         return None
-    ends = np.cumsum([len(weights) for weights in attention])
-    attention_arrays = np.split(flat_array[0], ends[:-1]) if attention else []
+    # Each step's float32 bytes, sliced from one buffer (no array per step).
+    buffer = flat_array[0].tobytes()
+    ends = np.cumsum([4 * len(weights) for weights in attention]).tolist()
+    attention_bytes = [buffer[a:b] for a, b in pairwise([0, *ends])]
     return TrajectoryBatch(
         queries=query_array,
         qualities=np.asarray(qualities, dtype=np.float64),
@@ -405,7 +408,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
         step_owner=np.asarray(owners, dtype=np.int64),
         step_index=np.asarray(positions, dtype=np.int64),
         activations=act_array,
-        attention=attention_arrays,
+        attention=attention_bytes,
         rewards=np.asarray(rewards, dtype=np.float64),
         layer_names=layers,
     )

@@ -304,3 +304,23 @@ def test_accumulate_equals_adding_one_by_one():
     grad_up, count = accumulate(gradients, qualities, 2)
     assert count == one_by_one.count == 100
     assert np.array_equal(grad_up, one_by_one.grad_up)
+
+
+@pytest.mark.parametrize(("m", "group"), [(1000, 100), (250, 100), (7, 10), (30, 1), (99, 100)])
+def test_accumulate_groups_equals_one_accumulate_per_run(m, group):
+    """A flush sums every run of `group` signals at once; each run's sum must
+    be bit for bit what `accumulate` (and so the reference) gives it."""
+    from sona_store.learning.micro_lora import accumulate, accumulate_groups
+
+    rng = np.random.default_rng(m + group)
+    gradients = (rng.normal(size=(m, 64)) * rng.uniform(0.01, 100, (m, 1))).astype(np.float32)
+    qualities = rng.uniform(0, 1, m).astype(np.float32)
+    sums = accumulate_groups(gradients, qualities, 2, group)
+    starts = range(0, m, group)
+    assert len(sums) == len(starts)
+    for (grad_up, count), start in zip(sums, starts, strict=True):
+        expected, expected_count = accumulate(
+            gradients[start : start + group], qualities[start : start + group], 2
+        )
+        assert count == expected_count
+        assert np.array_equal(grad_up, expected)

@@ -260,3 +260,31 @@ def accumulate(gradients: np.ndarray, qualities: np.ndarray, rank: int) -> tuple
         return np.zeros((rank, g.shape[1]), dtype=np.float32), 0
     total = np.cumsum(g * q[:, None], axis=0, dtype=np.float32)[-1]
     return np.repeat(total[None, :], rank, axis=0), len(g)
+
+
+def accumulate_groups(
+    gradients: np.ndarray, qualities: np.ndarray, rank: int, group: int
+) -> list[tuple[np.ndarray, int]]:
+    """`accumulate` of each run of `group` consecutive signals (the last run may
+    be shorter), as a flush applies them: the full runs are summed together,
+    one row position at a time, which is the same in-order float32 addition
+    per run, without a numpy call per run."""
+    g = np.asarray(gradients, dtype=np.float32)
+    q = np.asarray(qualities, dtype=np.float32)
+    if g.ndim != 2 or len(q) != len(g) or group < 1:
+        raise ValueError(f"need (m, dim) gradients, m qualities, group >= 1; got {g.shape}")
+    if not (np.isfinite(g).all() and np.isfinite(q).all()):
+        raise ValueError("gradient and quality must be finite")
+    weighted = g * q[:, None]
+    full = len(g) // group
+    sums: list[tuple[np.ndarray, int]] = []
+    if full:
+        runs = weighted[: full * group].reshape(full, group, g.shape[1])
+        totals = runs[:, 0, :].copy()
+        for position in range(1, group):
+            totals += runs[:, position, :]
+        sums += [(np.repeat(total[None, :], rank, axis=0), group) for total in totals]
+    if len(g) > full * group:
+        rest = np.cumsum(weighted[full * group :], axis=0, dtype=np.float32)[-1]
+        sums.append((np.repeat(rest[None, :], rank, axis=0), len(g) - full * group))
+    return sums

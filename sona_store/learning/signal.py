@@ -69,6 +69,17 @@ def learning_signal(
     return gradient.astype(np.float32, copy=False)
 
 
+def _one_step_signals(activations: np.ndarray, rewards: np.ndarray, dim: int) -> np.ndarray:
+    """`learning_signal` of one-step trajectories, row by row: reward * activations,
+    L2-normalised (the norm a sequential float32 sum, as the reference adds)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        grads = rewards[:, None] * fit_width(np.asarray(activations, np.float32), dim)
+        norms = np.sqrt(_row_sequential_sums(grads * grads))
+        scale = norms > NORM_EPSILON
+        grads[scale] = grads[scale] / norms[scale, None]
+    return grads
+
+
 def batch_learning_signals(
     queries: np.ndarray,
     step_owner: np.ndarray,
@@ -81,20 +92,16 @@ def batch_learning_signals(
     n = len(queries)
     counts = np.bincount(step_owner, minlength=n)
     bounds = np.concatenate(([0], np.cumsum(counts)))
-    gradients = np.array(queries, dtype=np.float32, copy=True)
     rewards = np.asarray(step_rewards, dtype=np.float32)
     single = np.flatnonzero(counts == 1)
+    if len(single) == n:  # the common case: one step each, no query rows kept
+        return _one_step_signals(step_activations, rewards, queries.shape[1])
+    gradients = np.array(queries, dtype=np.float32, copy=True)
     if len(single):
-        acts = np.asarray(step_activations, np.float32)
-        if len(single) != len(acts):  # some trajectories have 0 or 2+ steps
-            acts = acts[bounds[single]]
-        acts = fit_width(acts, queries.shape[1])
-        with np.errstate(over="ignore", invalid="ignore"):
-            grads = rewards[bounds[single], None] * acts
-            norms = np.sqrt(_row_sequential_sums(grads * grads))
-            scale = norms > NORM_EPSILON
-            grads[scale] = grads[scale] / norms[scale, None]
-        gradients[single] = grads
+        rows = bounds[single]
+        gradients[single] = _one_step_signals(
+            np.asarray(step_activations, np.float32)[rows], rewards[rows], queries.shape[1]
+        )
     for i in np.flatnonzero(counts > 1):
         lo, hi = bounds[i], bounds[i + 1]
         with np.errstate(over="ignore", invalid="ignore"):

@@ -1,0 +1,102 @@
+"""The recording hot path: a batch and its due micro-LoRA flush commit
+together, a failed batch gives back what it took, and new SQLite files get
+the page size the trajectory rows were measured with."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from sona_store import SonaConfig, SonaStore
+from sona_store.db.engine import SQLITE_PAGE_SIZE
+
+from .helpers import make_trajectories
+
+CONFIG = SonaConfig(hidden_dim=8, micro_flush_threshold=10)
+
+
+def _count(store: SonaStore, sql: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.text(sql)).scalar()
+
+
+def _flush_versions(store: SonaStore) -> int:
+    return _count(store, "SELECT count(*) FROM lora_versions WHERE source = 'flush'")
+
+
+def test_a_batch_and_its_flush_are_one_commit(db_url):
+    store = SonaStore(db_url, CONFIG)
+    commits: list[int] = []
+    try:
+        store.record_trajectories(make_trajectories(3, 8, seed=1))  # adopts (reads) once
+        event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+        ids = store.record_trajectories(make_trajectories(17, 8, seed=2))
+        assert len(commits) == 1
+        # 3 queued + 17 fresh: two whole groups applied with the batch, 0 left.
+        assert _flush_versions(store) == 1
+        assert _count(store, "SELECT count(*) FROM micro_lora_signals") == 20
+        assert store.pending_signals == 0
+        head = store.head()["micro_lora_version_id"]
+        applied = _count(
+            store,
+            f"SELECT count(*) FROM micro_lora_signals WHERE micro_lora_version_id = {head}",
+        )
+        assert applied == 20 and len(ids) == 17
+    finally:
+        store.close()
+
+
+def test_a_failed_batch_gives_back_the_signals_it_took(db_url, monkeypatch):
+    store = SonaStore(db_url, CONFIG)
+    try:
+        store.record_trajectories(make_trajectories(5, 8, seed=1))
+        assert store.pending_signals == 5
+        original = store._instant.record
+
+        def record_then_fail(session, fresh, inflight):
+            original(session, fresh, inflight)  # the flush of 5 queued + 5 fresh succeeds...
+            raise RuntimeError("the batch's transaction fails after its flush")
+
+        monkeypatch.setattr(store._instant, "record", record_then_fail)
+        try:
+            store.record_trajectories(make_trajectories(5, 8, seed=2))
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the failure was swallowed")
+        monkeypatch.undo()
+        # ...but nothing of it commits: the 5 earlier signals are queued again,
+        # the 5 trajectories that were never stored have none.
+        assert _count(store, "SELECT count(*) FROM trajectories") == 5
+        assert _flush_versions(store) == 0
+        assert store.pending_signals == 5
+        store.record_trajectories(make_trajectories(5, 8, seed=3))
+        assert _flush_versions(store) == 1
+        assert _count(store, "SELECT count(*) FROM micro_lora_signals") == 10
+        assert store.pending_signals == 0
+    finally:
+        store.close()
+
+
+def test_a_new_sqlite_store_has_16_kib_pages(tmp_path):
+    store = SonaStore(f"sqlite:///{tmp_path / 'new.db'}", CONFIG)
+    try:
+        assert _count(store, "PRAGMA page_size") == SQLITE_PAGE_SIZE == 16384
+    finally:
+        store.close()
+
+
+def test_an_existing_sqlite_file_keeps_its_page_size(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("CREATE TABLE unrelated (x INTEGER)")  # the file now has pages
+    conn.close()
+    store = SonaStore(f"sqlite:///{path}", CONFIG)
+    try:
+        assert _count(store, "PRAGMA page_size") == 4096
+        assert len(store.record_trajectories(make_trajectories(3, 8))) == 3
+    finally:
+        store.close()

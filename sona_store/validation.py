@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -97,6 +98,13 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
         raise ValidationError(
             f"must be a list of numbers ({exc})", index=index, field=name
         ) from None
+    if array.dtype == object and array.ndim == 1:
+        # Numbers numpy keeps as objects (Decimal, Fraction): what float()
+        # takes without parsing text, as the bulk path's struct packing does.
+        try:
+            array = np.frombuffer(struct.pack(f"{len(array)}d", *array), dtype=np.float64)
+        except (struct.error, TypeError, OverflowError):
+            pass
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ValidationError("must be a flat list of numbers", index=index, field=name)
     if not isinstance(value, np.ndarray) and _BOOL_TYPES & set(map(type, value)):
@@ -297,41 +305,53 @@ def validate_batch(
 
 
 _NUMBER_TYPES = (int, float)
-_PLAIN_NUMBERS = {int, float}
 
 
 def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
     """(n, width) float32 when every vector is a list (or numeric array) of
-    plain finite numbers (no bools, strings or nesting) of that width; None
-    otherwise, and the item-by-item path names the problem.
+    `width` finite numbers, no bools; None otherwise, and the item-by-item
+    path names the problem.
 
-    One numpy conversion for the whole batch: it refuses nesting (shape) and
-    strings or None (dtype). Only bools get through it, as 0.0 and 1.0, so the
-    rows holding an exact 0 or 1 are the only ones whose element types are
-    checked."""
+    Lists are packed with `struct`, three times faster than numpy's
+    conversion: it takes exactly what `float()` takes from an object without
+    parsing text, refusing strings, None and nesting, and raises on values
+    beyond float32. Bools get through it as 0.0 and 1.0, so only rows holding
+    an exact 0 or 1 have their element types checked."""
     if not vectors or width == 0:
         return np.zeros((len(vectors), width), dtype=np.float32)
-    for v in vectors:
-        if type(v) is np.ndarray:
-            if v.shape != (width,) or v.dtype.kind not in "iuf":
-                return None
-        elif type(v) is not list or len(v) != width:
+    if all(type(v) is np.ndarray for v in vectors):
+        if any(v.shape != (width,) or v.dtype.kind not in "iuf" for v in vectors):
             return None
-    try:
         with np.errstate(over="ignore", invalid="ignore"):
-            array = np.array(vectors)
-            if array.shape != (len(vectors), width) or array.dtype.kind not in "iuf":
-                return None
-            array = array.astype(np.float32, copy=False)
-    except (ValueError, TypeError, OverflowError):
-        return None
+            array = np.array(vectors).astype(np.float32, copy=False)
+    else:
+        array = _packed(vectors, width)
+        if array is None:
+            return None
     if not np.isfinite(array).all():
         return None
     for row in np.flatnonzero(((array == 0) | (array == 1)).any(axis=1)).tolist():
         v = vectors[row]
-        if type(v) is list and not set(map(type, v)) <= _PLAIN_NUMBERS:
+        if type(v) is list and _BOOL_TYPES & set(map(type, v)):
             return None
     return array
+
+
+def _packed(vectors: list[Any], width: int) -> np.ndarray | None:
+    packer = struct.Struct(f"{width}f")
+    rows = []
+    try:
+        for v in vectors:
+            if type(v) is list and len(v) == width:
+                rows.append(packer.pack(*v))
+            elif type(v) is np.ndarray and v.shape == (width,) and v.dtype.kind in "iuf":
+                with np.errstate(over="ignore", invalid="ignore"):
+                    rows.append(v.astype(np.float32, copy=False).tobytes())
+            else:
+                return None
+    except (struct.error, TypeError, OverflowError):
+        return None
+    return np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(vectors), width)
 
 
 def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:

@@ -333,3 +333,29 @@ def test_edge_values_are_accepted_and_stored(store):
         ).all()
     assert [q for q, _ in stored] == [0.0, 1.0, 1.0, 0.0]
     assert stored[3][1] == 2**63 - 1
+
+
+def test_bulk_and_item_paths_accept_the_same_numbers(store):
+    """Any real number float() takes without parsing text is a value
+    (int, float, numpy scalars, Decimal, Fraction); both paths store the same
+    float32 bytes. A `step_idx` sends a batch through the item-by-item path."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    query = [Decimal("0.25"), Fraction(1, 3), np.float64(-2.5), 7, *([0.5] * (DIM - 4))]
+    step = {"activations": [Fraction(1, 7)] * DIM, "reward": 0.5}
+    bulk = {"query_embedding": query, "quality": 0.5, "steps": [step]}
+    item = {"query_embedding": query, "quality": 0.5, "steps": [{**step, "step_idx": 0}]}
+    ids = store.record_trajectories([bulk]) + store.record_trajectories([item])
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            sa.text(
+                "SELECT v.query_embedding, s.activations FROM trajectory_vectors v "
+                "JOIN trajectory_steps s ON s.trajectory_id = v.trajectory_id "
+                "WHERE v.trajectory_id IN (:a, :b) ORDER BY v.trajectory_id"
+            ),
+            {"a": ids[0], "b": ids[1]},
+        ).all()
+    expected = np.array([float(x) for x in query], dtype=np.float32).tobytes()
+    assert [bytes(row[0]) for row in stored] == [expected, expected]
+    assert bytes(stored[0][1]) == bytes(stored[1][1])

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from sona_store.db.models import EwcState as EwcStateRow
@@ -26,10 +24,12 @@ from sona_store.learning.micro_lora import MicroLoraWeights
 # Statements built once: building one costs more than running it on the hot
 # path (a micro-LoRA flush runs several per recorded batch).
 _FIND_BLOB = sa.select(VectorBlob.id).where(VectorBlob.sha256 == sa.bindparam("digest"))
-_INSERT_BLOB = {
-    name: insert(VectorBlob).on_conflict_do_nothing(index_elements=["sha256"])
-    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
+# Plain text: SQLAlchemy does not cache the dialects' on-conflict constructs,
+# and compiling one each flush cost more than the rest of the flush's SQL.
+_INSERT_BLOB = sa.text(
+    "INSERT INTO vector_blobs (sha256, length, data) VALUES (:sha256, :length, :data) "
+    "ON CONFLICT (sha256) DO NOTHING"
+)
 _INSERT_LORA_VERSION = sa.insert(LoraVersion)
 
 
@@ -41,12 +41,10 @@ def put_blob(session: Session, array: np.ndarray) -> int:
     existing = conn.execute(_FIND_BLOB, {"digest": digest}).scalar()
     if existing is not None:
         return existing
-    result = conn.execute(
-        _INSERT_BLOB[conn.dialect.name], {"sha256": digest, "length": len(data) // 4, "data": data}
-    )
-    if result.rowcount == 1:
-        return result.inserted_primary_key[0]
-    return conn.execute(_FIND_BLOB, {"digest": digest}).scalar_one()  # stored concurrently
+    # A concurrent writer may have stored the same bytes meanwhile: then this
+    # inserts nothing and the lookup finds theirs.
+    conn.execute(_INSERT_BLOB, {"sha256": digest, "length": len(data) // 4, "data": data})
+    return conn.execute(_FIND_BLOB, {"digest": digest}).scalar_one()
 
 
 def get_blobs(session: Session, blob_ids: list[int]) -> dict[int, np.ndarray]:

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -39,8 +40,9 @@ from sona_store.validation import TrajectoryBatch
 logger = logging.getLogger("sona_store")
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(NamedTuple):
+    """One trajectory's learning signal (a tuple: a batch makes thousands)."""
+
     trajectory_id: int
     gradient: np.ndarray  # (hidden_dim,) float32
     quality: float

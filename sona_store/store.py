@@ -21,6 +21,7 @@ from sona_store import rollback as rollback_module
 from sona_store.access_log import AccessLog
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
+from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
 from sona_store.db.locks import acquire_cycle_lock
@@ -74,6 +75,7 @@ class SonaStore:
         self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
         self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
         self._accesses = AccessLog(self.engine)
+        self._checkpointer = WalCheckpointer(self.engine) if _is_sqlite_file(self.engine) else None
 
     # -- opening --------------------------------------------------------------
 
@@ -131,6 +133,8 @@ class SonaStore:
         try:
             self._accesses.flush()
         finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self.engine.dispose()
 
     def __enter__(self) -> SonaStore:
@@ -450,6 +454,10 @@ class SonaStore:
                 "micro_lora_version_id": head.micro_lora_version_id,
                 "ewc_state_id": head.ewc_state_id,
             }
+
+
+def _is_sqlite_file(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:

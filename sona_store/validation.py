@@ -7,12 +7,13 @@ anywhere means nothing of the batch reaches the database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import Any
 
 import numpy as np
@@ -101,10 +102,8 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
     if array.dtype == object and array.ndim == 1:
         # Numbers numpy keeps as objects (Decimal, Fraction): what float()
         # takes without parsing text, as the bulk path's struct packing does.
-        try:
+        with contextlib.suppress(struct.error, TypeError, OverflowError):
             array = np.frombuffer(struct.pack(f"{len(array)}d", *array), dtype=np.float64)
-        except (struct.error, TypeError, OverflowError):
-            pass
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ValidationError("must be a flat list of numbers", index=index, field=name)
     if not isinstance(value, np.ndarray) and _BOOL_TYPES & set(map(type, value)):
@@ -372,7 +371,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
             or (latency is not None and (type(latency) is not int or not 0 <= latency < 2**63))
             or (route is not None and (type(route) is not str or len(route) > MAX_TEXT))
             or type(context) is not list
-            or any(type(c) is not str or len(c) > MAX_TEXT for c in context)
+            or (context and any(type(c) is not str or len(c) > MAX_TEXT for c in context))
             or type(steps) is not list
         ):
             return None
@@ -411,7 +410,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
     query_array = _plain_vectors(queries, config.embedding_dim)
     act_array = _plain_vectors(acts, config.hidden_dim)
     # Attention vectors have any length: checked as one flat vector, then split.
-    flat = [w for weights in attention for w in weights]
+    flat = list(chain.from_iterable(attention))
     flat_array = _plain_vectors([flat], len(flat))
     if query_array is None or act_array is None or flat_array is None:
         return None

@@ -100,3 +100,41 @@ def test_an_existing_sqlite_file_keeps_its_page_size(tmp_path):
         assert len(store.record_trajectories(make_trajectories(3, 8))) == 3
     finally:
         store.close()
+
+
+def test_wal_is_checkpointed_off_the_writers_thread(tmp_path):
+    """After recording, a thread of the store copies the log into the
+    database file: nothing is left for the writer's own checkpoint."""
+    import time
+
+    store = SonaStore(f"sqlite:///{tmp_path / 'wal.db'}", CONFIG)
+    try:
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        before = checkpointer.checkpoints
+        store.record_trajectories(make_trajectories(50, 8))
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.checkpoints > before
+        busy, logged, copied = checkpointer.checkpoint()
+        assert busy == 0 and logged == copied  # the log is fully in the file
+        thread = checkpointer._thread
+    finally:
+        store.close()
+    assert thread is not None and not thread.is_alive()
+
+
+def test_postgres_and_memory_stores_have_no_checkpointer(db_url):
+    store = SonaStore(db_url, CONFIG)
+    try:
+        expected = db_url.startswith("sqlite")
+        assert (store._checkpointer is not None) == expected
+    finally:
+        store.close()
+    memory = SonaStore("sqlite://", CONFIG)
+    try:
+        assert memory._checkpointer is None
+        assert len(memory.record_trajectories(make_trajectories(3, 8))) == 3
+    finally:
+        memory.close()

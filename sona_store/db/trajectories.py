@@ -58,7 +58,7 @@ def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
                 float(batch.qualities[i]),
                 batch.latencies[i],
                 batch.routes[i],
-                json.dumps(batch.contexts[i]),
+                json.dumps(batch.contexts[i]) if batch.contexts[i] else "[]",
                 created,
             )
             for i in range(len(batch))

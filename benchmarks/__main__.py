@@ -87,7 +87,12 @@ def run_backend(
             backend, make_workload(plan.cycle_n), plan.single_n, plan.ingest_reps
         )
         for f in out:
-            if f.name in ("ingest_batched_per_s", "ingest_batched_numpy_per_s"):
+            if f.name in (
+                "ingest_batched_per_s",
+                "ingest_batched_numpy_per_s",
+                "ingest_batched_100_per_s",
+                "ingest_batched_100_numpy_per_s",
+            ):
                 f.compare(ref.median("record_per_s"))
                 f.check(">= reference", None if f.ratio is None else f.ratio >= 1)
             elif f.name == "ingest_single_per_s":

@@ -351,7 +351,11 @@ def test_password_is_masked_in_stats_and_repr():
     assert "s3cret" not in mask_url(url)
 
 
-def test_batch_signals_match_the_one_by_one_signal_bit_for_bit():
+@pytest.mark.parametrize(
+    ("one_step", "other"),
+    [(30, 10), (200, 10), (300, 0)],  # fewer and more than 64 one-step rows; only those
+)
+def test_batch_signals_match_the_one_by_one_signal_bit_for_bit(one_step, other):
     import random
 
     from sona_store.instant import batch_signals
@@ -359,9 +363,9 @@ def test_batch_signals_match_the_one_by_one_signal_bit_for_bit():
     from sona_store.validation import validate_batch
 
     items = (
-        make_trajectories(30, 16, seed=1, steps=1)
-        + make_trajectories(10, 16, seed=2, steps=0)
-        + make_trajectories(10, 16, seed=3, steps=3)
+        make_trajectories(one_step, 16, seed=1, steps=1)
+        + make_trajectories(other, 16, seed=2, steps=0)
+        + make_trajectories(other, 16, seed=3, steps=3)
     )
     random.Random(0).shuffle(items)
     batch = validate_batch(items, SonaConfig(hidden_dim=16))

@@ -41,7 +41,7 @@ def extract_patterns(
         return []
     k = min(k_clusters, n)
     result = lloyd(embeddings, k, max_iterations, convergence)
-    centroids, sizes = cluster_means(embeddings.astype(np.float64), result.assignments, k)
+    centroids, sizes = cluster_means(embeddings, result.assignments, k)  # float64 sums
     total = np.bincount(result.assignments, weights=qualities.astype(np.float64), minlength=k)
     patterns = []
     for c in range(k):

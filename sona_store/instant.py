@@ -223,12 +223,7 @@ class InstantLearner:
         version = state.save_micro_lora(
             session, weights, parent_id=head_version, source="flush", note=f"{len(fresh)} signals"
         )
-        bulk_insert(
-            session,
-            MicroLoraSignal.__table__,
-            ["trajectory_id", "micro_lora_version_id"],
-            [(s.trajectory_id, version) for s in fresh],
-        )
+        _write_ledger(session, [s.trajectory_id for s in fresh], version, fresh_ids)
         state.point_micro_lora(session, version)
         return Applied(version, weights, len(fresh))
 
@@ -246,6 +241,34 @@ class InstantLearner:
             known = {s.trajectory_id for s in self._pending}
             self._pending[:0] = [s for s in orphans if s.trajectory_id not in known]
         self._adopted = True
+
+
+_LEDGER_RANGE = sa.insert(MicroLoraSignal).from_select(
+    ["trajectory_id", "micro_lora_version_id"],
+    sa.select(Trajectory.id, sa.bindparam("version", type_=sa.BigInteger)).where(
+        Trajectory.id.between(sa.bindparam("low"), sa.bindparam("high"))
+    ),
+)
+
+
+def _write_ledger(
+    session: Session, ids: list[int], version: int, fresh_ids: frozenset[int] | set[int]
+) -> None:
+    """One ledger row per applied trajectory (`ids` ascending). The usual
+    case, a batch's own consecutive ids, is one INSERT .. SELECT over the id
+    range: every id in it is this transaction's (SQLite reserved them under
+    its write lock; a PostgreSQL sequence never hands one out twice)."""
+    if ids[-1] - ids[0] + 1 == len(ids) and all(i in fresh_ids for i in ids):
+        session.connection().execute(
+            _LEDGER_RANGE, {"version": version, "low": ids[0], "high": ids[-1]}
+        )
+        return
+    bulk_insert(
+        session,
+        MicroLoraSignal.__table__,
+        ["trajectory_id", "micro_lora_version_id"],
+        [(i, version) for i in ids],
+    )
 
 
 def _already_applied(session: Session, ids: list[int]) -> set[int]:

@@ -138,3 +138,25 @@ def test_postgres_and_memory_stores_have_no_checkpointer(db_url):
         assert len(memory.record_trajectories(make_trajectories(3, 8))) == 3
     finally:
         memory.close()
+
+
+def test_the_ledger_names_exactly_the_applied_trajectories(db_url):
+    """A batch's own ids go in as one range insert; queued ones one by one.
+    Either way: one ledger row per applied trajectory, no other."""
+    store = SonaStore(db_url, CONFIG)
+    try:
+        first = store.record_trajectories(make_trajectories(25, 8, seed=1))  # 20 applied
+        second = store.record_trajectories(make_trajectories(15, 8, seed=2))  # 5 + 15
+        with store.engine.connect() as conn:
+            ledger = conn.execute(
+                sa.text(
+                    "SELECT trajectory_id, micro_lora_version_id FROM micro_lora_signals"
+                    " ORDER BY trajectory_id"
+                )
+            ).all()
+        assert [row[0] for row in ledger] == first + second
+        versions = [row[1] for row in ledger]
+        assert len(set(versions[:20])) == 1 and len(set(versions[20:])) == 1
+        assert versions[0] != versions[-1]
+    finally:
+        store.close()

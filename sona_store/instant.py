@@ -51,9 +51,13 @@ class Signal(NamedTuple):
 def batch_signals(batch: TrajectoryBatch, ids: list[int], dim: int) -> list[Signal]:
     """The learning signal of every trajectory of a validated batch, in order,
     fitted to the micro-LoRA's width."""
-    gradients = fit_width(batch.signals, dim)
-    qualities = batch.qualities.tolist()
-    return [Signal(ids[i], gradients[i], qualities[i]) for i in range(len(ids))]
+    return signals_of(ids, fit_width(batch.signals, dim), batch.qualities)
+
+
+def signals_of(ids: list[int], gradients: np.ndarray, qualities: np.ndarray) -> list[Signal]:
+    """Signals whose gradients are the rows of `gradients` (views, not copies)."""
+    values = qualities.tolist()
+    return [Signal(ids[i], gradients[i], values[i]) for i in range(len(ids))]
 
 
 @dataclass(frozen=True)
@@ -105,14 +109,22 @@ class InstantLearner:
             due = len(self._pending) >= threshold
         return self._flush(whole_groups_only=True) if due else 0
 
-    def record(self, session: Session, fresh: list[Signal], inflight: InFlight) -> None:
+    def record(
+        self,
+        session: Session,
+        fresh: list[Signal],
+        inflight: InFlight,
+        gradients: np.ndarray | None = None,
+    ) -> None:
         """Inside the transaction that inserts `fresh`'s trajectories: apply the
         whole groups of (queued + fresh) signals in that same transaction, so a
         batch costs one commit, not two. The flush runs in a savepoint: if it
         fails, the trajectories still commit and the signals stay queued.
         `inflight` (the caller's) records what was taken as soon as it is, so
         `settle` can give it back whatever fails later. Call
-        `adopt_orphans_once` before the transaction, `settle` after it."""
+        `adopt_orphans_once` before the transaction, `settle` after it.
+        `gradients`: fresh's gradients as one matrix (row i is fresh[i]'s),
+        which spares restacking them when only fresh signals are due."""
         threshold = self.config.micro_flush_threshold
         inflight.fresh_rest = fresh
         with self._lock:
@@ -127,7 +139,12 @@ class InstantLearner:
         try:
             with session.begin_nested():
                 fresh_ids = {s.trajectory_id for s in fresh_taken}
-                inflight.applied = self._apply(session, inflight.taken + fresh_taken, fresh_ids)
+                own_rows = None
+                if gradients is not None and not inflight.taken:
+                    own_rows = gradients[: len(fresh_taken)]
+                inflight.applied = self._apply(
+                    session, inflight.taken + fresh_taken, fresh_ids, own_rows
+                )
         except Exception as exc:
             logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
             with self._lock:
@@ -196,28 +213,36 @@ class InstantLearner:
         return weights
 
     def _apply(
-        self, session: Session, signals: list[Signal], fresh_ids: frozenset[int] | set[int] = ()
+        self,
+        session: Session,
+        signals: list[Signal],
+        fresh_ids: frozenset[int] | set[int] = (),
+        own_rows: np.ndarray | None = None,
     ) -> Applied | None:
         """Apply signals to the latest stored weights, in `session`: a new
         version, its ledger rows and the head pointer. Trajectories in
         `fresh_ids` were inserted by this transaction, so nobody can have
-        applied them; the others are checked against the ledger."""
+        applied them; the others are checked against the ledger. `own_rows`:
+        the gradients of `signals` when they are all one batch's, in order."""
         head_version = state.micro_lora_pointer(session, for_update=True)
-        done = _already_applied(
-            session, [s.trajectory_id for s in signals if s.trajectory_id not in fresh_ids]
-        )
-        # One signal per trajectory, whatever queued it twice (adoption can
-        # race a thread between its commit and its observe).
-        unique = {s.trajectory_id: s for s in signals if s.trajectory_id not in done}
-        fresh = [unique[i] for i in sorted(unique)]
-        if not fresh:
-            return None
+        if own_rows is not None:  # one batch's fresh ids: unique, ascending
+            fresh, gradients = signals, own_rows
+        else:
+            done = _already_applied(
+                session, [s.trajectory_id for s in signals if s.trajectory_id not in fresh_ids]
+            )
+            # One signal per trajectory, whatever queued it twice (adoption can
+            # race a thread between its commit and its observe).
+            unique = {s.trajectory_id: s for s in signals if s.trajectory_id not in done}
+            fresh = [unique[i] for i in sorted(unique)]
+            if not fresh:
+                return None
+            gradients = np.stack([s.gradient for s in fresh])
         weights = self._weights(session, head_version)
         # Apply in groups of the flush threshold, in order, as the reference's
         # instant loop does (each group averaged on its own).
         group = self.config.micro_flush_threshold
-        gradients = np.stack([s.gradient for s in fresh])
-        qualities = np.asarray([s.quality for s in fresh], dtype=np.float32)
+        qualities = np.fromiter((s.quality for s in fresh), dtype=np.float32, count=len(fresh))
         for grad_up, count in accumulate_groups(gradients, qualities, weights.rank, group):
             weights = apply_update(weights, grad_up, count, self.config.micro_lora_lr)
         version = state.save_micro_lora(

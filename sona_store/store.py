@@ -33,10 +33,11 @@ from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
-from sona_store.instant import InFlight, InstantLearner, batch_signals
+from sona_store.instant import InFlight, InstantLearner, signals_of
 from sona_store.learning import base_lora
 from sona_store.learning.background import ewc_config_for
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
+from sona_store.learning.embedding import fit_width
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
 from sona_store.pattern_index import Pattern, PatternIndex
@@ -162,8 +163,9 @@ class SonaStore:
                 ids = trajectories.insert_batch(session, batch)
                 # Due micro-LoRA groups are applied in this same transaction;
                 # a failing flush leaves the trajectories to commit regardless.
-                signals = batch_signals(batch, ids, self.config.hidden_dim)
-                self._instant.record(session, signals, inflight)
+                gradients = fit_width(batch.signals, self.config.hidden_dim)
+                signals = signals_of(ids, gradients, batch.qualities)
+                self._instant.record(session, signals, inflight, gradients)
         except BaseException:
             self._instant.settle(inflight, committed=False)
             raise

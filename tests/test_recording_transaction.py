@@ -53,8 +53,8 @@ def test_a_failed_batch_gives_back_the_signals_it_took(db_url, monkeypatch):
         assert store.pending_signals == 5
         original = store._instant.record
 
-        def record_then_fail(session, fresh, inflight):
-            original(session, fresh, inflight)  # the flush of 5 queued + 5 fresh succeeds...
+        def record_then_fail(session, fresh, inflight, *rest):
+            original(session, fresh, inflight, *rest)  # the flush of 5 queued + 5 fresh succeeds...
             raise RuntimeError("the batch's transaction fails after its flush")
 
         monkeypatch.setattr(store._instant, "record", record_then_fail)

@@ -42,15 +42,19 @@ def trajectory_embeddings(
     sum W > 0, then L2-normalised.
     """
     n, dim = queries.shape
+    if not len(step_owner):
+        return l2_normalise_rows(np.array(queries, dtype=np.float32, copy=True))
+    weights = np.maximum(step_rewards.astype(np.float32), np.float32(0.0))
+    weighted = fit_width(step_activations.astype(np.float32), dim) * weights[:, None]
+    if len(step_owner) == n and (n < 2 or bool((np.diff(step_owner) > 0).all())):
+        # One step each (the common case): the same float32 operations, in
+        # place. Dividing by 1 where the weight is 0 leaves a row unchanged.
+        weighted += queries
+        weighted /= np.where(weights > 0, weights + np.float32(1.0), np.float32(1.0))[:, None]
+        return l2_normalise_rows(weighted)
     out = np.array(queries, dtype=np.float32, copy=True)
-    if len(step_owner):
-        weights = np.maximum(step_rewards.astype(np.float32), np.float32(0.0))
-        weighted = fit_width(step_activations.astype(np.float32), dim) * weights[:, None]
-        if len(step_owner) == n and (n < 2 or bool((np.diff(step_owner) > 0).all())):
-            out[step_owner] += weighted  # one step each: no owner repeats
-        else:
-            np.add.at(out, step_owner, weighted)  # in step order, as the reference adds
-        weight_sums = np.bincount(step_owner, weights=weights, minlength=n).astype(np.float32)
-        has_weight = weight_sums > 0
-        out[has_weight] /= (weight_sums[has_weight] + np.float32(1.0))[:, None]
+    np.add.at(out, step_owner, weighted)  # in step order, as the reference adds
+    weight_sums = np.bincount(step_owner, weights=weights, minlength=n).astype(np.float32)
+    has_weight = weight_sums > 0
+    out[has_weight] /= (weight_sums[has_weight] + np.float32(1.0))[:, None]
     return l2_normalise_rows(out)

@@ -162,6 +162,10 @@ class InstantLearner:
                 self._pending.extend(inflight.fresh_rest)
             else:
                 self._pending[:0] = inflight.taken
+                # The error may have come after the commit took effect (a lost
+                # connection): then the batch's signals are only in the
+                # database; the next flush adopts whatever is unapplied.
+                self._adopted = False
         if committed and inflight.applied is not None:
             self._committed(inflight.applied)
 

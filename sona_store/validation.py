@@ -99,16 +99,21 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
         raise ValidationError(
             f"must be a list of numbers ({exc})", index=index, field=name
         ) from None
-    if array.dtype == object and array.ndim == 1:
+    listed = not isinstance(value, np.ndarray) or array.dtype == object
+    elements = array.tolist() if isinstance(value, np.ndarray) else value
+    if listed and array.ndim == 1 and _BOOL_TYPES & set(map(type, elements)):
+        # numpy reads [0.5, True] as [0.5, 1.0]: a bool is not a number here.
+        raise ValidationError("must be a flat list of numbers, got a bool", index=index, field=name)
+    if array.dtype == object and array.ndim == 1 and not _has_complex(array):
         # Numbers numpy keeps as objects (Decimal, Fraction): what float()
         # takes without parsing text, as the bulk path's struct packing does.
         with contextlib.suppress(struct.error, TypeError, OverflowError):
             array = np.frombuffer(struct.pack(f"{len(array)}d", *array), dtype=np.float64)
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ValidationError("must be a flat list of numbers", index=index, field=name)
-    if not isinstance(value, np.ndarray) and _BOOL_TYPES & set(map(type, value)):
-        # numpy reads [0.5, True] as [0.5, 1.0]: a bool is not a number here.
-        raise ValidationError("must be a flat list of numbers, got a bool", index=index, field=name)
+    if array.dtype.kind in "iu":
+        # Through float64, as a JSON number (and the bulk path) goes.
+        array = array.astype(np.float64)
     if array.size == 0 and dim != 0:
         raise ValidationError("is empty", index=index, field=name)
     if dim is not None and array.size != dim:
@@ -120,6 +125,12 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
             "contains NaN or infinity (or a value too large for float32)", index=index, field=name
         )
     return array
+
+
+def _has_complex(values: Iterable[Any]) -> bool:
+    """numpy's complex scalars convert to float with a warning, dropping the
+    imaginary part: a complex is not a number here."""
+    return any(isinstance(v, complex) for v in values)
 
 
 def _number(value: Any, *, index: int | None, name: str) -> float:
@@ -241,7 +252,8 @@ class _BatchBuilder:
         attention = step.get("attention_weights")
         attn = (
             np.zeros(0, dtype=np.float32)
-            if attention is None or (isinstance(attention, (list, tuple)) and not attention)
+            if attention is None
+            or (isinstance(attention, (list, tuple, np.ndarray)) and not len(attention))
             else _vector(attention, index=index, name=prefix + "attention_weights", dim=None)
         )
         reward = _number(step["reward"], index=index, name=prefix + "reward")
@@ -322,7 +334,7 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
         if any(v.shape != (width,) or v.dtype.kind not in "iuf" for v in vectors):
             return None
         with np.errstate(over="ignore", invalid="ignore"):
-            array = np.array(vectors).astype(np.float32, copy=False)
+            array = _as_float32(np.array(vectors))
     else:
         array = _packed(vectors, width)
         if array is None:
@@ -336,16 +348,29 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
     return array
 
 
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    """Integers go through float64, as JSON numbers and packed lists do."""
+    if array.dtype.kind in "iu":
+        array = array.astype(np.float64)
+    return array.astype(np.float32, copy=False)
+
+
 def _packed(vectors: list[Any], width: int) -> np.ndarray | None:
+    """Lists packed with struct, arrays converted; None for anything else.
+    A sum per list (its float loop is a quarter of the packing's cost) turns
+    complex when a numpy complex scalar is in it: struct would have taken
+    its real part and dropped the rest."""
     packer = struct.Struct(f"{width}f")
     rows = []
     try:
         for v in vectors:
             if type(v) is list and len(v) == width:
+                if isinstance(sum(v, 0.0), complex):
+                    return None
                 rows.append(packer.pack(*v))
             elif type(v) is np.ndarray and v.shape == (width,) and v.dtype.kind in "iuf":
                 with np.errstate(over="ignore", invalid="ignore"):
-                    rows.append(v.astype(np.float32, copy=False).tobytes())
+                    rows.append(_as_float32(v).tobytes())
             else:
                 return None
     except (struct.error, TypeError, OverflowError):

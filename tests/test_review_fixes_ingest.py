@@ -21,7 +21,7 @@ CONFIG = SonaConfig(hidden_dim=4, embedding_dim=4)
 ACTS = [0.5, 0.25, 0.125, 0.75]
 
 
-def _both_paths(query: Any = None, attention: Any = None) -> list[Any]:
+def _both_paths(query: Any = None, attention: Any = None, *, ignore: bool = True) -> list[Any]:
     """What each path makes of one trajectory: (query, attention bytes) or
     "rejected". A `step_idx` sends it through the item-by-item path."""
     out: list[Any] = []
@@ -35,7 +35,8 @@ def _both_paths(query: Any = None, attention: Any = None) -> list[Any]:
         item["quality"] = 0.5
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # numpy's ComplexWarning
+                if ignore:  # as an application silencing warnings would
+                    warnings.simplefilter("ignore")
                 batch = validate_batch([item], CONFIG)
             out.append((batch.queries[0].tolist(), bytes(batch.attention[0])))
         except ValidationError:
@@ -52,8 +53,9 @@ def _both_paths(query: Any = None, attention: Any = None) -> list[Any]:
     ],
     ids=["complex-in-list", "complex-in-object-array", "bool-in-object-array"],
 )
-def test_refused_on_both_paths(query):
-    assert _both_paths(query=query) == ["rejected", "rejected"]
+@pytest.mark.parametrize("ignore", [False, True], ids=["warnings-as-set", "warnings-ignored"])
+def test_refused_on_both_paths(query, ignore):
+    assert _both_paths(query=query, ignore=ignore) == ["rejected", "rejected"]
 
 
 def test_large_integers_store_the_same_float32_on_both_paths():

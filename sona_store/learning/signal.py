@@ -79,7 +79,7 @@ def _one_step_signals(activations: np.ndarray, rewards: np.ndarray, dim: int) ->
         grads = rewards[:, None] * fit_width(np.asarray(activations, np.float32), dim)
         norms = np.sqrt(_row_sequential_sums(grads * grads))
         scale = norms > NORM_EPSILON
-        grads[scale] = grads[scale] / norms[scale, None]
+        np.divide(grads, norms[:, None], out=grads, where=scale[:, None])
     return grads
 
 

@@ -306,7 +306,9 @@ def test_accumulate_equals_adding_one_by_one():
     assert np.array_equal(grad_up, one_by_one.grad_up)
 
 
-@pytest.mark.parametrize(("m", "group"), [(1000, 100), (250, 100), (7, 10), (30, 1), (99, 100)])
+@pytest.mark.parametrize(
+    ("m", "group"), [(1000, 100), (250, 100), (100, 100), (7, 10), (30, 1), (99, 100)]
+)
 def test_accumulate_groups_equals_one_accumulate_per_run(m, group):
     """A flush sums every run of `group` signals at once; each run's sum must
     be bit for bit what `accumulate` (and so the reference) gives it."""

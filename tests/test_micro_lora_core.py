@@ -326,3 +326,22 @@ def test_accumulate_groups_equals_one_accumulate_per_run(m, group):
         )
         assert count == expected_count
         assert np.array_equal(grad_up, expected)
+
+
+def test_accumulate_groups_is_bit_identical_over_random_shapes():
+    """Widths from 1 (where numpy would sum pairwise) to 300, any run length."""
+    from sona_store.learning.micro_lora import accumulate, accumulate_groups
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        m, dim, group = (int(x) for x in rng.integers(1, [1200, 300, 150]))
+        scale = rng.uniform(1e-3, 1e3, (m, 1))
+        gradients = (rng.standard_normal((m, dim)) * scale).astype(np.float32)
+        qualities = rng.random(m).astype(np.float32)
+        sums = accumulate_groups(gradients, qualities, 2, group)
+        for (grad_up, count), start in zip(sums, range(0, m, group), strict=True):
+            expected, expected_count = accumulate(
+                gradients[start : start + group], qualities[start : start + group], 2
+            )
+            assert count == expected_count
+            assert np.array_equal(grad_up, expected), (m, dim, group)

@@ -262,6 +262,9 @@ def accumulate(gradients: np.ndarray, qualities: np.ndarray, rank: int) -> tuple
     return np.repeat(total[None, :], rank, axis=0), len(g)
 
 
+MIN_REDUCE_WIDTH = 8  # narrower signals are summed run by run with cumsum
+
+
 def accumulate_groups(
     gradients: np.ndarray, qualities: np.ndarray, rank: int, group: int
 ) -> list[tuple[np.ndarray, int]]:
@@ -277,7 +280,7 @@ def accumulate_groups(
     weighted = g * q[:, None]
     full = len(g) // group
     sums: list[tuple[np.ndarray, int]] = []
-    if full:
+    if full and g.shape[1] >= MIN_REDUCE_WIDTH:
         runs = weighted[: full * group].reshape(full, group, g.shape[1])
         # A reduction over a non-contiguous axis adds the rows in order into
         # one accumulator per column (numpy sums pairwise only along the
@@ -285,6 +288,10 @@ def accumulate_groups(
         # tests/test_micro_lora_core.py checks it against `accumulate`.
         totals = np.add.reduce(runs, axis=1, dtype=np.float32)
         sums += [(np.repeat(total[None, :], rank, axis=0), group) for total in totals]
+    elif full:  # a single column is the contiguous axis: numpy would pair it
+        for start in range(0, full * group, group):
+            total = np.cumsum(weighted[start : start + group], axis=0, dtype=np.float32)[-1]
+            sums.append((np.repeat(total[None, :], rank, axis=0), group))
     if len(g) > full * group:
         rest = np.cumsum(weighted[full * group :], axis=0, dtype=np.float32)[-1]
         sums.append((np.repeat(rest[None, :], rank, axis=0), len(g) - full * group))

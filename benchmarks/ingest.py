@@ -74,67 +74,51 @@ def bench_ingest(backend: Backend, workload: Workload, single_n: int, reps: int)
             progress(f"{backend.name} ingest {what} rep {rep + 1}/{reps}: {out[-1]:,.0f}/s")
         return out
 
-    batched = rates("batched", n, lambda s: _record_batched(s, items))
     # The same trajectories as a Python caller holding numpy vectors sends them.
     arrays = [_as_numpy(item) for item in items]
-    batched_np = rates("numpy", n, lambda s: _record_batched(s, arrays))
-    small = rates("batches of 100", n, lambda s: _record_batched(s, items, SMALL_BATCH))
-    small_np = rates("numpy, batches of 100", n, lambda s: _record_batched(s, arrays, SMALL_BATCH))
+    lists, vectors = "JSON-shaped dicts of lists", "dicts holding float32 numpy vectors"
+    batched_runs = [  # figures[0] and [1] are the ones compared with the floor
+        ("ingest_batched_per_s", f"ingest, batches of {BATCH}", lists, items, BATCH),
+        (
+            "ingest_batched_numpy_per_s",
+            f"ingest, batches of {BATCH}, numpy vectors",
+            vectors,
+            arrays,
+            BATCH,
+        ),
+        (
+            "ingest_batched_100_per_s",
+            f"ingest, batches of {SMALL_BATCH}",
+            lists,
+            items,
+            SMALL_BATCH,
+        ),
+        (
+            "ingest_batched_100_numpy_per_s",
+            f"ingest, batches of {SMALL_BATCH}, numpy vectors",
+            vectors,
+            arrays,
+            SMALL_BATCH,
+        ),
+    ]
+    figures = []
+    for name, label, kind, data, size in batched_runs:
+        measured = rates(label, n, lambda s, d=data, z=size: _record_batched(s, d, z))
+        details = {"trajectories": n, "input": kind, "batch": size}
+        figures.append(_rate_figure(backend, name, label, measured, details))
     few = items[:single_n]
     single = rates("single", single_n, lambda s: _record_single(s, few))
     api = "begin/end_trajectory" if hasattr(SonaStore, "end_trajectory") else "record([one])"
-    figures = [
-        Figure(
-            name="ingest_batched_per_s",
-            backend=backend.name,
-            label=f"ingest, batches of {BATCH}",
-            unit="/s",
-            ours=median(batched),
-            reps=batched,
-            higher_is_better=True,
-            details={"trajectories": n, "input": "JSON-shaped dicts of lists"},
-        ),
-        Figure(
-            name="ingest_batched_numpy_per_s",
-            backend=backend.name,
-            label=f"ingest, batches of {BATCH}, numpy vectors",
-            unit="/s",
-            ours=median(batched_np),
-            reps=batched_np,
-            higher_is_better=True,
-            details={"trajectories": n, "input": "dicts holding float32 numpy vectors"},
-        ),
-        Figure(
-            name="ingest_batched_100_per_s",
-            backend=backend.name,
-            label=f"ingest, batches of {SMALL_BATCH}",
-            unit="/s",
-            ours=median(small),
-            reps=small,
-            higher_is_better=True,
-            details={"trajectories": n, "input": "JSON-shaped dicts of lists"},
-        ),
-        Figure(
-            name="ingest_batched_100_numpy_per_s",
-            backend=backend.name,
-            label=f"ingest, batches of {SMALL_BATCH}, numpy vectors",
-            unit="/s",
-            ours=median(small_np),
-            reps=small_np,
-            higher_is_better=True,
-            details={"trajectories": n, "input": "dicts holding float32 numpy vectors"},
-        ),
-        Figure(
-            name="ingest_single_per_s",
-            backend=backend.name,
-            label=f"ingest, one commit each ({api})",
-            unit="/s",
-            ours=median(single),
-            reps=single,
-            higher_is_better=True,
-            details={"trajectories": single_n, "api": api},
-        ),
-    ]
+    single_details = {"trajectories": single_n, "api": api}
+    figures.append(
+        _rate_figure(
+            backend,
+            "ingest_single_per_s",
+            f"ingest, one commit each ({api})",
+            single,
+            single_details,
+        )
+    )
     if backend.name == "sqlite":
         floor = [_floor_rate(backend, workload) for _ in range(reps)]
         # The store checkpoints its WAL from a thread of its own; a raw writer
@@ -142,27 +126,18 @@ def bench_ingest(backend: Backend, workload: Workload, single_n: int, reps: int)
         # same writer with no checkpoint at all during the run:
         deferred = [_floor_rate(backend, workload, autocheckpoint=0) for _ in range(reps)]
         progress(f"sqlite ingest floor: {median(floor):,.0f}/s ({median(deferred):,.0f}/s)")
-        figures += [
-            Figure(
-                name="ingest_floor_per_s",
-                backend=backend.name,
-                label="ingest floor: raw sqlite3 executemany",
-                unit="/s",
-                ours=median(floor),
-                reps=floor,
-                higher_is_better=True,
+        floors = (
+            ("ingest_floor_per_s", "ingest floor: raw sqlite3 executemany", floor, 1000),
+            (
+                "ingest_floor_no_checkpoint_per_s",
+                "ingest floor, no WAL checkpoint in the run",
+                deferred,
+                0,
             ),
-            Figure(
-                name="ingest_floor_no_checkpoint_per_s",
-                backend=backend.name,
-                label="ingest floor, no WAL checkpoint in the run",
-                unit="/s",
-                ours=median(deferred),
-                reps=deferred,
-                higher_is_better=True,
-                details={"wal_autocheckpoint": 0},
-            ),
-        ]
+        )
+        for name, label, measured, autocheckpoint in floors:
+            details = {"wal_autocheckpoint": autocheckpoint}
+            figures.append(_rate_figure(backend, name, label, measured, details))
         for name, label, rate in (
             ("ingest_batched_of_floor", "ingest batched / floor", figures[0].ours),
             ("ingest_batched_numpy_of_floor", "ingest batched (numpy) / floor", figures[1].ours),
@@ -179,6 +154,22 @@ def bench_ingest(backend: Backend, workload: Workload, single_n: int, reps: int)
                 ).check(">= 0.5", share >= 0.5)
             )
     return figures
+
+
+def _rate_figure(
+    backend: Backend, name: str, label: str, measured: list[float], details: dict[str, Any]
+) -> Figure:
+    """A per-second figure: the median of the repetitions, higher is better."""
+    return Figure(
+        name=name,
+        backend=backend.name,
+        label=label,
+        unit="/s",
+        ours=median(measured),
+        reps=measured,
+        higher_is_better=True,
+        details=details,
+    )
 
 
 def _floor_rows(

@@ -77,16 +77,8 @@ def run_cycle(
                 clock=clock,
             )
         return cycles.CycleResult.from_row(record)
-    except IntegrityError as exc:
-        if scheduled_for is not None and "scheduled_for" in str(exc.orig):
-            raise SlotTakenError(
-                f"the slot {scheduled_for.isoformat()} already has a cycle"
-            ) from exc
-        failure: BaseException = exc
-    except (CycleInProgressError, SlotTakenError, DatabaseUnavailableError):
-        raise
     except Exception as exc:
-        failure = exc
+        failure = cycle_failure(exc, scheduled_for)
     fail_cycle(
         engine,
         config,
@@ -97,6 +89,21 @@ def run_cycle(
         scheduled_for=scheduled_for,
         clock=clock,
     )
+
+
+def cycle_failure(exc: Exception, scheduled_for: dt.datetime | None) -> Exception:
+    """The error a failed attempt records. Raises instead what is not a
+    failure of the cycle: the lock was busy, the slot has a cycle already (the
+    unique key said so), or the database is down."""
+    if isinstance(exc, CycleInProgressError | SlotTakenError | DatabaseUnavailableError):
+        raise exc
+    if (
+        isinstance(exc, IntegrityError)
+        and scheduled_for is not None
+        and "scheduled_for" in str(exc.orig)
+    ):
+        raise SlotTakenError(f"the slot {scheduled_for.isoformat()} already has a cycle") from exc
+    return exc
 
 
 def fail_cycle(

@@ -16,16 +16,15 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
-from sona_store.cycle import SlotTakenError, cycle_body, fail_cycle
+from sona_store.cycle import cycle_body, cycle_failure, fail_cycle
 from sona_store.db import cycles
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.types import utcnow
-from sona_store.errors import CycleInProgressError, DatabaseUnavailableError
+from sona_store.errors import CycleInProgressError
 
 LOCK_POLL_S = 0.1
 
@@ -95,14 +94,8 @@ def run_scheduled_cycle(
                 clock=clock,
             )
         return ScheduledRun(slot, cycles.CycleResult.from_row(record), interval)
-    except IntegrityError as exc:
-        if slot is not None and "scheduled_for" in str(exc.orig):
-            raise SlotTakenError(f"the slot {slot.isoformat()} already has a cycle") from exc
-        failure: BaseException = exc
-    except (CycleInProgressError, DatabaseUnavailableError):
-        raise
     except Exception as exc:
-        failure = exc
+        failure = cycle_failure(exc, slot)
     fail_cycle(
         engine,
         config,

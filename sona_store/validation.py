@@ -113,15 +113,12 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
             array = np.frombuffer(struct.pack(f"{len(array)}d", *array), dtype=np.float64)
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ValidationError("must be a flat list of numbers", index=index, field=name)
-    if array.dtype.kind in "iu":
-        # Through float64, as a JSON number (and the bulk path) goes.
-        array = array.astype(np.float64)
     if array.size == 0 and dim != 0:
         raise ValidationError("is empty", index=index, field=name)
     if dim is not None and array.size != dim:
         raise ValidationError(f"has {array.size} values, expected {dim}", index=index, field=name)
     with np.errstate(over="ignore", invalid="ignore"):
-        array = array.astype(np.float32)
+        array = _as_float32(array)
     if not np.isfinite(array).all():
         raise ValidationError(
             "contains NaN or infinity (or a value too large for float32)", index=index, field=name

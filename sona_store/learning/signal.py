@@ -33,7 +33,7 @@ def _row_sequential_sums(matrix: np.ndarray) -> np.ndarray:
     additions as a `cumsum` along the rows, without its (n, d) temporary.
     A column loop costs a numpy call per column: few rows take the cumsum."""
     if matrix.shape[0] < 64:
-        return np.cumsum(matrix, axis=1, dtype=np.float32)[:, -1]
+        return _sequential_sum(matrix, axis=1)
     total = matrix[:, 0].copy()
     for column in range(1, matrix.shape[1]):
         total += matrix[:, column]

@@ -23,13 +23,13 @@ from typing import NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
 from sona_store.db import state
-from sona_store.db.bulk import bulk_insert
-from sona_store.db.engine import transaction
+from sona_store.db.driver import Driver
+from sona_store.db.engine import connection_transaction, transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
@@ -64,8 +64,7 @@ def signals_of(ids: list[int], gradients: np.ndarray, qualities: np.ndarray) -> 
 class Applied:
     """A micro-LoRA version a flush wrote (known once its transaction commits)."""
 
-    version_id: int
-    weights: MicroLoraWeights
+    version: state.MicroLoraVersion
     count: int
 
 
@@ -92,7 +91,7 @@ class InstantLearner:
         self._flush_lock = threading.Lock()  # one standalone flush at a time per process
         self._adopted = False
         self._on_flush = on_flush
-        self._known: tuple[int, MicroLoraWeights] | None = None  # last version seen
+        self._known: state.MicroLoraVersion | None = None  # the last version seen
 
     @property
     def pending(self) -> int:
@@ -111,7 +110,7 @@ class InstantLearner:
 
     def record(
         self,
-        session: Session,
+        connection: Connection,
         fresh: list[Signal],
         inflight: InFlight,
         gradients: np.ndarray | None = None,
@@ -137,13 +136,13 @@ class InstantLearner:
             self._pending = self._pending[size:]
         fresh_taken = fresh[: max(0, size - queued)]
         try:
-            with session.begin_nested():
+            with Driver(connection).savepoint("micro_lora_flush"):
                 fresh_ids = {s.trajectory_id for s in fresh_taken}
                 own_rows = None
                 if gradients is not None and not inflight.taken:
                     own_rows = gradients[: len(fresh_taken)]
                 inflight.applied = self._apply(
-                    session, inflight.taken + fresh_taken, fresh_ids, own_rows
+                    connection, inflight.taken + fresh_taken, fresh_ids, own_rows
                 )
         except Exception as exc:
             logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
@@ -192,8 +191,8 @@ class InstantLearner:
             if not taken:
                 return 0
             try:
-                with transaction(self.engine, immediate=True) as session:
-                    applied = self._apply(session, taken)
+                with connection_transaction(self.engine, immediate=True) as connection:
+                    applied = self._apply(connection, taken)
             except BaseException:
                 with self._lock:  # never drop a signal
                     self._pending[:0] = taken
@@ -204,36 +203,34 @@ class InstantLearner:
         return applied.count
 
     def _committed(self, applied: Applied) -> None:
-        self._known = (applied.version_id, applied.weights)
+        self._known = applied.version
         if self._on_flush is not None:
             self._on_flush()
 
-    def _weights(self, session: Session, version_id: int) -> MicroLoraWeights:
+    def _version(self, connection: Connection, version_id: int) -> state.MicroLoraVersion:
         known = self._known
-        if known is not None and known[0] == version_id:
-            return known[1]
-        weights = state.load_micro_lora(session, version_id)
-        self._known = (version_id, weights)
-        return weights
+        if known is None or known.version_id != version_id:
+            known = self._known = state.load_micro_lora_version(connection, version_id)
+        return known
 
     def _apply(
         self,
-        session: Session,
+        connection: Connection,
         signals: list[Signal],
         fresh_ids: frozenset[int] | set[int] = (),
         own_rows: np.ndarray | None = None,
     ) -> Applied | None:
-        """Apply signals to the latest stored weights, in `session`: a new
+        """Apply signals to the latest stored weights, in `connection`: a new
         version, its ledger rows and the head pointer. Trajectories in
         `fresh_ids` were inserted by this transaction, so nobody can have
         applied them; the others are checked against the ledger. `own_rows`:
         the gradients of `signals` when they are all one batch's, in order."""
-        head_version = state.micro_lora_pointer(session, for_update=True)
+        head = self._version(connection, state.micro_lora_pointer(connection, for_update=True))
         if own_rows is not None:  # one batch's fresh ids: unique, ascending
             fresh, gradients = signals, own_rows
         else:
             done = _already_applied(
-                session, [s.trajectory_id for s in signals if s.trajectory_id not in fresh_ids]
+                connection, [s.trajectory_id for s in signals if s.trajectory_id not in fresh_ids]
             )
             # One signal per trajectory, whatever queued it twice (adoption can
             # race a thread between its commit and its observe).
@@ -242,19 +239,18 @@ class InstantLearner:
             if not fresh:
                 return None
             gradients = np.stack([s.gradient for s in fresh])
-        weights = self._weights(session, head_version)
+        weights = head.weights
         # Apply in groups of the flush threshold, in order, as the reference's
         # instant loop does (each group averaged on its own).
         group = self.config.micro_flush_threshold
         qualities = np.fromiter((s.quality for s in fresh), dtype=np.float32, count=len(fresh))
         for grad_up, count in accumulate_groups(gradients, qualities, weights.rank, group):
             weights = apply_update(weights, grad_up, count, self.config.micro_lora_lr)
-        version = state.save_micro_lora(
-            session, weights, parent_id=head_version, source="flush", note=f"{len(fresh)} signals"
-        )
-        _write_ledger(session, [s.trajectory_id for s in fresh], version, fresh_ids)
-        state.point_micro_lora(session, version)
-        return Applied(version, weights, len(fresh))
+        version = state.append_micro_lora(connection, weights, head, f"{len(fresh)} signals")
+        ids = [s.trajectory_id for s in fresh]
+        _write_ledger(connection, ids, version.version_id, fresh_ids)
+        state.point_micro_lora(connection, version.version_id)
+        return Applied(version, len(fresh))
 
     def adopt_orphans_once(self) -> None:
         """Queue orphaned signals on this store's first use (outside any
@@ -272,40 +268,36 @@ class InstantLearner:
         self._adopted = True
 
 
-_LEDGER_RANGE = sa.insert(MicroLoraSignal).from_select(
-    ["trajectory_id", "micro_lora_version_id"],
-    sa.select(Trajectory.id, sa.bindparam("version", type_=sa.BigInteger)).where(
-        Trajectory.id.between(sa.bindparam("low"), sa.bindparam("high"))
-    ),
+_LEDGER_RANGE = (
+    "INSERT INTO micro_lora_signals (trajectory_id, micro_lora_version_id) "
+    "SELECT id, ? FROM trajectories WHERE id BETWEEN ? AND ?"
 )
 
 
 def _write_ledger(
-    session: Session, ids: list[int], version: int, fresh_ids: frozenset[int] | set[int]
+    connection: Connection, ids: list[int], version: int, fresh_ids: frozenset[int] | set[int]
 ) -> None:
     """One ledger row per applied trajectory (`ids` ascending). The usual
     case, a batch's own consecutive ids, is one INSERT .. SELECT over the id
     range: every id in it is this transaction's (SQLite reserved them under
     its write lock; a PostgreSQL sequence never hands one out twice)."""
+    driver = Driver(connection)
     if ids[-1] - ids[0] + 1 == len(ids) and all(i in fresh_ids for i in ids):
-        session.connection().execute(
-            _LEDGER_RANGE, {"version": version, "low": ids[0], "high": ids[-1]}
-        )
+        driver.execute(_LEDGER_RANGE, (version, ids[0], ids[-1]))
         return
-    bulk_insert(
-        session,
+    driver.insert_many(
         MicroLoraSignal.__table__,
         ["trajectory_id", "micro_lora_version_id"],
         [(i, version) for i in ids],
     )
 
 
-def _already_applied(session: Session, ids: list[int]) -> set[int]:
+def _already_applied(connection: Connection, ids: list[int]) -> set[int]:
     found: set[int] = set()
     for start in range(0, len(ids), 5000):
         chunk = ids[start : start + 5000]
         found.update(
-            session.scalars(
+            connection.scalars(
                 sa.select(MicroLoraSignal.trajectory_id).where(
                     MicroLoraSignal.trajectory_id.in_(chunk)
                 )

@@ -23,7 +23,13 @@ from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.cycles import CycleResult
-from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
+from sona_store.db.engine import (
+    DEFAULT_URL,
+    connection_transaction,
+    create_store_engine,
+    mask_url,
+    transaction,
+)
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
@@ -159,13 +165,13 @@ class SonaStore:
         self._learn_quietly(self._instant.adopt_orphans_once)
         inflight = InFlight()
         try:
-            with transaction(self.engine, immediate=True) as session:
-                ids = trajectories.insert_batch(session, batch)
+            with connection_transaction(self.engine, immediate=True) as connection:
+                ids = trajectories.insert_batch(connection, batch)
                 # Due micro-LoRA groups are applied in this same transaction;
                 # a failing flush leaves the trajectories to commit regardless.
                 gradients = fit_width(batch.signals, self.config.hidden_dim)
                 signals = signals_of(ids, gradients, batch.qualities)
-                self._instant.record(session, signals, inflight, gradients)
+                self._instant.record(connection, signals, inflight, gradients)
         except BaseException:
             self._instant.settle(inflight, committed=False)
             raise
@@ -225,7 +231,7 @@ class SonaStore:
                     raise ValidationError(
                         exc.message, index=None, field=exc.field, line=line
                     ) from None
-                ids.extend(trajectories.insert_batch(session, batch))
+                ids.extend(trajectories.insert_batch(session.connection(), batch))
                 if progress is not None:
                     progress(len(ids))
         self._learn_quietly(self._instant.catch_up)

@@ -34,3 +34,22 @@ def test_one_step_embeddings_equal_the_general_path(seed):
         owner = np.arange(n)
         fast = trajectory_embeddings(queries, owner, activations, rewards)
         assert np.array_equal(fast, _general_embeddings(queries, owner, activations, rewards))
+
+
+def test_row_sums_are_sequential_float32_sums():
+    """The blocked, transposed reduction adds each row in index order, for
+    shapes on both sides of the cumsum threshold and of the block size."""
+    from sona_store.learning.signal import ROW_BLOCK, _row_sequential_sums, _sequential_sum
+
+    rng = np.random.default_rng(7)
+    order_mattered = False
+    rows = [1, 2, 7, 8, 9, 100, ROW_BLOCK - 1, ROW_BLOCK, ROW_BLOCK + 1, 2 * ROW_BLOCK + 7]
+    for n in rows:
+        for width in (1, 2, 3, 7, 8, 33, 256):
+            # Mixed magnitudes, so a different order of additions rounds differently.
+            matrix = rng.standard_normal((n, width)) * rng.choice([1e-4, 1.0, 1e4], (n, width))
+            matrix = matrix.astype(np.float32)
+            expected = _sequential_sum(matrix, axis=1)
+            assert np.array_equal(_row_sequential_sums(matrix), expected), (n, width)
+            order_mattered |= not np.array_equal(matrix.sum(axis=1), expected)
+    assert order_mattered  # numpy's pairwise sum would have failed this test

@@ -107,15 +107,15 @@ def test_signals_of_a_batch_whose_commit_was_not_reported_are_adopted(db_url, mo
     store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=10))
     try:
         store.record_trajectories(make_trajectories(1, 8, seed=1))  # adopted once
-        real = store_module.transaction
+        real = store_module.connection_transaction
 
         @contextlib.contextmanager
         def commit_then_fail(engine, **kwargs):
-            with real(engine, **kwargs) as session:
-                yield session
+            with real(engine, **kwargs) as connection:
+                yield connection
             raise sa.exc.OperationalError("COMMIT", {}, Exception("connection lost"))
 
-        monkeypatch.setattr(store_module, "transaction", commit_then_fail)
+        monkeypatch.setattr(store_module, "connection_transaction", commit_then_fail)
         with pytest.raises(sa.exc.OperationalError):
             store.record_trajectories(make_trajectories(4, 8, seed=2))
         monkeypatch.undo()

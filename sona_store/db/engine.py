@@ -170,7 +170,22 @@ def transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Session]
     """One unit of work: commits on success, rolls back on any error. With
     `immediate`, SQLite takes its write lock at BEGIN, so two such transactions
     never interleave (PostgreSQL callers lock explicitly, see `locks`)."""
-    with translate_errors(engine):
-        bind = engine.execution_options(**{IMMEDIATE: True}) if immediate else engine
-        with Session(bind, expire_on_commit=False) as session, session.begin():
-            yield session
+    with (
+        translate_errors(engine),
+        Session(_bind(engine, immediate), expire_on_commit=False) as session,
+        session.begin(),
+    ):
+        yield session
+
+
+@contextlib.contextmanager
+def connection_transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Connection]:
+    """`transaction` without the ORM, for the recording hot path: a Session's
+    own bookkeeping costs about 60 µs a transaction and 50 µs a savepoint,
+    more than the statements of a small batch's micro-LoRA flush."""
+    with translate_errors(engine), _bind(engine, immediate).begin() as connection:
+        yield connection
+
+
+def _bind(engine: Engine, immediate: bool) -> Engine:
+    return engine.execution_options(**{IMMEDIATE: True}) if immediate else engine

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from sona_store.db.driver import Driver
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.models import EwcTaskMemory, LoraVersion, StoreHead, VectorBlob
 from sona_store.db.types import FLOAT32, utcnow
@@ -21,34 +23,56 @@ from sona_store.learning.micro_lora import MicroLoraWeights
 # -- blobs --------------------------------------------------------------------
 
 
-# Statements built once: building one costs more than running it on the hot
-# path (a micro-LoRA flush runs several per recorded batch).
-_FIND_BLOB = sa.select(VectorBlob.id).where(VectorBlob.sha256 == sa.bindparam("digest"))
-# Plain text: SQLAlchemy does not cache the dialects' on-conflict constructs,
-# and compiling one each flush cost more than the rest of the flush's SQL.
-_INSERT_BLOB = sa.text(
-    "INSERT INTO vector_blobs (sha256, length, data) VALUES (:sha256, :length, :data) "
-    "ON CONFLICT (sha256) DO NOTHING"
+# The writes below run on every micro-LoRA flush, so they go through the
+# driver's cursor (see `driver`). RETURNING (SQLite >= 3.35) gives a new
+# blob's id in its insert; on a conflict it returns no row and the lookup
+# finds the existing one.
+_INSERT_BLOB = (
+    "INSERT INTO vector_blobs (sha256, length, data) VALUES (?, ?, ?) "
+    "ON CONFLICT (sha256) DO NOTHING RETURNING id"
 )
-_INSERT_LORA_VERSION = sa.insert(LoraVersion)
+_FIND_BLOB = "SELECT id FROM vector_blobs WHERE sha256 = ?"
+_LORA_COLUMNS = (
+    "tier",
+    "parent_id",
+    "layers",
+    "rank",
+    "dim",
+    "alpha",
+    "down_blob_id",
+    "up_blob_id",
+    "source",
+    "note",
+    "created_at",
+)
+_INSERT_LORA_VERSION = (
+    f"INSERT INTO lora_versions ({', '.join(_LORA_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_LORA_COLUMNS))}) RETURNING id"
+)
+
+Executor = Session | Connection  # reads run on either; writes take the connection
 
 
-def put_blob(session: Session, array: np.ndarray) -> int:
-    """Store a float32 array once; an identical array returns the existing id."""
+def _connection(db: Executor) -> Connection:
+    return db.connection() if isinstance(db, Session) else db
+
+
+def put_blob(db: Executor, array: np.ndarray) -> int:
+    """Store a float32 array once; identical bytes return the existing id."""
+    return _put_blob(Driver(_connection(db)), array)
+
+
+def _put_blob(driver: Driver, array: np.ndarray) -> int:
     data = np.ascontiguousarray(array, dtype=FLOAT32).tobytes()
     digest = hashlib.sha256(data).hexdigest()
-    conn = session.connection()
-    existing = conn.execute(_FIND_BLOB, {"digest": digest}).scalar()
-    if existing is not None:
-        return existing
-    # A concurrent writer may have stored the same bytes meanwhile: then this
-    # inserts nothing and the lookup finds theirs.
-    conn.execute(_INSERT_BLOB, {"sha256": digest, "length": len(data) // 4, "data": data})
-    return conn.execute(_FIND_BLOB, {"digest": digest}).scalar_one()
+    blob_id = driver.scalar(_INSERT_BLOB, (digest, len(data) // 4, data))
+    if blob_id is None:  # stored before, by us or by a concurrent writer
+        blob_id = driver.scalar(_FIND_BLOB, (digest,))
+    return blob_id
 
 
-def get_blobs(session: Session, blob_ids: list[int]) -> dict[int, np.ndarray]:
-    rows = session.execute(
+def get_blobs(db: Executor, blob_ids: list[int]) -> dict[int, np.ndarray]:
+    rows = db.execute(
         sa.select(VectorBlob.id, VectorBlob.data).where(VectorBlob.id.in_(set(blob_ids)))
     ).all()
     return {row.id: np.frombuffer(bytes(row.data), dtype=FLOAT32) for row in rows}
@@ -58,7 +82,7 @@ def get_blobs(session: Session, blob_ids: list[int]) -> dict[int, np.ndarray]:
 
 
 def save_lora(
-    session: Session,
+    db: Executor,
     tier: str,
     down: np.ndarray,
     up: np.ndarray,
@@ -67,24 +91,28 @@ def save_lora(
     parent_id: int | None,
     source: str,
     note: str | None = None,
+    down_blob_id: int | None = None,
 ) -> int:
-    """Append a LoRA version; `down`/`up` are (layers, rank, dim) (micro: layers 1)."""
+    """Append a LoRA version; `down`/`up` are (layers, rank, dim) (micro: layers 1).
+    `down_blob_id`: the blob already holding `down` (a flush's, unchanged)."""
+    driver = Driver(_connection(db))
+    if down_blob_id is None:
+        down_blob_id = _put_blob(driver, down.reshape(-1))
     layers, rank, dim = up.shape
-    values = {
-        "tier": tier,
-        "parent_id": parent_id,
-        "layers": layers,
-        "rank": rank,
-        "dim": dim,
-        "alpha": float(alpha),
-        "down_blob_id": put_blob(session, down.reshape(-1)),
-        "up_blob_id": put_blob(session, up.reshape(-1)),
-        "source": source,
-        "note": note,
-        "created_at": utcnow(),
-    }
-    result = session.connection().execute(_INSERT_LORA_VERSION, values)
-    return result.inserted_primary_key[0]
+    values = (
+        tier,
+        parent_id,
+        layers,
+        rank,
+        dim,
+        float(alpha),
+        down_blob_id,
+        _put_blob(driver, up.reshape(-1)),
+        source,
+        note,
+        driver.stored(LoraVersion.__table__.c.created_at, utcnow()),
+    )
+    return driver.scalar(_INSERT_LORA_VERSION, values)
 
 
 def save_base_lora(session: Session, weights: BaseLoraWeights, **kwargs: object) -> int:
@@ -106,13 +134,17 @@ class LoraArrays:
     alpha: float
     parent_id: int | None
     source: str
+    down_blob_id: int
 
 
-def load_lora(session: Session, version_id: int) -> LoraArrays:
-    row = session.get(LoraVersion, version_id)
+_LORA_VERSION = sa.select(LoraVersion.__table__).where(LoraVersion.id == sa.bindparam("id"))
+
+
+def load_lora(db: Executor, version_id: int) -> LoraArrays:
+    row = db.execute(_LORA_VERSION, {"id": version_id}).one_or_none()
     if row is None:
         raise LookupError(f"no LoRA version {version_id}")
-    blobs = get_blobs(session, [row.down_blob_id, row.up_blob_id])
+    blobs = get_blobs(db, [row.down_blob_id, row.up_blob_id])
     shape = (row.layers, row.rank, row.dim)
     return LoraArrays(
         version_id=row.id,
@@ -122,6 +154,7 @@ def load_lora(session: Session, version_id: int) -> LoraArrays:
         alpha=row.alpha,
         parent_id=row.parent_id,
         source=row.source,
+        down_blob_id=row.down_blob_id,
     )
 
 
@@ -130,9 +163,46 @@ def load_base_lora(session: Session, version_id: int) -> BaseLoraWeights:
     return BaseLoraWeights(down=arrays.down, up=arrays.up, alpha=arrays.alpha)
 
 
-def load_micro_lora(session: Session, version_id: int) -> MicroLoraWeights:
-    arrays = load_lora(session, version_id)
-    return MicroLoraWeights(down=arrays.down[0], up=arrays.up[0])
+def load_micro_lora(db: Executor, version_id: int) -> MicroLoraWeights:
+    return load_micro_lora_version(db, version_id).weights
+
+
+@dataclass(frozen=True)
+class MicroLoraVersion:
+    """A stored micro-LoRA version, as a flush starts from it."""
+
+    version_id: int
+    weights: MicroLoraWeights
+    down_blob_id: int
+
+
+def load_micro_lora_version(db: Executor, version_id: int) -> MicroLoraVersion:
+    arrays = load_lora(db, version_id)
+    weights = MicroLoraWeights(down=arrays.down[0], up=arrays.up[0])
+    return MicroLoraVersion(version_id, weights, arrays.down_blob_id)
+
+
+def append_micro_lora(
+    connection: Connection, weights: MicroLoraWeights, parent: MicroLoraVersion, note: str
+) -> MicroLoraVersion:
+    """A flush's new version. A flush changes only `up`, so the parent's
+    `down` blob is shared without hashing or looking it up again."""
+    if np.array_equal(weights.down, parent.weights.down):
+        down_blob_id = parent.down_blob_id
+    else:
+        down_blob_id = put_blob(connection, weights.down)
+    version_id = save_lora(
+        connection,
+        "micro",
+        weights.down[None],
+        weights.up[None],
+        float(weights.rank),
+        parent_id=parent.version_id,
+        source="flush",
+        note=note,
+        down_blob_id=down_blob_id,
+    )
+    return MicroLoraVersion(version_id, weights, down_blob_id)
 
 
 # -- EWC++ states ---------------------------------------------------------------
@@ -224,28 +294,26 @@ def get_head(session: Session, *, for_update: bool = False) -> StoreHead:
     return head
 
 
-_MICRO_POINTER = sa.select(StoreHead.micro_lora_version_id).where(StoreHead.id == 1)
-_LOCKED_MICRO_POINTER = _MICRO_POINTER.with_for_update()
-_POINT_MICRO = (
-    sa.update(StoreHead)
-    .where(StoreHead.id == 1)
-    .values(micro_lora_version_id=sa.bindparam("version"), updated_at=sa.bindparam("at"))
-)
+_MICRO_POINTER = "SELECT micro_lora_version_id FROM store_head WHERE id = 1"
+_POINT_MICRO = "UPDATE store_head SET micro_lora_version_id = ?, updated_at = ? WHERE id = 1"
 
 
-def micro_lora_pointer(session: Session, *, for_update: bool = False) -> int:
+def micro_lora_pointer(connection: Connection, *, for_update: bool = False) -> int:
     """The head's micro-LoRA version; `for_update` locks the head row
     (PostgreSQL) so concurrent flushes apply one after the other."""
-    statement = _LOCKED_MICRO_POINTER if for_update else _MICRO_POINTER
-    version = session.connection().execute(statement).scalar()
+    driver = Driver(connection)
+    locks = for_update and driver.dialect.name == "postgresql"
+    version = driver.scalar(_MICRO_POINTER + " FOR UPDATE" if locks else _MICRO_POINTER)
     if version is None:
         raise LookupError("the store has no head row: it was not initialised")
     return version
 
 
-def point_micro_lora(session: Session, version_id: int) -> None:
+def point_micro_lora(connection: Connection, version_id: int) -> None:
     """Move the head's micro-LoRA pointer (the flush's one head write)."""
-    session.connection().execute(_POINT_MICRO, {"version": version_id, "at": utcnow()})
+    driver = Driver(connection)
+    at = driver.stored(StoreHead.__table__.c.updated_at, utcnow())
+    driver.execute(_POINT_MICRO, (version_id, at))
 
 
 def move_head(session: Session, head: StoreHead, **pointers: int | None) -> None:

@@ -7,51 +7,55 @@ from collections.abc import Iterator
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from sona_store.db.bulk import bulk_insert
+from sona_store.db.driver import Driver
 from sona_store.db.models import Cycle, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.validation import TrajectoryBatch
 
-_MAX_TRAJECTORY_ID = sa.select(sa.func.max(Trajectory.id))
-_NEXT_TRAJECTORY_IDS = sa.text(
-    "SELECT nextval(pg_get_serial_sequence('trajectories', 'id')) FROM generate_series(1, :n)"
+_MAX_TRAJECTORY_ID = "SELECT max(id) FROM trajectories"
+_NEXT_TRAJECTORY_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('trajectories', 'id')) FROM generate_series(1, ?)"
+)
+_TRAJECTORY_COLUMNS = ("id", "quality", "latency_us", "model_route", "context_ids", "created_at")
+_VECTOR_COLUMNS = ("trajectory_id", "query_embedding", "pattern_embedding")
+_STEP_COLUMNS = (
+    "trajectory_id",
+    "step_index",
+    "activations",
+    "attention_weights",
+    "reward",
+    "layer_name",
 )
 
 
-def reserve_ids(session: Session, n: int) -> list[int]:
+def reserve_ids(driver: Driver, n: int) -> list[int]:
     """n fresh trajectory ids, ascending. PostgreSQL draws them from the
     column's sequence; SQLite continues after the largest id, which is safe
     because record transactions hold SQLite's write lock from BEGIN."""
     if n == 0:
         return []
-    if session.get_bind().dialect.name == "postgresql":
-        drawn = session.connection().execute(_NEXT_TRAJECTORY_IDS, {"n": n}).scalars().all()
-        return sorted(drawn)
-    start = session.connection().execute(_MAX_TRAJECTORY_ID).scalar() or 0
+    if driver.dialect.name == "postgresql":
+        drawn = driver.execute(_NEXT_TRAJECTORY_IDS, (n,)).fetchall()
+        return sorted(row[0] for row in drawn)
+    start = driver.scalar(_MAX_TRAJECTORY_ID) or 0
     return list(range(start + 1, start + n + 1))
 
 
-def _stored(session: Session, column: sa.Column, value: object) -> object:
-    """A value as the column's type stores it (its bind processor, run once)."""
-    dialect = session.get_bind().dialect
-    process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return process(value) if process else value
-
-
-def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
+def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
     """Insert validated trajectories, their vectors and steps; ids in batch order.
-    Ids are reserved first so every table goes in as one plain executemany."""
+    Ids are reserved first so every table goes in as one plain executemany,
+    on the driver's cursor (the recording hot path, see `driver`)."""
     if not len(batch):
         return []
-    ids = reserve_ids(session, len(batch))
-    table = Trajectory.__table__
-    created = _stored(session, table.c.created_at, utcnow())
-    bulk_insert(
-        session,
-        table,
-        ["id", "quality", "latency_us", "model_route", "context_ids", "created_at"],
+    driver = Driver(connection)
+    ids = reserve_ids(driver, len(batch))
+    created = driver.stored(Trajectory.__table__.c.created_at, utcnow())
+    driver.insert_many(
+        Trajectory.__table__,
+        _TRAJECTORY_COLUMNS,
         [
             (
                 ids[i],
@@ -66,10 +70,9 @@ def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
     )
     queries = batch.queries.astype(FLOAT32, copy=False)
     embeddings = batch.pattern_embeddings.astype(FLOAT32, copy=False)
-    bulk_insert(
-        session,
+    driver.insert_many(
         TrajectoryVectors.__table__,
-        ["trajectory_id", "query_embedding", "pattern_embedding"],
+        _VECTOR_COLUMNS,
         [(ids[i], queries[i].tobytes(), embeddings[i].tobytes()) for i in range(len(batch))],
     )
     if len(batch.step_owner):
@@ -77,17 +80,9 @@ def insert_batch(session: Session, batch: TrajectoryBatch) -> list[int]:
         positions = batch.step_index.tolist()
         rewards = batch.rewards.tolist()
         activations = batch.activations.astype(FLOAT32, copy=False)
-        bulk_insert(
-            session,
+        driver.insert_many(
             TrajectoryStep.__table__,
-            [
-                "trajectory_id",
-                "step_index",
-                "activations",
-                "attention_weights",
-                "reward",
-                "layer_name",
-            ],
+            _STEP_COLUMNS,
             [
                 (
                     owners[j],

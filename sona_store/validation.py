@@ -75,7 +75,7 @@ class TrajectoryBatch:
         with np.errstate(over="ignore"):
             bad_reward = ~np.isfinite(self.rewards.astype(np.float32))
         checks = (
-            ("steps.reward", np.unique(self.step_owner[bad_reward])),
+            ("steps.reward", self.step_owner[bad_reward]),  # ascending: steps are by owner
             ("steps.activations", np.flatnonzero(~np.isfinite(self.pattern_embeddings).all(1))),
             ("steps.activations", np.flatnonzero(~np.isfinite(self.signals).all(1))),
         )

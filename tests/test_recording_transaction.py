@@ -125,6 +125,45 @@ def test_wal_is_checkpointed_off_the_writers_thread(tmp_path):
     assert thread is not None and not thread.is_alive()
 
 
+def test_checkpoints_wait_for_the_commits_to_pause(tmp_path, monkeypatch):
+    """A checkpoint during a burst of commits slows the writer: the thread
+    waits until commits pause, then copies the whole log."""
+    import time
+
+    from sona_store.db import checkpoint
+
+    monkeypatch.setattr(checkpoint, "QUIET_S", 1.0)
+    store = SonaStore(f"sqlite:///{tmp_path / 'burst.db'}", CONFIG)
+    try:
+        checkpointer = store._checkpointer
+        before = checkpointer.checkpoints
+        burst_ends = time.monotonic() + 1.5
+        while time.monotonic() < burst_ends:  # a commit every ~20 ms
+            store.record_trajectories(make_trajectories(2, 8))
+            time.sleep(0.02)
+        assert checkpointer.checkpoints == before
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.checkpoints == before + 1
+        busy, logged, copied = checkpointer.checkpoint()
+        assert busy == 0 and logged == copied
+    finally:
+        store.close()
+
+
+def test_sqlite_checkpoints_in_a_commit_only_past_a_large_log(tmp_path):
+    from sona_store.db.engine import SQLITE_AUTOCHECKPOINT_PAGES
+
+    store = SonaStore(f"sqlite:///{tmp_path / 'bound.db'}", CONFIG)
+    try:
+        with store.engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        assert pages == SQLITE_AUTOCHECKPOINT_PAGES > 1000
+    finally:
+        store.close()
+
+
 def test_postgres_and_memory_stores_have_no_checkpointer(db_url):
     store = SonaStore(db_url, CONFIG)
     try:

@@ -1,12 +1,19 @@
-"""SQLite WAL checkpoints off the writer's thread.
+"""SQLite WAL checkpoints off the writer's thread, when the writer pauses.
 
-By default SQLite checkpoints in whichever connection commits past 1000 WAL
-pages: that commit then copies the whole log into the database file and
-syncs it, a pause of tens of milliseconds in the middle of recording. A
-`WalCheckpointer` runs passive checkpoints from a thread of its own after
-commits instead, while writers keep appending to the log (WAL allows both at
-once; sqlite3 releases the GIL while it works). SQLite's own checkpoint stays
-in place as the safety net should this thread fall behind.
+A checkpoint copies the log into the database file and syncs both. Run in
+the middle of a burst of commits it slows the writer down, wherever it runs:
+SQLite's own, in the committing connection, pauses that commit for tens of
+milliseconds; run from another thread, it competes with the writer for the
+file and the machine (measured with batches of 100: 40k trajectories/s with
+no checkpoint during the burst, 25-30k/s checkpointing every 0.1 s on a
+thread, see benchmarks/README.md). And a checkpoint that writers keep
+appending behind never finishes, so the log never restarts from its start.
+
+A `WalCheckpointer` therefore waits for the commits to pause (QUIET_S
+without one) and then runs a passive checkpoint from a thread of its own:
+with the writer idle it copies the whole log, and the next write restarts
+it. Under writing that never pauses, SQLite's own checkpoint is the bound:
+the engine sets it to SQLITE_AUTOCHECKPOINT_PAGES (see `engine`).
 
 The thread and the engine's commit listener hold the checkpointer only
 weakly: a store dropped without `close()` takes its thread down with it.
@@ -26,7 +33,7 @@ from sqlalchemy.engine import Engine
 logger = logging.getLogger("sona_store")
 
 IDLE_WAIT_S = 1.0  # how often an idle thread checks whether it should stop
-MIN_INTERVAL_S = 0.1  # commits in between share one checkpoint (and its fsync)
+QUIET_S = 0.2  # no commit for this long: the writer has paused
 
 
 class WalCheckpointer:
@@ -40,12 +47,18 @@ class WalCheckpointer:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.checkpoints = 0  # completed runs, for tests and diagnostics
+        self.last_commit = time.monotonic()
         self._listener = _notifier(weakref.ref(self))
         event.listen(engine, "commit", self._listener)
         # Collected without close(): wake the thread so it sees it is alone.
         self._finalizer = weakref.finalize(self, _stop, self._wanted, self._stopped)
 
     def notify(self) -> None:
+        """After every commit, so it must be cheap: a timestamp, and a wake-up
+        only for a thread sleeping idle (waking it per commit cost ~75 µs)."""
+        self.last_commit = time.monotonic()
+        if self._wanted.is_set():
+            return
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None and not self._stopped.is_set():
@@ -107,14 +120,29 @@ def _run(
             if ref() is None:
                 return
             continue
-        wanted.clear()
-        checkpointer = ref()
-        if stopped.is_set() or checkpointer is None:
+        if not _wait_for_a_pause(ref, stopped):
             return
-        started = time.monotonic()
+        wanted.clear()  # commits from now on ask for another checkpoint
+        checkpointer = ref()
+        if checkpointer is None:
+            return
         try:
             checkpointer.checkpoint()
         except Exception as exc:  # SQLite's own checkpoint still runs
             logger.debug("background WAL checkpoint skipped: %s", exc)
         del checkpointer  # hold it only while checkpointing
-        stopped.wait(max(0.0, started + MIN_INTERVAL_S - time.monotonic()))
+
+
+def _wait_for_a_pause(ref: weakref.ref[WalCheckpointer], stopped: threading.Event) -> bool:
+    """Sleep until QUIET_S have passed since the last commit; False when the
+    store is closed or gone meanwhile."""
+    while not stopped.is_set():
+        checkpointer = ref()
+        if checkpointer is None:
+            return False
+        remaining = checkpointer.last_commit + QUIET_S - time.monotonic()
+        del checkpointer
+        if remaining <= 0:
+            return True
+        stopped.wait(remaining)
+    return False

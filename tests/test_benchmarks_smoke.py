@@ -26,6 +26,7 @@ FIGURES = [
     "ingest_batched_numpy_per_s",
     "ingest_batched_100_per_s",
     "ingest_batched_100_numpy_per_s",
+    "ingest_sustained_100_per_s",
     "ingest_single_per_s",
     "ingest_floor_per_s",
     "ingest_floor_no_checkpoint_per_s",

@@ -51,51 +51,40 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
     if not len(batch):
         return []
     driver = Driver(connection)
-    ids = reserve_ids(driver, len(batch))
+    n = len(batch)
+    ids = reserve_ids(driver, n)
     created = driver.stored(Trajectory.__table__.c.created_at, utcnow())
-    driver.insert_many(
-        Trajectory.__table__,
-        _TRAJECTORY_COLUMNS,
-        [
-            (
-                ids[i],
-                float(batch.qualities[i]),
-                batch.latencies[i],
-                batch.routes[i],
-                json.dumps(batch.contexts[i]) if batch.contexts[i] else "[]",
-                created,
-            )
-            for i in range(len(batch))
-        ],
-    )
-    queries = batch.queries.astype(FLOAT32, copy=False)
-    embeddings = batch.pattern_embeddings.astype(FLOAT32, copy=False)
+    contexts = [json.dumps(c) if c else "[]" for c in batch.contexts]
+    rows = zip(ids, batch.qualities.tolist(), batch.latencies, batch.routes, contexts, strict=True)
+    driver.insert_many(Trajectory.__table__, _TRAJECTORY_COLUMNS, [(*row, created) for row in rows])
+    queries = _row_bytes(batch.queries)
+    embeddings = _row_bytes(batch.pattern_embeddings)
     driver.insert_many(
         TrajectoryVectors.__table__,
         _VECTOR_COLUMNS,
-        [(ids[i], queries[i].tobytes(), embeddings[i].tobytes()) for i in range(len(batch))],
+        list(zip(ids, queries, embeddings, strict=True)),
     )
     if len(batch.step_owner):
         owners = np.asarray(ids, dtype=np.int64)[batch.step_owner].tolist()
-        positions = batch.step_index.tolist()
-        rewards = batch.rewards.tolist()
-        activations = batch.activations.astype(FLOAT32, copy=False)
-        driver.insert_many(
-            TrajectoryStep.__table__,
-            _STEP_COLUMNS,
-            [
-                (
-                    owners[j],
-                    positions[j],
-                    activations[j].tobytes(),
-                    batch.attention[j],
-                    rewards[j],
-                    batch.layer_names[j],
-                )
-                for j in range(len(owners))
-            ],
+        steps = zip(
+            owners,
+            batch.step_index.tolist(),
+            _row_bytes(batch.activations),
+            batch.attention,
+            batch.rewards.tolist(),
+            batch.layer_names,
+            strict=True,
         )
+        driver.insert_many(TrajectoryStep.__table__, _STEP_COLUMNS, list(steps))
     return ids
+
+
+def _row_bytes(matrix: np.ndarray) -> list[bytes]:
+    """Each row's float32 bytes, sliced from one buffer (no array per row)."""
+    data = np.ascontiguousarray(matrix, dtype=FLOAT32).tobytes()
+    n = len(matrix)
+    width = len(data) // n if n else 0
+    return [data[i * width : (i + 1) * width] for i in range(n)]
 
 
 def count_pending(session: Session) -> int:

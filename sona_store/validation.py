@@ -353,11 +353,9 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
             return None
         with np.errstate(over="ignore", invalid="ignore"):
             array = _as_float32(np.array(vectors))
-    else:
-        array = _packed(vectors, width)
-        if array is None:
-            return None
-    if not np.isfinite(array).all():
+        return array if np.isfinite(array).all() else None  # no bools: dtypes checked
+    array = _packed(vectors, width)
+    if array is None or not np.isfinite(array).all():
         return None
     for row in np.flatnonzero(((array == 0) | (array == 1)).any(axis=1)).tolist():
         v = vectors[row]
@@ -383,6 +381,8 @@ def _packed(vectors: list[Any], width: int) -> np.ndarray | None:
     # Without the filter, a sum per list shows a complex (a quarter of the cost).
     check_sums = not _complex_warning_is_an_error()
     try:
+        if not check_sums and all(type(v) is list and len(v) == width for v in vectors):
+            return _rows(vectors, [packer.pack(*v) for v in vectors], width)  # the usual case
         for v in vectors:
             if type(v) is list and len(v) == width:
                 if check_sums and isinstance(sum(v, 0.0), complex):
@@ -395,7 +395,11 @@ def _packed(vectors: list[Any], width: int) -> np.ndarray | None:
                 return None
     except (struct.error, TypeError, OverflowError, ComplexWarning):
         return None
-    return np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(vectors), width)
+    return _rows(vectors, rows, width)
+
+
+def _rows(vectors: list[Any], packed: list[bytes], width: int) -> np.ndarray:
+    return np.frombuffer(b"".join(packed), dtype=np.float32).reshape(len(vectors), width)
 
 
 def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:

@@ -45,7 +45,7 @@ def trajectory_embeddings(
     if not len(step_owner):
         return l2_normalise_rows(np.array(queries, dtype=np.float32, copy=True))
     weights = np.maximum(step_rewards.astype(np.float32), np.float32(0.0))
-    weighted = fit_width(step_activations.astype(np.float32), dim) * weights[:, None]
+    weighted = fit_width(np.asarray(step_activations, np.float32), dim) * weights[:, None]
     if len(step_owner) == n and (n < 2 or bool((np.diff(step_owner) > 0).all())):
         # One step each (the common case): the same float32 operations, in
         # place. Dividing by 1 where the weight is 0 leaves a row unchanged.

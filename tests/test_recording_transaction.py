@@ -199,3 +199,53 @@ def test_the_ledger_names_exactly_the_applied_trajectories(db_url):
         assert versions[0] != versions[-1]
     finally:
         store.close()
+
+
+def test_constant_columns_are_stored_as_their_values(db_url):
+    """A column one value fills for the whole batch goes in as a SQL literal
+    (NULL, '[]', 0); a mixed column is bound row by row. Either way the rows
+    read back as recorded."""
+    store = SonaStore(db_url, CONFIG)
+    try:
+        plain = make_trajectories(3, 8, seed=4, quality=0.0)
+        for item in plain:
+            item["steps"][0]["reward"] = 0
+        mixed = make_trajectories(4, 8, seed=5, steps=2)
+        mixed[1].update(model_route="model-a", latency_us=12, context_ids=["doc-1"])
+        mixed[2]["steps"][1]["layer_name"] = "layer-3"
+        ids = store.record_trajectories(plain) + store.record_trajectories(mixed)
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT t.id, t.quality, t.latency_us, t.model_route, t.context_ids,"
+                    " s.step_index, s.reward, s.layer_name FROM trajectories t"
+                    " JOIN trajectory_steps s ON s.trajectory_id = t.id"
+                    " ORDER BY t.id, s.step_index"
+                )
+            ).all()
+    finally:
+        store.close()
+    expected = []
+    for tid, item in zip(ids, plain + mixed, strict=True):
+        for index, step in enumerate(item["steps"]):
+            context = item.get("context_ids", [])
+            expected.append(
+                (
+                    tid,
+                    item["quality"],
+                    item.get("latency_us"),
+                    item.get("model_route"),
+                    context,
+                    index,
+                    step["reward"],
+                    step.get("layer_name"),
+                )
+            )
+    decoded = [(*row[:4], _json(row[4]), *row[5:]) for row in rows]
+    assert decoded == expected
+
+
+def _json(value):
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,13 +52,21 @@ class Driver:
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, sql, rows[:1]) from exc
 
-    def insert_many(self, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    def insert_many(
+        self,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: list[tuple],
+        literals: Mapping[str, str] | None = None,
+    ) -> None:
         """executemany of plain tuples already in their stored form (bytes,
-        numbers, text), so no per-value processing runs."""
-        text = (
-            f"INSERT INTO {table.name} ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' * len(columns))})"
-        )
+        numbers, text), so no per-value processing runs. `literals`: columns
+        every row sets to the same constant, as SQL the caller wrote (never
+        input), in place of a parameter."""
+        literals = literals or {}
+        names = [*columns, *literals]
+        values = ["?"] * len(columns) + list(literals.values())
+        text = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(values)})"
         for start in range(0, len(rows), INSERT_CHUNK):
             self.executemany(text, rows[start : start + INSERT_CHUNK])
 

@@ -19,16 +19,6 @@ _MAX_TRAJECTORY_ID = "SELECT max(id) FROM trajectories"
 _NEXT_TRAJECTORY_IDS = (
     "SELECT nextval(pg_get_serial_sequence('trajectories', 'id')) FROM generate_series(1, ?)"
 )
-_TRAJECTORY_COLUMNS = ("id", "quality", "latency_us", "model_route", "context_ids", "created_at")
-_VECTOR_COLUMNS = ("trajectory_id", "query_embedding", "pattern_embedding")
-_STEP_COLUMNS = (
-    "trajectory_id",
-    "step_index",
-    "activations",
-    "attention_weights",
-    "reward",
-    "layer_name",
-)
 
 
 def reserve_ids(driver: Driver, n: int) -> list[int]:
@@ -55,28 +45,60 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
     ids = reserve_ids(driver, n)
     created = driver.stored(Trajectory.__table__.c.created_at, utcnow())
     contexts = [json.dumps(c) if c else "[]" for c in batch.contexts]
-    rows = zip(ids, batch.qualities.tolist(), batch.latencies, batch.routes, contexts, strict=True)
-    driver.insert_many(Trajectory.__table__, _TRAJECTORY_COLUMNS, [(*row, created) for row in rows])
-    queries = _row_bytes(batch.queries)
-    embeddings = _row_bytes(batch.pattern_embeddings)
-    driver.insert_many(
+    _insert_columns(
+        driver,
+        Trajectory.__table__,
+        {
+            "id": ids,
+            "quality": batch.qualities.tolist(),
+            "latency_us": batch.latencies,
+            "model_route": batch.routes,
+            "context_ids": contexts,
+            "created_at": [created] * n,
+        },
+    )
+    _insert_columns(
+        driver,
         TrajectoryVectors.__table__,
-        _VECTOR_COLUMNS,
-        list(zip(ids, queries, embeddings, strict=True)),
+        {
+            "trajectory_id": ids,
+            "query_embedding": _row_bytes(batch.queries),
+            "pattern_embedding": _row_bytes(batch.pattern_embeddings),
+        },
     )
     if len(batch.step_owner):
-        owners = np.asarray(ids, dtype=np.int64)[batch.step_owner].tolist()
-        steps = zip(
-            owners,
-            batch.step_index.tolist(),
-            _row_bytes(batch.activations),
-            batch.attention,
-            batch.rewards.tolist(),
-            batch.layer_names,
-            strict=True,
+        _insert_columns(
+            driver,
+            TrajectoryStep.__table__,
+            {
+                "trajectory_id": np.asarray(ids, dtype=np.int64)[batch.step_owner].tolist(),
+                "step_index": batch.step_index.tolist(),
+                "activations": _row_bytes(batch.activations),
+                "attention_weights": batch.attention,
+                "reward": batch.rewards.tolist(),
+                "layer_name": batch.layer_names,
+            },
         )
-        driver.insert_many(TrajectoryStep.__table__, _STEP_COLUMNS, list(steps))
     return ids
+
+
+# Values that, when a whole batch holds them in a column, go into the SQL as
+# a literal instead of being bound once a row: binding the usual NULLs, "[]"
+# and step 0 cost ~1 µs a trajectory (a third of the trajectories insert).
+_LITERALS = ((None, "NULL"), ("[]", "'[]'"), (0, "0"))
+
+
+def _insert_columns(driver: Driver, table: sa.Table, columns: dict[str, list]) -> None:
+    bound: dict[str, list] = {}
+    literals: dict[str, str] = {}
+    for name, values in columns.items():
+        first = values[0]
+        literal = next((sql for value, sql in _LITERALS if first is value or first == value), None)
+        if literal is not None and type(first) is not bool and values.count(first) == len(values):
+            literals[name] = literal
+        else:
+            bound[name] = values
+    driver.insert_many(table, list(bound), list(zip(*bound.values(), strict=True)), literals)
 
 
 def _row_bytes(matrix: np.ndarray) -> list[bytes]:

@@ -98,16 +98,6 @@ class InstantLearner:
         with self._lock:
             return len(self._pending)
 
-    def observe(self, signals: list[Signal]) -> int:
-        """Queue signals; apply full groups of `micro_flush_threshold` at once.
-        Returns the number of signals applied now."""
-        threshold = self.config.micro_flush_threshold
-        with self._lock:
-            known = {s.trajectory_id for s in self._pending}
-            self._pending.extend(s for s in signals if s.trajectory_id not in known)
-            due = len(self._pending) >= threshold
-        return self._flush(whole_groups_only=True) if due else 0
-
     def record(
         self,
         connection: Connection,
@@ -173,7 +163,7 @@ class InstantLearner:
         return self._flush(whole_groups_only=False)
 
     def catch_up(self) -> int:
-        """Pick up trajectories recorded without going through `observe` (bulk
+        """Pick up trajectories recorded without going through `record` (bulk
         ingest) and apply whole groups of them."""
         self._adopted = False
         return self._flush(whole_groups_only=True)
@@ -233,7 +223,7 @@ class InstantLearner:
                 connection, [s.trajectory_id for s in signals if s.trajectory_id not in fresh_ids]
             )
             # One signal per trajectory, whatever queued it twice (adoption can
-            # race a thread between its commit and its observe).
+            # race a thread between its commit and its `settle`).
             unique = {s.trajectory_id: s for s in signals if s.trajectory_id not in done}
             fresh = [unique[i] for i in sorted(unique)]
             if not fresh:

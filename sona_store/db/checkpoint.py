@@ -37,8 +37,8 @@ QUIET_S = 0.2  # no commit for this long: the writer has paused
 
 
 class WalCheckpointer:
-    """One per store on a SQLite file. `notify` after a commit is cheap (an
-    event); the thread coalesces notifications into passive checkpoints."""
+    """One per store on a SQLite file. `notify` after a commit is cheap (a
+    timestamp); the thread runs one passive checkpoint per pause in the commits."""
 
     def __init__(self, engine: Engine):
         self.engine = engine

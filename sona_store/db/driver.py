@@ -52,23 +52,40 @@ class Driver:
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, sql, rows[:1]) from exc
 
-    def insert_many(
+    def insert_many(self, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
+        """executemany of plain tuples already in their stored form (bytes,
+        numbers, text), so no per-value processing runs."""
+        self._insert(table, columns, rows, {})
+
+    def insert_columns(self, table: sa.Table, columns: Mapping[str, list]) -> None:
+        """`insert_many` of values given column by column (equal lengths, at
+        least one row). A column the whole batch fills with NULL, '[]' or 0
+        goes into the SQL as that literal instead of being bound once a row."""
+        bound: dict[str, list] = {}
+        literals: dict[str, str] = {}
+        for name, values in columns.items():
+            literal = _literal(values)
+            if literal is None:
+                bound[name] = values
+            else:
+                literals[name] = literal
+        self._insert(table, list(bound), list(zip(*bound.values(), strict=True)), literals)
+
+    def insert_returning_id(self, table: sa.Table, values: Mapping[str, Any]) -> int:
+        """Insert one row; its new `id`."""
+        sql = _insert_sql(table, list(values), {}) + " RETURNING id"
+        return self.scalar(sql, tuple(values.values()))
+
+    def _insert(
         self,
         table: sa.Table,
         columns: Sequence[str],
         rows: list[tuple],
-        literals: Mapping[str, str] | None = None,
+        literals: Mapping[str, str],
     ) -> None:
-        """executemany of plain tuples already in their stored form (bytes,
-        numbers, text), so no per-value processing runs. `literals`: columns
-        every row sets to the same constant, as SQL the caller wrote (never
-        input), in place of a parameter."""
-        literals = literals or {}
-        names = [*columns, *literals]
-        values = ["?"] * len(columns) + list(literals.values())
-        text = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(values)})"
+        sql = _insert_sql(table, columns, literals)
         for start in range(0, len(rows), INSERT_CHUNK):
-            self.executemany(text, rows[start : start + INSERT_CHUNK])
+            self.executemany(sql, rows[start : start + INSERT_CHUNK])
 
     @contextlib.contextmanager
     def savepoint(self, name: str) -> Iterator[None]:
@@ -110,6 +127,30 @@ class Driver:
             connection_invalidated=broken,
             dialect=self.dialect,
         )
+
+
+def _insert_sql(table: sa.Table, columns: Sequence[str], literals: Mapping[str, str]) -> str:
+    """INSERT with a `?` per column and the literals (SQL this module wrote)."""
+    names = [*columns, *literals]
+    values = ["?"] * len(columns) + list(literals.values())
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(values)})"
+
+
+# Values that, when a whole batch holds them in a column, go into the SQL as
+# a literal instead of being bound once a row: binding the usual NULLs, "[]"
+# and step 0 cost ~1 µs a trajectory (a third of the trajectories insert).
+_LITERALS = ((None, "NULL"), ("[]", "'[]'"), (0, "0"))
+
+
+def _literal(values: list) -> str | None:
+    """The SQL literal for a column whose every value is one of _LITERALS."""
+    first = values[0]
+    if type(first) is bool:
+        return None
+    for value, sql in _LITERALS:
+        if (first is value or first == value) and values.count(first) == len(values):
+            return sql
+    return None
 
 
 _PROCESSORS: weakref.WeakKeyDictionary[Dialect, dict[sa.Column, Any]] = weakref.WeakKeyDictionary()

@@ -183,7 +183,10 @@ def transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Session]
     never interleave (PostgreSQL callers lock explicitly, see `locks`)."""
     with (
         translate_errors(engine),
-        Session(_bind(engine, immediate), expire_on_commit=False) as session,
+        Session(
+            engine.execution_options(**{IMMEDIATE: True}) if immediate else engine,
+            expire_on_commit=False,
+        ) as session,
         session.begin(),
     ):
         yield session
@@ -199,7 +202,3 @@ def connection_transaction(engine: Engine, *, immediate: bool = False) -> Iterat
             connection.execution_options(**{IMMEDIATE: True})
         with connection.begin():
             yield connection
-
-
-def _bind(engine: Engine, immediate: bool) -> Engine:
-    return engine.execution_options(**{IMMEDIATE: True}) if immediate else engine

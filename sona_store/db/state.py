@@ -32,23 +32,6 @@ _INSERT_BLOB = (
     "ON CONFLICT (sha256) DO NOTHING RETURNING id"
 )
 _FIND_BLOB = "SELECT id FROM vector_blobs WHERE sha256 = ?"
-_LORA_COLUMNS = (
-    "tier",
-    "parent_id",
-    "layers",
-    "rank",
-    "dim",
-    "alpha",
-    "down_blob_id",
-    "up_blob_id",
-    "source",
-    "note",
-    "created_at",
-)
-_INSERT_LORA_VERSION = (
-    f"INSERT INTO lora_versions ({', '.join(_LORA_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_LORA_COLUMNS))}) RETURNING id"
-)
 
 Executor = Session | Connection  # reads run on either; writes take the connection
 
@@ -99,20 +82,20 @@ def save_lora(
     if down_blob_id is None:
         down_blob_id = _put_blob(driver, down.reshape(-1))
     layers, rank, dim = up.shape
-    values = (
-        tier,
-        parent_id,
-        layers,
-        rank,
-        dim,
-        float(alpha),
-        down_blob_id,
-        _put_blob(driver, up.reshape(-1)),
-        source,
-        note,
-        driver.stored(LoraVersion.__table__.c.created_at, utcnow()),
-    )
-    return driver.scalar(_INSERT_LORA_VERSION, values)
+    values = {
+        "tier": tier,
+        "parent_id": parent_id,
+        "layers": layers,
+        "rank": rank,
+        "dim": dim,
+        "alpha": float(alpha),
+        "down_blob_id": down_blob_id,
+        "up_blob_id": _put_blob(driver, up.reshape(-1)),
+        "source": source,
+        "note": note,
+        "created_at": driver.stored(LoraVersion.__table__.c.created_at, utcnow()),
+    }
+    return driver.insert_returning_id(LoraVersion.__table__, values)
 
 
 def save_base_lora(session: Session, weights: BaseLoraWeights, **kwargs: object) -> int:
@@ -187,10 +170,8 @@ def append_micro_lora(
 ) -> MicroLoraVersion:
     """A flush's new version. A flush changes only `up`, so the parent's
     `down` blob is shared without hashing or looking it up again."""
-    if np.array_equal(weights.down, parent.weights.down):
-        down_blob_id = parent.down_blob_id
-    else:
-        down_blob_id = put_blob(connection, weights.down)
+    unchanged = np.array_equal(weights.down, parent.weights.down)
+    down_blob_id = parent.down_blob_id if unchanged else put_blob(connection, weights.down)
     version_id = save_lora(
         connection,
         "micro",

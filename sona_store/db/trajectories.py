@@ -45,8 +45,7 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
     ids = reserve_ids(driver, n)
     created = driver.stored(Trajectory.__table__.c.created_at, utcnow())
     contexts = [json.dumps(c) if c else "[]" for c in batch.contexts]
-    _insert_columns(
-        driver,
+    driver.insert_columns(
         Trajectory.__table__,
         {
             "id": ids,
@@ -57,8 +56,7 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
             "created_at": [created] * n,
         },
     )
-    _insert_columns(
-        driver,
+    driver.insert_columns(
         TrajectoryVectors.__table__,
         {
             "trajectory_id": ids,
@@ -67,8 +65,7 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
         },
     )
     if len(batch.step_owner):
-        _insert_columns(
-            driver,
+        driver.insert_columns(
             TrajectoryStep.__table__,
             {
                 "trajectory_id": np.asarray(ids, dtype=np.int64)[batch.step_owner].tolist(),
@@ -80,25 +77,6 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
             },
         )
     return ids
-
-
-# Values that, when a whole batch holds them in a column, go into the SQL as
-# a literal instead of being bound once a row: binding the usual NULLs, "[]"
-# and step 0 cost ~1 µs a trajectory (a third of the trajectories insert).
-_LITERALS = ((None, "NULL"), ("[]", "'[]'"), (0, "0"))
-
-
-def _insert_columns(driver: Driver, table: sa.Table, columns: dict[str, list]) -> None:
-    bound: dict[str, list] = {}
-    literals: dict[str, str] = {}
-    for name, values in columns.items():
-        first = values[0]
-        literal = next((sql for value, sql in _LITERALS if first is value or first == value), None)
-        if literal is not None and type(first) is not bool and values.count(first) == len(values):
-            literals[name] = literal
-        else:
-            bound[name] = values
-    driver.insert_many(table, list(bound), list(zip(*bound.values(), strict=True)), literals)
 
 
 def _row_bytes(matrix: np.ndarray) -> list[bytes]:

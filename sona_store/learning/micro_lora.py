@@ -277,11 +277,10 @@ def accumulate_groups(
         raise ValueError(f"need (m, dim) gradients, m qualities, group >= 1; got {g.shape}")
     if not (np.isfinite(g).all() and np.isfinite(q).all()):
         raise ValueError("gradient and quality must be finite")
-    weighted = g * q[:, None]
     full = len(g) // group
     sums: list[tuple[np.ndarray, int]] = []
     if full and g.shape[1] >= MIN_REDUCE_WIDTH:
-        runs = weighted[: full * group].reshape(full, group, g.shape[1])
+        runs = (g[: full * group] * q[: full * group, None]).reshape(full, group, g.shape[1])
         # A reduction over a non-contiguous axis adds the rows in order into
         # one accumulator per column (numpy sums pairwise only along the
         # contiguous axis), so this is each run's sequential float32 sum;
@@ -289,10 +288,8 @@ def accumulate_groups(
         totals = np.add.reduce(runs, axis=1, dtype=np.float32)
         sums += [(np.repeat(total[None, :], rank, axis=0), group) for total in totals]
     elif full:  # a single column is the contiguous axis: numpy would pair it
-        for start in range(0, full * group, group):
-            total = np.cumsum(weighted[start : start + group], axis=0, dtype=np.float32)[-1]
-            sums.append((np.repeat(total[None, :], rank, axis=0), group))
+        starts = range(0, full * group, group)
+        sums += [accumulate(g[s : s + group], q[s : s + group], rank) for s in starts]
     if len(g) > full * group:
-        rest = np.cumsum(weighted[full * group :], axis=0, dtype=np.float32)[-1]
-        sums.append((np.repeat(rest[None, :], rank, axis=0), len(g) - full * group))
+        sums.append(accumulate(g[full * group :], q[full * group :], rank))
     return sums

@@ -19,7 +19,6 @@ from benchmarks.timing import median, progress, timed
 from benchmarks.workload import Workload
 from sona_store import SonaStore
 from sona_store.db.types import FLOAT32, utcnow
-from sona_store.learning.embedding import trajectory_embeddings
 
 BATCH = 1000
 SMALL_BATCH = 100  # the instant-loop issue's "batches of 100 or more"
@@ -192,15 +191,12 @@ def _floor_rows(
     n = len(workload)
     queries = workload.queries.astype(FLOAT32)
     activations = workload.activations.astype(FLOAT32)
-    embeddings = trajectory_embeddings(
-        queries, np.arange(n), activations, workload.rewards.astype(np.float32)
-    )
     created = utcnow().replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     no_context = json.dumps([])
     trajectories = [
         (i + 1, float(workload.qualities[i]), None, None, no_context, created) for i in range(n)
     ]
-    vectors = [(i + 1, queries[i].tobytes(), embeddings[i].tobytes()) for i in range(n)]
+    vectors = [(i + 1, queries[i].tobytes()) for i in range(n)]
     steps = [
         (
             i + 1,
@@ -239,8 +235,7 @@ def _floor_rate(backend: Backend, workload: Workload, *, autocheckpoint: int = 1
                     trajectories[start : start + BATCH],
                 )
                 conn.executemany(
-                    "INSERT INTO trajectory_vectors (trajectory_id, query_embedding,"
-                    " pattern_embedding) VALUES (?, ?, ?)",
+                    "INSERT INTO trajectory_vectors (trajectory_id, query_embedding) VALUES (?, ?)",
                     vectors[start : start + BATCH],
                 )
                 conn.executemany(

@@ -39,6 +39,9 @@ REQUIRED_STEP_FIELDS = ("activations", "reward")
 MAX_TEXT = 200
 _BOOL_TYPES = {bool, np.bool_}
 MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
+# Below this, no float32 operation of a pattern embedding can overflow (a
+# quarter of float32's largest value leaves room for every rounding).
+EMBEDDING_SAFE_BOUND = float(np.finfo(np.float32).max) / 4
 
 
 @dataclass
@@ -56,33 +59,51 @@ class TrajectoryBatch:
     attention: list[bytes]  # m float32 vectors of any length, as stored
     rewards: np.ndarray  # (m,) float64
     layer_names: list[str | None]
-    pattern_embeddings: np.ndarray = field(init=False)  # (n, embedding_dim)
     signals: np.ndarray = field(init=False)  # (n, embedding_dim): Loop A's gradients
 
     def __post_init__(self) -> None:
         with np.errstate(over="ignore", invalid="ignore"):
-            rewards = self.rewards.astype(np.float32)
-            self.pattern_embeddings = trajectory_embeddings(
-                self.queries, self.step_owner, self.activations, rewards
+            self.signals = batch_learning_signals(
+                self.queries, self.step_owner, self.activations, self._float32_rewards()
             )
-        self.signals = batch_learning_signals(
-            self.queries, self.step_owner, self.activations, rewards
-        )
+
+    def _float32_rewards(self) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return self.rewards.astype(np.float32)
 
     def first_non_finite(self) -> tuple[int, str] | None:
         """The first trajectory whose derived float32 values overflow (a finite
         but huge reward or activation), and what overflowed; None if none does."""
-        with np.errstate(over="ignore"):
-            bad_reward = ~np.isfinite(self.rewards.astype(np.float32))
+        bad_reward = ~np.isfinite(self._float32_rewards())
         checks = (
             ("steps.reward", self.step_owner[bad_reward]),  # ascending: steps are by owner
-            ("steps.activations", np.flatnonzero(~np.isfinite(self.pattern_embeddings).all(1))),
+            ("steps.activations", self._overflowing_embeddings()),
             ("steps.activations", np.flatnonzero(~np.isfinite(self.signals).all(1))),
         )
         found = [
             (int(rows[0]), order, name) for order, (name, rows) in enumerate(checks) if len(rows)
         ]
         return min(found)[::2] if found else None
+
+    def _overflowing_embeddings(self) -> np.ndarray:
+        """Trajectories whose pattern embedding (computed by each cycle, not
+        stored) would not be finite. Its float32 sums are bounded by
+        max|q| + (most steps) * max(reward, 0) * max|a|: only a batch whose bound
+        comes near float32's limit has its embeddings computed to find out."""
+        if not len(self.queries):
+            return np.zeros(0, dtype=np.int64)
+        bound = _max_abs(self.queries)
+        if len(self.step_owner):
+            weight = max(float(self._float32_rewards().max()), 0.0)
+            longest = int(np.bincount(self.step_owner).max())
+            bound += longest * weight * _max_abs(self.activations)
+        if bound < EMBEDDING_SAFE_BOUND:
+            return np.zeros(0, dtype=np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            embeddings = trajectory_embeddings(
+                self.queries, self.step_owner, self.activations, self._float32_rewards()
+            )
+        return np.flatnonzero(~np.isfinite(embeddings).all(1))
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -174,6 +195,11 @@ def _check_fields(
     for name in required:
         if name not in item:
             raise ValidationError("is missing", index=index, field=f"{prefix}{name}")
+
+
+def _max_abs(matrix: np.ndarray) -> float:
+    """Largest magnitude of a finite matrix (two passes, no temporary)."""
+    return max(float(matrix.max()), -float(matrix.min())) if matrix.size else 0.0
 
 
 class _BatchBuilder:

@@ -12,18 +12,19 @@ import sona_store.db.trajectories as trajectories
 import sona_store.learning.kmeans as kmeans
 from sona_store import SonaConfig, SonaStore
 from sona_store.db.engine import transaction
+from sona_store.learning.embedding import trajectory_embeddings
 from sona_store.learning.patterns import extract_patterns
 
 from .helpers import make_trajectories
 
 
 def _expected_window(store: SonaStore, limit: int) -> tuple[list[int], list[float], np.ndarray]:
-    """The window by a plain query: completed cycles' trajectories, newest
-    `limit`, oldest first, with their stored pattern embeddings."""
+    """The window by plain queries: completed cycles' trajectories, newest
+    `limit`, oldest first, each embedded on its own from its query and steps."""
     with store.engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT t.id, t.quality, v.pattern_embedding FROM trajectories t "
+                "SELECT t.id, t.quality, v.query_embedding FROM trajectories t "
                 "JOIN cycles c ON c.id = t.consumed_by_cycle_id "
                 "JOIN trajectory_vectors v ON v.trajectory_id = t.id "
                 "WHERE c.status = 'completed'"
@@ -32,10 +33,28 @@ def _expected_window(store: SonaStore, limit: int) -> tuple[list[int], list[floa
         cycle_of = dict(
             conn.execute(sa.text("SELECT id, consumed_by_cycle_id FROM trajectories")).all()
         )
+        steps: dict[int, list] = {}
+        for tid, acts, reward in conn.execute(
+            sa.text(
+                "SELECT trajectory_id, activations, reward FROM trajectory_steps "
+                "ORDER BY trajectory_id, step_index"
+            )
+        ):
+            steps.setdefault(tid, []).append((np.frombuffer(bytes(acts), "<f4"), reward))
     rows.sort(key=lambda r: (cycle_of[r[0]], r[0]))
     rows = rows[-limit:] if limit else []
-    vectors = np.array([np.frombuffer(bytes(r[2]), dtype="<f4") for r in rows], dtype=np.float32)
-    return [r[0] for r in rows], [r[1] for r in rows], vectors
+    vectors = []
+    for tid, _quality, query in rows:
+        own = steps.get(tid, [])
+        vectors.append(
+            trajectory_embeddings(
+                np.frombuffer(bytes(query), "<f4")[None, :],
+                np.zeros(len(own), dtype=np.int64),
+                np.array([a for a, _ in own], dtype=np.float32).reshape(len(own), 8),
+                np.array([r for _, r in own], dtype=np.float32),
+            )[0]
+        )
+    return [r[0] for r in rows], [r[1] for r in rows], np.array(vectors, dtype=np.float32)
 
 
 @pytest.mark.parametrize("limit", [0, 1, 7, 30, 1000])
@@ -45,7 +64,9 @@ def test_window_in_batches_matches_a_plain_query(db_url, monkeypatch, limit):
     try:
         cycles = []
         for seed, n in enumerate((9, 11, 6, 5)):
-            store.record_trajectories(make_trajectories(n, 8, seed=seed))
+            # No step, one, three, two: embeddings of every shape.
+            steps = (0, 1, 3, 2)[seed]
+            store.record_trajectories(make_trajectories(n, 8, seed=seed, steps=steps))
             cycles.append(store.run_cycle(force=True).cycle_id)
         store.rollback(cycles[3], reason="test")  # its trajectories leave the window
         store.record_trajectories(make_trajectories(3, 8, seed=9))  # pending: not in it

@@ -41,6 +41,29 @@ def test_values_that_overflow_float32_are_rejected(store, step, field):
     assert _count(store, "trajectories") == 0
 
 
+def test_a_pattern_embedding_that_would_overflow_is_rejected(store):
+    """Query plus reward-weighted activations beyond float32, while the
+    learning signal (activations alone, normalised) stays finite: only the
+    embedding each cycle computes overflows, so validation must compute it."""
+    good = make_trajectories(3, 8)
+    step = {"activations": [1e38] * 8, "reward": 1.0}
+    bad = {"query_embedding": [3e38] * 8, "quality": 0.5, "steps": [step]}
+    with pytest.raises(ValueError, match="steps.activations") as info:
+        store.record_trajectories([*good, bad])
+    assert "trajectory 3" in str(info.value)
+    assert _count(store, "trajectories") == 0
+
+
+def test_large_values_whose_embedding_stays_finite_are_kept(store):
+    """Near float32's limit (past the cheap bound) but finite throughout: the
+    embeddings are computed exactly, found finite, and the batch is kept."""
+    step = {"activations": [1e38] * 8, "reward": 0.5}
+    big = {"query_embedding": [1e38] * 8, "quality": 0.5, "steps": [step]}
+    ids = store.record_trajectories([*make_trajectories(3, 8), big])
+    assert len(ids) == 4
+    assert store.run_cycle(force=True).status == "completed"
+
+
 def test_a_signal_queued_twice_is_applied_once(db_url):
     store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=1000))
     try:

@@ -380,7 +380,7 @@ def test_a_database_at_0001_is_refused_then_upgraded_with_its_data(db_url):
             message = str(info.value)
             assert "0001_initial" in message and "sona-store" in message
             assert "db upgrade" in message
-        schema.upgrade(engine)
+        schema.upgrade(engine, "0002_sql_views")
         assert schema.database_revision(engine) == "0002_sql_views"
         expected = VIEWS | (PG_FUNCTIONS if engine.dialect.name == "postgresql" else set())
         assert view_and_function_names(engine) == expected

@@ -38,19 +38,33 @@ class Driver:
 
     def execute(self, text: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; returns the cursor (fetch from it at once)."""
+        return self._run(self._cursor, text, params)
+
+    def rows(self, text: str, params: Sequence[Any] = (), *, binary: bool = False) -> list[tuple]:
+        """Every row of one statement. `binary`: psycopg sends them in binary
+        (bytea arrives as bytes, not as hex text, twice the size, to decode)."""
+        if not (binary and self.dialect.driver == "psycopg"):
+            return self.execute(text, params).fetchall()
+        cursor = self.connection.connection.dbapi_connection.cursor(binary=True)
+        try:
+            return self._run(cursor, text, params).fetchall()
+        finally:
+            cursor.close()
+
+    def _run(self, cursor: Any, text: str, params: Sequence[Any]) -> Any:
         sql = self.sql(text)
         try:
-            self._cursor.execute(sql, params)
+            cursor.execute(sql, params)
         except self.dialect.loaded_dbapi.Error as exc:
-            raise self._wrapped(exc, sql, params) from exc
-        return self._cursor
+            raise self._wrapped(exc, sql, params, cursor) from exc
+        return cursor
 
     def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
         sql = self.sql(text)
         try:
             self._cursor.executemany(sql, rows)
         except self.dialect.loaded_dbapi.Error as exc:
-            raise self._wrapped(exc, sql, rows[:1]) from exc
+            raise self._wrapped(exc, sql, rows[:1], self._cursor) from exc
 
     def insert_many(self, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
         """executemany of plain tuples already in their stored form (bytes,
@@ -114,9 +128,9 @@ class Driver:
         process = processors[column]
         return process(value) if process else value
 
-    def _wrapped(self, exc: Exception, sql: str, params: Any) -> sa.exc.DBAPIError:
+    def _wrapped(self, exc: Exception, sql: str, params: Any, cursor: Any) -> sa.exc.DBAPIError:
         dbapi_connection = self.connection.connection.dbapi_connection
-        broken = self.dialect.is_disconnect(exc, dbapi_connection, self._cursor)
+        broken = self.dialect.is_disconnect(exc, dbapi_connection, cursor)
         if broken:
             self.connection.invalidate(exc)
         return sa.exc.DBAPIError.instance(

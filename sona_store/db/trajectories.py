@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import sqlalchemy as sa
@@ -11,8 +10,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
-from sona_store.db.models import Cycle, Trajectory, TrajectoryStep, TrajectoryVectors
+from sona_store.db.models import Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32, utcnow
+from sona_store.learning.embedding import trajectory_embeddings
 from sona_store.validation import TrajectoryBatch
 
 _MAX_TRAJECTORY_ID = "SELECT max(id) FROM trajectories"
@@ -61,7 +61,6 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
         {
             "trajectory_id": ids,
             "query_embedding": _row_bytes(batch.queries),
-            "pattern_embedding": _row_bytes(batch.pattern_embeddings),
         },
     )
     if len(batch.step_owner):
@@ -114,7 +113,23 @@ def claim_pending(session: Session, cycle_id: int) -> int:
     return result.rowcount
 
 
-WINDOW_FETCH = 1024  # rows a fetch: ~1 MB of vectors, copied while still in cache
+WINDOW_FETCH = 1024  # trajectories a read: ~2 MB of vectors, embedded while in cache
+
+_WINDOW = (
+    "SELECT t.id, t.quality FROM trajectories t"
+    " JOIN cycles c ON c.id = t.consumed_by_cycle_id"
+    " WHERE c.status = 'completed'"
+    # The cycle's id (equal to consumed_by_cycle_id here) lets SQLite walk the
+    # indexes backwards instead of sorting the whole history.
+    " ORDER BY c.id DESC, t.id DESC LIMIT ?"
+)
+_VECTORS_AND_STEPS = (
+    "SELECT v.trajectory_id, v.query_embedding, s.activations, s.reward"
+    " FROM trajectory_vectors v"
+    " LEFT JOIN trajectory_steps s ON s.trajectory_id = v.trajectory_id"
+    " WHERE v.trajectory_id IN ({markers})"
+    " ORDER BY v.trajectory_id, s.step_index"
+)
 
 
 def load_window(
@@ -124,92 +139,60 @@ def load_window(
     completed cycles, oldest first (the reference's pattern-bank order).
     Returns (ids, pattern embeddings (n, dim), qualities).
 
-    Read with the driver's own cursor, WINDOW_FETCH rows at a time, each batch
-    of vectors copied straight into one array sized by a count first (filled
-    from its end: the rows come newest first). SQLAlchemy rows holding every
-    row's bytes at once took 2.5x the driver's time at 100k rows (0.42 s against
-    0.17 s on SQLite) and held ~200 MB more; PostgreSQL sends the rows in binary
-    (bytea as text is twice the size, then decoded)."""
-    window = (
-        sa.select(Trajectory.id)
-        .join(Cycle, Cycle.id == Trajectory.consumed_by_cycle_id)
-        .where(Cycle.status == "completed")
-        .limit(limit)
-        .subquery()
+    The embeddings are derived, not stored: computed here from each query and
+    its steps with the same float32 arithmetic as at validation (storing them
+    cost recording ~15% of its time). The window's ids come first (narrow rows);
+    then its vectors and steps, WINDOW_FETCH trajectories a read by primary
+    key, through the driver's cursor (SQLAlchemy rows took 2.5x the driver's
+    time at 100k and held every row's bytes at once)."""
+    driver = Driver(session.connection())
+    ids, qualities = _window_ids(driver, limit)
+    embeddings = np.empty((len(ids), dim), dtype=FLOAT32)
+    by_id = np.argsort(ids, kind="stable")  # read in id order: primary-key walks
+    for start in range(0, len(ids), WINDOW_FETCH):
+        positions = by_id[start : start + WINDOW_FETCH]
+        chunk = ids[positions].tolist()
+        markers = ", ".join(["?"] * len(chunk))
+        rows = driver.rows(_VECTORS_AND_STEPS.format(markers=markers), chunk, binary=True)
+        embeddings[positions] = _embedded(rows, chunk, dim)
+    return ids, embeddings, qualities
+
+
+def _window_ids(driver: Driver, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The window's ids and qualities, oldest first (the rows come newest first)."""
+    ids: list[int] = []
+    qualities: list[float] = []
+    cursor = driver.execute(_WINDOW, (limit,))
+    while rows := cursor.fetchmany(10 * WINDOW_FETCH):
+        ids.extend(r[0] for r in rows)
+        qualities.extend(r[1] for r in rows)
+    return np.array(ids[::-1], dtype=np.int64), np.array(qualities[::-1], dtype=np.float64)
+
+
+def _embedded(rows: list[tuple], ids: list[int], dim: int) -> np.ndarray:
+    """Pattern embeddings of trajectories `ids` (ascending) from their rows
+    (id, query, activations, reward), one per step (or one with NULLs for a
+    trajectory without steps), ordered by id and step."""
+    owners = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = owners[1:] != owners[:-1]
+    if not np.array_equal(owners[first], ids):  # the foreign keys make this impossible
+        raise RuntimeError("a trajectory of the retention window has no stored vectors")
+    queries = b"".join([r[1] for r, head in zip(rows, first.tolist(), strict=True) if head])
+    steps = [r for r in rows if r[2] is not None]
+    has_step = np.fromiter((r[2] is not None for r in rows), dtype=bool, count=len(rows))
+    activations = (
+        np.frombuffer(b"".join([r[2] for r in steps]), dtype=FLOAT32).reshape(len(steps), -1)
+        if steps
+        else np.zeros((0, dim), dtype=FLOAT32)
     )
-    n = session.scalar(sa.select(sa.func.count()).select_from(window)) or 0
-    ids = np.empty(n, dtype=np.int64)
-    qualities = np.empty(n, dtype=np.float64)
-    embeddings = np.empty((n, dim), dtype=FLOAT32)
-    end = n
-    for rows in _fetch_raw(session, _window_statement(session, limit)):
-        m = len(rows)
-        if m > end:  # the cycle lock keeps the window still; never expected
-            raise RuntimeError("the retention window changed while it was read")
-        rows.reverse()
-        ids[end - m : end] = [r[0] for r in rows]
-        qualities[end - m : end] = [r[2] for r in rows]
-        embeddings[end - m : end] = np.frombuffer(
-            b"".join([r[1] for r in rows]), dtype=FLOAT32
-        ).reshape(m, dim)
-        end -= m
-    return ids[end:], embeddings[end:], qualities[end:]
-
-
-def _window_statement(session: Session, limit: int) -> sa.Select:
-    """(id, pattern embedding, quality) of the window, newest first."""
-    if session.get_bind().dialect.name != "postgresql":
-        return (
-            sa.select(Trajectory.id, TrajectoryVectors.pattern_embedding, Trajectory.quality)
-            .join(Cycle, Cycle.id == Trajectory.consumed_by_cycle_id)
-            .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == Trajectory.id)
-            .where(Cycle.status == "completed")
-            # Cycle.id (equal to consumed_by_cycle_id here) lets SQLite walk the
-            # indexes backwards instead of sorting the whole history.
-            .order_by(Cycle.id.desc(), Trajectory.id.desc())
-            .limit(limit)
-        )
-    # PostgreSQL sorts (its statistics of a freshly filled table are stale, and
-    # with fresh ones it prefers a hash join): sort the narrow rows only, then
-    # fetch each one's vector by primary key in that order. Sorting the rows
-    # with their 1 KiB vectors spilled ~100 MB to disk at 100k (2x slower).
-    window = (
-        sa.select(
-            Trajectory.id.label("id"), Trajectory.quality.label("quality"), Cycle.id.label("cycle")
-        )
-        .join(Cycle, Cycle.id == Trajectory.consumed_by_cycle_id)
-        .where(Cycle.status == "completed")
-        .order_by(Cycle.id.desc(), Trajectory.id.desc())
-        .limit(limit)
-        .subquery("w")
+    rewards = np.array([r[3] for r in steps], dtype=np.float64).astype(np.float32)
+    return trajectory_embeddings(
+        np.frombuffer(queries, dtype=FLOAT32).reshape(len(ids), dim),
+        (np.cumsum(first) - 1)[has_step],
+        activations,
+        rewards,
     )
-    return (
-        sa.select(window.c.id, TrajectoryVectors.pattern_embedding, window.c.quality)
-        .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == window.c.id)
-        .order_by(window.c.cycle.desc(), window.c.id.desc())
-    )
-
-
-def _fetch_raw(session: Session, statement: sa.Select) -> Iterator[list[tuple]]:
-    """The statement's rows as the driver returns them (bytes for blobs, no
-    SQLAlchemy row processing), WINDOW_FETCH at a time, on the session's
-    connection (so inside its transaction)."""
-    connection = session.connection()
-    dialect = connection.dialect
-    compiled = statement.compile(dialect=dialect)
-    if compiled.positiontup is not None:
-        params: tuple | dict = tuple(compiled.params[name] for name in compiled.positiontup)
-    else:
-        params = compiled.params
-    dbapi = connection.connection.dbapi_connection
-    # psycopg 3 in binary: bytea arrives as bytes, not as hex text to decode.
-    cursor = dbapi.cursor(binary=True) if dialect.name == "postgresql" else dbapi.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        while rows := cursor.fetchmany(WINDOW_FETCH):
-            yield rows
-    finally:
-        cursor.close()
 
 
 def requeue(session: Session, cycle_ids: list[int]) -> int:

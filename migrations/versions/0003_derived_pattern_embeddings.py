@@ -1,0 +1,88 @@
+"""Pattern embeddings are derived, not stored: `trajectory_vectors` loses its
+`pattern_embedding` column.
+
+The embedding (SEED.md, "Pattern extraction") is a pure function of a
+trajectory's query, step activations and rewards, all of which are kept. Each
+cycle now computes it for its retention window, bit for bit as ingest did.
+Writing it on every recorded trajectory cost ~1 KiB a row and ~15% of the
+recording time.
+
+Downgrading computes the column again for every trajectory, with the same
+function (sona_store.learning.embedding), so 0002 code finds what it wrote.
+
+Revision ID: 0003_derived_pattern_embeddings
+Revises: 0002_sql_views
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sqlalchemy as sa
+from alembic import op
+
+from sona_store.learning.embedding import trajectory_embeddings
+
+revision = "0003_derived_pattern_embeddings"
+down_revision = "0002_sql_views"
+branch_labels = None
+depends_on = None
+
+FLOAT32_VECTOR = sa.LargeBinary()  # little-endian float32 bytes, 4 per entry
+CHUNK = 1000  # trajectories embedded at a time on downgrade
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("trajectory_vectors", schema=None) as batch_op:
+        batch_op.drop_column("pattern_embedding")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("trajectory_vectors", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("pattern_embedding", FLOAT32_VECTOR, nullable=True))
+    _fill_pattern_embeddings(op.get_bind())
+    with op.batch_alter_table("trajectory_vectors", schema=None) as batch_op:
+        batch_op.alter_column("pattern_embedding", existing_type=FLOAT32_VECTOR, nullable=False)
+
+
+_NEXT_IDS = sa.text(
+    "SELECT trajectory_id FROM trajectory_vectors WHERE trajectory_id > :after"
+    " ORDER BY trajectory_id LIMIT :n"
+)
+_ROWS = sa.text(
+    "SELECT v.trajectory_id, v.query_embedding, s.activations, s.reward"
+    " FROM trajectory_vectors v"
+    " LEFT JOIN trajectory_steps s ON s.trajectory_id = v.trajectory_id"
+    " WHERE v.trajectory_id BETWEEN :first AND :last"
+    " ORDER BY v.trajectory_id, s.step_index"
+)
+_UPDATE = sa.text("UPDATE trajectory_vectors SET pattern_embedding = :e WHERE trajectory_id = :id")
+
+
+def _fill_pattern_embeddings(bind: sa.Connection) -> None:
+    after = 0
+    while ids := bind.execute(_NEXT_IDS, {"after": after, "n": CHUNK}).scalars().all():
+        rows = bind.execute(_ROWS, {"first": ids[0], "last": ids[-1]}).all()
+        queries: dict[int, np.ndarray] = {}
+        owners, activations, rewards = [], [], []
+        for trajectory_id, query, acts, reward in rows:
+            if trajectory_id not in queries:
+                queries[trajectory_id] = np.frombuffer(bytes(query), dtype="<f4")
+            if acts is not None:
+                owners.append(len(queries) - 1)
+                activations.append(np.frombuffer(bytes(acts), dtype="<f4"))
+                rewards.append(reward)
+        matrix = np.stack(list(queries.values()))
+        embeddings = trajectory_embeddings(
+            matrix,
+            np.asarray(owners, dtype=np.int64),
+            np.stack(activations) if activations else np.zeros((0, matrix.shape[1]), "<f4"),
+            np.asarray(rewards, dtype=np.float64).astype(np.float32),
+        )
+        bind.execute(
+            _UPDATE,
+            [
+                {"id": i, "e": e.astype("<f4").tobytes()}
+                for i, e in zip(queries, embeddings, strict=True)
+            ],
+        )
+        after = ids[-1]

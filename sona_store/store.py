@@ -39,7 +39,7 @@ from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
 from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
 from sona_store.head_cache import HeadCache
-from sona_store.instant import InFlight, InstantLearner, signals_of
+from sona_store.instant import BatchSignals, InFlight, InstantLearner
 from sona_store.learning import base_lora
 from sona_store.learning.background import ewc_config_for
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
@@ -170,8 +170,8 @@ class SonaStore:
                 # Due micro-LoRA groups are applied in this same transaction;
                 # a failing flush leaves the trajectories to commit regardless.
                 gradients = fit_width(batch.signals, self.config.hidden_dim)
-                signals = signals_of(ids, gradients, batch.qualities)
-                self._instant.record(connection, signals, inflight, gradients)
+                fresh = BatchSignals(ids, gradients, batch.qualities)
+                self._instant.record(connection, fresh, inflight)
         except BaseException:
             self._instant.settle(inflight, committed=False)
             raise

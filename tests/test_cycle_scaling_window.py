@@ -81,6 +81,31 @@ def test_window_in_batches_matches_a_plain_query(db_url, monkeypatch, limit):
         store.close()
 
 
+@pytest.mark.parametrize("fetch", [4, 1024])
+def test_window_with_a_gap_of_rolled_back_ids(db_url, monkeypatch, fetch):
+    """Rolled-back cycles leave a hole in the window's ids: read by id where a
+    read would span twice its ids (fetch 4), as one range less the hole where
+    it would not (fetch 1024); every trajectory's embedding as computed alone."""
+    monkeypatch.setattr(trajectories, "WINDOW_FETCH", fetch)
+    store = SonaStore(db_url, SonaConfig(hidden_dim=8, pattern_clusters=3))
+    try:
+        cycles = []
+        for seed, (n, steps) in enumerate(((9, 1), (4, 3), (2, 0), (6, 2))):
+            if seed == 3:  # ids 10-15 leave the window; 16-21 come after them
+                store.rollback(cycles[1], reason="test")
+            store.record_trajectories(make_trajectories(n, 8, seed=seed, steps=steps))
+            cycles.append(store.run_cycle(force=True).cycle_id)
+        ids, qualities, vectors = _expected_window(store, 100)
+        assert ids == [*range(1, 10), *range(16, 22)]
+        with transaction(store.engine) as session:
+            got_ids, got_vectors, got_qualities = trajectories.load_window(session, 100, 8)
+        assert got_ids.tolist() == ids
+        assert got_qualities.tolist() == qualities
+        assert np.array_equal(got_vectors, vectors)
+    finally:
+        store.close()
+
+
 def _clustered(n: int, d: int, topics: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(topics, d))

@@ -123,12 +123,13 @@ _WINDOW = (
     # indexes backwards instead of sorting the whole history.
     " ORDER BY c.id DESC, t.id DESC LIMIT ?"
 )
-_VECTORS_AND_STEPS = (
-    "SELECT v.trajectory_id, v.query_embedding, s.activations, s.reward"
-    " FROM trajectory_vectors v"
-    " LEFT JOIN trajectory_steps s ON s.trajectory_id = v.trajectory_id"
-    " WHERE v.trajectory_id IN ({markers})"
-    " ORDER BY v.trajectory_id, s.step_index"
+_QUERIES = (
+    "SELECT trajectory_id, query_embedding FROM trajectory_vectors"
+    " WHERE trajectory_id {ids} ORDER BY trajectory_id"
+)
+_STEPS = (
+    "SELECT trajectory_id, activations, reward FROM trajectory_steps"
+    " WHERE trajectory_id {ids} ORDER BY trajectory_id, step_index"
 )
 
 
@@ -139,12 +140,12 @@ def load_window(
     completed cycles, oldest first (the reference's pattern-bank order).
     Returns (ids, pattern embeddings (n, dim), qualities).
 
-    The embeddings are derived, not stored: computed here from each query and
-    its steps with the same float32 arithmetic as at validation (storing them
-    cost recording ~15% of its time). The window's ids come first (narrow rows);
-    then its vectors and steps, WINDOW_FETCH trajectories a read by primary
-    key, through the driver's cursor (SQLAlchemy rows took 2.5x the driver's
-    time at 100k and held every row's bytes at once)."""
+    The embeddings are derived, not stored (storing them cost recording ~15%
+    of its time): computed here from each query and its steps by the function
+    validation checks them with. The window's ids come first (narrow rows);
+    then, WINDOW_FETCH trajectories at a time in id order, their queries and
+    their steps, read through the driver's cursor (SQLAlchemy rows took 2.5x
+    the driver's time at 100k and held every row's bytes at once)."""
     driver = Driver(session.connection())
     ids, qualities = _window_ids(driver, limit)
     embeddings = np.empty((len(ids), dim), dtype=FLOAT32)
@@ -152,10 +153,29 @@ def load_window(
     for start in range(0, len(ids), WINDOW_FETCH):
         positions = by_id[start : start + WINDOW_FETCH]
         chunk = ids[positions].tolist()
-        markers = ", ".join(["?"] * len(chunk))
-        rows = driver.rows(_VECTORS_AND_STEPS.format(markers=markers), chunk, binary=True)
-        embeddings[positions] = _embedded(rows, chunk, dim)
+        queries = _rows_of(driver, _QUERIES, chunk)
+        if [r[0] for r in queries] != chunk:  # the foreign keys make this impossible
+            raise RuntimeError("a trajectory of the retention window has no stored vectors")
+        embeddings[positions] = _embedded(queries, _rows_of(driver, _STEPS, chunk), chunk, dim)
     return ids, embeddings, qualities
+
+
+def _rows_of(driver: Driver, template: str, ids: list[int]) -> list[tuple]:
+    """The rows of `template` for trajectories `ids` (ascending): read as one
+    range when the ids are dense (no more than twice as many rows, the others
+    dropped here), else by id. Two plain primary-key walks, no join: joining
+    steps to vectors cost PostgreSQL a sort of every read."""
+    first, last = ids[0], ids[-1]
+    if last - first < 2 * len(ids):
+        rows = driver.rows(template.format(ids="BETWEEN ? AND ?"), (first, last), binary=True)
+        if last - first + 1 == len(ids):
+            return rows
+        wanted = set(ids)
+        return [r for r in rows if r[0] in wanted]
+    if driver.dialect.name == "postgresql":
+        return driver.rows(template.format(ids="= ANY(?)"), (ids,), binary=True)
+    markers = ", ".join(["?"] * len(ids))
+    return driver.rows(template.format(ids=f"IN ({markers})"), ids, binary=True)
 
 
 def _window_ids(driver: Driver, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,29 +189,20 @@ def _window_ids(driver: Driver, limit: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ids[::-1], dtype=np.int64), np.array(qualities[::-1], dtype=np.float64)
 
 
-def _embedded(rows: list[tuple], ids: list[int], dim: int) -> np.ndarray:
-    """Pattern embeddings of trajectories `ids` (ascending) from their rows
-    (id, query, activations, reward), one per step (or one with NULLs for a
-    trajectory without steps), ordered by id and step."""
-    owners = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    first = np.ones(len(rows), dtype=bool)
-    first[1:] = owners[1:] != owners[:-1]
-    if not np.array_equal(owners[first], ids):  # the foreign keys make this impossible
-        raise RuntimeError("a trajectory of the retention window has no stored vectors")
-    queries = b"".join([r[1] for r, head in zip(rows, first.tolist(), strict=True) if head])
-    steps = [r for r in rows if r[2] is not None]
-    has_step = np.fromiter((r[2] is not None for r in rows), dtype=bool, count=len(rows))
+def _embedded(queries: list[tuple], steps: list[tuple], ids: list[int], dim: int) -> np.ndarray:
+    """Pattern embeddings of trajectories `ids` (ascending) from their query
+    rows (id, query) and step rows (id, activations, reward), both in order."""
+    owners = np.fromiter((r[0] for r in steps), dtype=np.int64, count=len(steps))
     activations = (
-        np.frombuffer(b"".join([r[2] for r in steps]), dtype=FLOAT32).reshape(len(steps), -1)
+        np.frombuffer(b"".join([r[1] for r in steps]), dtype=FLOAT32).reshape(len(steps), -1)
         if steps
         else np.zeros((0, dim), dtype=FLOAT32)
     )
-    rewards = np.array([r[3] for r in steps], dtype=np.float64).astype(np.float32)
     return trajectory_embeddings(
-        np.frombuffer(queries, dtype=FLOAT32).reshape(len(ids), dim),
-        (np.cumsum(first) - 1)[has_step],
+        np.frombuffer(b"".join([r[1] for r in queries]), dtype=FLOAT32).reshape(len(ids), dim),
+        np.searchsorted(np.asarray(ids, dtype=np.int64), owners),
         activations,
-        rewards,
+        np.array([r[2] for r in steps], dtype=np.float64).astype(np.float32),
     )
 
 

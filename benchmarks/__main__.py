@@ -46,8 +46,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_backend(
-    backend: Backend, plan: Plan, ref: reference.ReferenceResult, errors: list[str]
+    backend: Backend,
+    plan: Plan,
+    ref: reference.ReferenceResult,
+    errors: list[str],
+    reference_rate: Callable[[], float] | None = None,
 ) -> list[Figure]:
+    """Every benchmark on one backend. `reference_rate`: the reference's
+    recording rate, measured anew on each call (the ingest repetitions pair
+    with it)."""
     figures: list[Figure] = []
 
     def section(name: str, body: Callable[[], list[Figure]]) -> None:
@@ -84,7 +91,11 @@ def run_backend(
 
     def ingest_section() -> list[Figure]:
         out = ingest.bench_ingest(
-            backend, make_workload(plan.cycle_n), plan.single_n, plan.ingest_reps
+            backend,
+            make_workload(plan.cycle_n),
+            plan.single_n,
+            plan.ingest_reps,
+            reference_rate,
         )
         for f in out:
             if f.name in (
@@ -93,7 +104,8 @@ def run_backend(
                 "ingest_batched_100_per_s",
                 "ingest_batched_100_numpy_per_s",
             ):
-                f.compare(ref.median("record_per_s"))
+                if "paired_ratios" not in f.details:  # no paired reference: seed_bench's
+                    f.compare(ref.median("record_per_s"))
                 f.check(">= reference", None if f.ratio is None else f.ratio >= 1)
             elif f.name == "ingest_single_per_s":
                 f.compare(ref.median("record_per_s"))
@@ -171,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"reference: {plan.reference_reps} run(s) of seed_bench.js")
             ref = reference.run(jsonl, cycle.CLUSTERS, args.seed_engine, plan.reference_reps)
         progress(ref.message if not ref.available else f"reference: {ref.median('cycle_s')} s")
+        reference_rate = None
+        if ref.available:
+
+            def reference_rate() -> float:
+                return reference.record_rate(jsonl, cycle.CLUSTERS, args.seed_engine)
 
         figures: list[Figure] = []
         backends: list[Callable[[], Backend]] = [SqliteBackend]
@@ -184,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"backend unavailable: {exc}")
                 continue
             try:
-                figures.extend(run_backend(backend, plan, ref, errors))
+                figures.extend(run_backend(backend, plan, ref, errors, reference_rate))
             finally:
                 backend.close()
 

@@ -15,6 +15,7 @@ from benchmarks.timing import median
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_BENCH = REPO_ROOT.parent / "shared" / "reference" / "seed_bench.js"
+RECORD_ONLY = REPO_ROOT / "benchmarks" / "reference_record.js"  # its recording loop alone
 PACKAGE = "@ruvector/sona"
 KEYS = ("record_per_s", "cycle_s", "micro_lora_us", "find_patterns_us", "rss_mb")
 
@@ -92,3 +93,18 @@ def run(jsonl: Path, clusters: int, node_modules: str | None, reps: int) -> Refe
             return result
         result.runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return result
+
+
+def record_rate(jsonl: Path, clusters: int, node_modules: str | None) -> float:
+    """The reference's recording rate on the JSONL, from seed_bench.js's
+    recording loop alone (reference_record.js): quick enough to run between
+    our own repetitions."""
+    done = subprocess.run(
+        ["node", str(RECORD_ONLY), str(jsonl), str(clusters)],
+        env=_environment(node_modules),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["record_per_s"])

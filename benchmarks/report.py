@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ class Figure:
         self.reference = reference
         if reference and self.ours:
             self.ratio = self.ours / reference if self.higher_is_better else reference / self.ours
+        return self
+
+    def compare_paired(self, reference_reps: list[float]) -> Figure:
+        """Compare repetition by repetition with a reference measured right
+        before each of ours (`reps[i]` against `reference_reps[i]`): the
+        ratio is the median of the per-repetition ratios, so a machine whose
+        speed drifts during a run moves both sides of each ratio alike."""
+        pairs = list(zip(self.reps, reference_reps, strict=True))
+        if not pairs:
+            return self
+        ratios = [(o / r if self.higher_is_better else r / o) for o, r in pairs if o and r]
+        self.reference = float(statistics.median(reference_reps))
+        self.ratio = float(statistics.median(ratios)) if ratios else None
+        self.details["reference_reps"] = list(reference_reps)
+        self.details["paired_ratios"] = ratios
         return self
 
     def check(self, description: str, passed: bool | None) -> Figure:

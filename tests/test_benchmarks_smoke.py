@@ -82,3 +82,23 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
         assert figure["status"] == "ok", figure
         assert isinstance(figure["ours"], (int, float)) and figure["ours"] > 0, figure
     assert "figure" in done.stdout and "results:" in done.stdout
+
+
+def test_paired_ratios_follow_a_drifting_machine():
+    """A reference measured right before each of our repetitions: the ratio is
+    the median of the per-repetition ratios, not a ratio of medians taken at
+    different speeds of the machine."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.report import Figure
+
+    # The machine halves its speed after the second repetition; we are 1.2x.
+    ours = [120.0, 120.0, 60.0, 60.0, 60.0]
+    reference = [100.0, 100.0, 50.0, 50.0, 50.0]
+    rate = Figure("r", "sqlite", "r", "/s", ours=60.0, reps=ours, higher_is_better=True)
+    rate.compare_paired(reference)
+    assert rate.ratio == 1.2 and rate.reference == 50.0
+    assert rate.details["paired_ratios"] == [1.2] * 5
+    # Times: lower is better, ratio = reference / ours.
+    times = Figure("t", "sqlite", "t", "s", ours=2.0, reps=[1.0, 2.0, 4.0])
+    times.compare_paired([3.0, 4.0, 4.0])
+    assert times.ratio == 2.0  # per repetition 3.0, 2.0, 1.0

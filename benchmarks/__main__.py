@@ -72,19 +72,17 @@ def run_backend(
         templates[n] = cycle.prepare(backend, n)
 
     cycled: list[str] = []
-    known: dict[int, list[float]] = {}
 
     def cycle_section() -> list[Figure]:
         run = cycle.bench_cycle(backend, templates[plan.cycle_n], plan.cycle_n, plan.cycle_reps)
         cycled.append(run.cycled_url)
-        known[plan.cycle_n] = run.figure.reps
         f = run.figure.compare(ref.median("cycle_s"))
         return [f.check(">= 10x reference", None if f.ratio is None else f.ratio >= 10)]
 
     section("cycle", cycle_section)
     section(
         "scaling",
-        lambda: cycle.bench_scaling(backend, plan.scaling, templates, plan.scaling_reps, known),
+        lambda: cycle.bench_scaling(backend, plan.scaling, templates, plan.scaling_reps),
     )
     for url in templates.values():
         backend.drop(url)

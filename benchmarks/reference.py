@@ -80,18 +80,12 @@ def run(jsonl: Path, clusters: int, node_modules: str | None, reps: int) -> Refe
     if not result.available:
         return result
     for _ in range(reps):
-        done = subprocess.run(
-            ["node", str(SEED_BENCH), str(jsonl), str(clusters)],
-            env=_environment(node_modules),
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
+        done = _node(SEED_BENCH, jsonl, clusters, node_modules, timeout=1800)
         if done.returncode != 0:
             result.available = False
             result.message = f"reference failed: {done.stderr.strip()[-500:]}"
             return result
-        result.runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        result.runs.append(_last_json(done))
     return result
 
 
@@ -99,12 +93,23 @@ def record_rate(jsonl: Path, clusters: int, node_modules: str | None) -> float:
     """The reference's recording rate on the JSONL, from seed_bench.js's
     recording loop alone (reference_record.js): quick enough to run between
     our own repetitions."""
-    done = subprocess.run(
-        ["node", str(RECORD_ONLY), str(jsonl), str(clusters)],
+    done = _node(RECORD_ONLY, jsonl, clusters, node_modules, timeout=600)
+    done.check_returncode()
+    return float(_last_json(done)["record_per_s"])
+
+
+def _node(
+    script: Path, jsonl: Path, clusters: int, node_modules: str | None, *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a reference script on the JSONL (it prints one JSON line)."""
+    return subprocess.run(
+        ["node", str(script), str(jsonl), str(clusters)],
         env=_environment(node_modules),
         capture_output=True,
         text=True,
-        timeout=600,
-        check=True,
+        timeout=timeout,
     )
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["record_per_s"])
+
+
+def _last_json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -59,22 +59,20 @@ class TrajectoryBatch:
     attention: list[bytes]  # m float32 vectors of any length, as stored
     rewards: np.ndarray  # (m,) float64
     layer_names: list[str | None]
+    rewards32: np.ndarray = field(init=False)  # (m,) the rewards as the learning math takes them
     signals: np.ndarray = field(init=False)  # (n, embedding_dim): Loop A's gradients
 
     def __post_init__(self) -> None:
         with np.errstate(over="ignore", invalid="ignore"):
+            self.rewards32 = self.rewards.astype(np.float32)
             self.signals = batch_learning_signals(
-                self.queries, self.step_owner, self.activations, self._float32_rewards()
+                self.queries, self.step_owner, self.activations, self.rewards32
             )
-
-    def _float32_rewards(self) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            return self.rewards.astype(np.float32)
 
     def first_non_finite(self) -> tuple[int, str] | None:
         """The first trajectory whose derived float32 values overflow (a finite
         but huge reward or activation), and what overflowed; None if none does."""
-        bad_reward = ~np.isfinite(self._float32_rewards())
+        bad_reward = ~np.isfinite(self.rewards32)
         checks = (
             ("steps.reward", self.step_owner[bad_reward]),  # ascending: steps are by owner
             ("steps.activations", self._overflowing_embeddings()),
@@ -94,14 +92,14 @@ class TrajectoryBatch:
             return np.zeros(0, dtype=np.int64)
         bound = _max_abs(self.queries)
         if len(self.step_owner):
-            weight = max(float(self._float32_rewards().max()), 0.0)
+            weight = max(float(self.rewards32.max()), 0.0)
             longest = int(np.bincount(self.step_owner).max())
             bound += longest * weight * _max_abs(self.activations)
         if bound < EMBEDDING_SAFE_BOUND:
             return np.zeros(0, dtype=np.int64)
         with np.errstate(over="ignore", invalid="ignore"):
             embeddings = trajectory_embeddings(
-                self.queries, self.step_owner, self.activations, self._float32_rewards()
+                self.queries, self.step_owner, self.activations, self.rewards32
             )
         return np.flatnonzero(~np.isfinite(embeddings).all(1))
 

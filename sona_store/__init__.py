@@ -12,7 +12,9 @@ from sona_store.errors import (
     SchemaVersionError,
     SonaStoreError,
     ValidationError,
+    VectorsDroppedError,
 )
+from sona_store.retention import GcResult, Policy
 from sona_store.store import Pattern, SonaStore
 
 __version__ = "0.1.0"
@@ -23,11 +25,14 @@ __all__ = [
     "CycleNotFoundError",
     "CycleResult",
     "DatabaseUnavailableError",
+    "GcResult",
     "Pattern",
+    "Policy",
     "RollbackError",
     "SchemaVersionError",
     "SonaConfig",
     "SonaStore",
     "SonaStoreError",
     "ValidationError",
+    "VectorsDroppedError",
 ]

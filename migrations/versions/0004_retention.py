@@ -27,8 +27,8 @@ UTC_TIMESTAMP = sa.DateTime(timezone=True)  # stored as UTC (naive on SQLite)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("trajectories", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("vectors_dropped_at", UTC_TIMESTAMP, nullable=True))
+    # A plain ADD COLUMN on both databases (batch mode would copy the table).
+    op.add_column("trajectories", sa.Column("vectors_dropped_at", UTC_TIMESTAMP, nullable=True))
     op.create_table(
         "retention_policy",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -55,5 +55,9 @@ def downgrade() -> None:
             "sona-store ingest --restore ARCHIVE"
         )
     op.drop_table("retention_policy")
-    with op.batch_alter_table("trajectories", schema=None) as batch_op:
-        batch_op.drop_column("vectors_dropped_at")
+    if op.get_bind().dialect.name == "sqlite":
+        # Not batch mode: copying `trajectories` means dropping it, and with
+        # foreign keys on, that cascades to its vectors, steps and signals.
+        op.execute("ALTER TABLE trajectories DROP COLUMN vectors_dropped_at")  # SQLite >= 3.35
+    else:
+        op.drop_column("trajectories", "vectors_dropped_at")

@@ -20,6 +20,8 @@ class Plan:
     rollback_long: int = 100
     rollback_reps: int = 5
     reference_reps: int = 1
+    storage_n: int = 5_000  # trajectories of the storage benchmark
+    storage_cycles: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +40,8 @@ FULL = Plan(
     rollback_long=1_000,
     rollback_reps=20,
     reference_reps=3,
+    storage_n=20_000,
+    storage_cycles=10,
 )
 
 QUICK = Plan(

@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 import json
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -433,3 +434,28 @@ def test_db_vacuum_runs_on_postgresql(db_url, capsys):
     store.close()
     assert main(["--url", db_url, "db", "vacuum"]) == 0
     assert " -> " in capsys.readouterr().out
+
+
+def test_the_commands_of_docs_operations_run(tmp_path, capsys):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    lines = [
+        line.split("  #")[0].strip()
+        for block in re.findall(r"```sh\n(.*?)```", doc, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("sona-store ")
+    ]
+    assert any(" gc " in f"{line} " for line in lines) and any("db vacuum" in x for x in lines)
+    url = f"sqlite:///{tmp_path / 'sona.db'}"
+    store = SonaStore(url, CONFIG)
+    build(store)
+    store.close()
+    for line in lines:
+        args = shlex.split(line.replace("/var/lib/sona/archive", str(tmp_path / "a")))[1:]
+        args = [a.replace("DIR", str(tmp_path / "b")) for a in args]
+        if "--url" not in args:
+            args = ["--url", url, *args]
+        else:
+            args[args.index("--url") + 1] = url
+        assert main(args) == 0, line
+    with SonaStore(url) as opened:
+        assert any(e["action"] == "gc" for e in opened.audit_log())

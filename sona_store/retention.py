@@ -66,7 +66,7 @@ def as_seconds(value: float | dt.timedelta) -> float:
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
         raise ValueError(f"older_than must be seconds >= 0 or a timedelta, got {value!r}")
-    return float(seconds)
+    return float(seconds)  # the range is checked by Policy
 
 
 def effective_policy(

@@ -314,7 +314,6 @@ class SonaStore:
         lets go (each argument None: the stored policy's value; `older_than`
         in seconds or a timedelta), archiving them first to `archive`; one
         audit row. Their metadata rows stay. See docs/operations.md."""
-        self._accesses.flush()
         return retention.gc(
             self.engine,
             self.config,

@@ -294,7 +294,14 @@ def test_policy_is_stored_audited_and_validated(store):
     event = store.audit_log()[0]
     assert (event["id"], event["action"], event["reason"]) == (audit, "set_retention", "prod")
     assert event["details"]["to"]["horizon_cycles"] == 24
-    for bad in ({"older_than": -1}, {"horizon_cycles": -2}, {"horizon_cycles": 1.5}):
+    bad_values = (
+        {"older_than": -1},
+        {"older_than": float("nan")},
+        {"older_than": float("inf")},
+        {"horizon_cycles": -2},
+        {"horizon_cycles": 1.5},
+    )
+    for bad in bad_values:
         with pytest.raises(ValueError):
             store.set_retention_policy(**bad)
     assert store.retention_policy().horizon_cycles == 24  # nothing written

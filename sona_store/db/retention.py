@@ -36,6 +36,7 @@ from sona_store.db.models import (
 
 CHUNK = 1000  # trajectories a statement (bound ids) or an archive read
 DAY_S = 86400.0
+MAX_AGE_S = 1e6 * 365 * DAY_S  # a million years: beyond, no timestamp is older
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ class Policy:
     def __post_init__(self) -> None:
         age, horizon = self.max_age_seconds, self.horizon_cycles
         if age is not None and (
-            isinstance(age, bool) or not isinstance(age, (int, float)) or not age >= 0
+            isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age <= MAX_AGE_S
         ):
-            raise ValueError(f"the age limit must be a number of seconds >= 0, got {age!r}")
+            raise ValueError(
+                f"the age limit must be a number of seconds from 0 to {MAX_AGE_S:g}, got {age!r}"
+            )
         if horizon is not None and (
             isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0
         ):

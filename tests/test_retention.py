@@ -466,3 +466,19 @@ def test_the_commands_of_docs_operations_run(tmp_path, capsys):
         assert main(args) == 0, line
     with SonaStore(url) as opened:
         assert any(e["action"] == "gc" for e in opened.audit_log())
+
+
+def test_a_failing_gc_in_the_service_leaves_the_cycle_standing(store, tmp_path, caplog):
+    build(store, 3)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    store.set_retention_policy(older_than=0, horizon_cycles=1, archive_dir=str(blocker))
+    store.record_trajectories(make_trajectories(BATCH, DIM, seed=7))
+    store.flush()
+    with caplog.at_level("ERROR", logger="sona_store.scheduler"):
+        report = SonaScheduler(store, interval=3600).run_once()
+    assert report.status == "ran" and report.run.result.status == "completed"
+    assert "gc after the cycle failed" in caplog.text
+    assert store.history()[0].status == "completed"
+    assert store.stats()["trajectories_vectors_dropped"] == 0  # nothing deleted
+    assert [e["action"] for e in store.audit_log()] == ["set_retention"]

@@ -482,3 +482,26 @@ def test_a_failing_gc_in_the_service_leaves_the_cycle_standing(store, tmp_path, 
     assert store.history()[0].status == "completed"
     assert store.stats()["trajectories_vectors_dropped"] == 0  # nothing deleted
     assert [e["action"] for e in store.audit_log()] == ["set_retention"]
+
+
+@pytest.mark.parametrize("failing", ["drop_vectors", "add_audit"])
+def test_a_gc_that_fails_keeps_every_vector_and_leaves_no_archive(
+    store, tmp_path, monkeypatch, failing
+):
+    """Before the archive is complete (deleting) or after (the audit row):
+    the transaction rolls back and the archive file goes with it."""
+    import sona_store.retention as retention
+
+    build(store)
+    before = vectors(store)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("injected failure")
+
+    target = retention.db if failing == "drop_vectors" else retention.cycles
+    monkeypatch.setattr(target, failing, broken)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        store.gc(older_than=0, horizon_cycles=1, archive=tmp_path / "arch")
+    assert vectors(store) == before
+    assert list((tmp_path / "arch").iterdir()) == []
+    assert store.audit_log() == []

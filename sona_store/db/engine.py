@@ -171,6 +171,15 @@ def _is_connection_problem(exc: OperationalError) -> bool:
     )
 
 
+def describe_database_error(exc: BaseException) -> str:
+    """One line saying what the database refused, for messages and logs:
+    SQLAlchemy's own text carries the SQL statement and its parameters (a
+    trajectory's values, say) on later lines, the driver's error does not."""
+    orig = getattr(exc, "orig", None)
+    source = orig if orig is not None else exc
+    return f"{type(source).__name__}: {_first_line(source)}"
+
+
 def _first_line(exc: BaseException | None) -> str:
     text = str(exc or "").strip()
     return text.splitlines()[0] if text else type(exc).__name__

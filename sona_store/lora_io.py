@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import LORA_TIERS, LoraVersion
 from sona_store.db.types import utcnow
 from sona_store.errors import SonaStoreError
+from sona_store.files import private_dir, write_private
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
@@ -155,27 +155,13 @@ def export_lora(
             "exported_at": utcnow().isoformat(),
         },
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = private_dir(out_dir)
     metadata = {"format": "pt", "sona_store_tier": arrays.tier}
     metadata["sona_store_version_id"] = str(arrays.version_id)
-    _write_atomic(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
+    write_private(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
     text = json.dumps(config, indent=2) + "\n"
-    _write_atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    write_private(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
     return out
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename, so a reader (or a crash) never
-    sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- reading and validating an adapter --------------------------------------------

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
 from sona_store.errors import DatabaseUnavailableError
+from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
 
@@ -83,6 +84,15 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
     }
     engine = sa.create_engine(url, connect_args=connect_args, **options)
     in_memory = url.database in (None, "", ":memory:")
+    if not in_memory and not connect_args.get("uri"):
+
+        @event.listens_for(engine, "do_connect")
+        def _private_file(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> None:
+            # A new store is created 0600 before SQLite opens it (its -wal and
+            # -shm then get the same mode): trajectories are nobody else's.
+            path = cparams.get("database", cargs[0] if cargs else None)
+            if isinstance(path, str) and path and not path.startswith("file:"):
+                create_private_file(path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -336,7 +336,8 @@ class SonaStore:
         vector = np.asarray(x, dtype=np.float32)
         if vector.shape[-1:] != (weights.dim,) or not np.isfinite(vector).all():
             raise ValidationError(f"x must have {weights.dim} finite values", field="x")
-        return base_lora.forward(weights, layer_idx, vector)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _finite_output(base_lora.forward(weights, layer_idx, vector), "base")
 
     def history(self, limit: int | None = None) -> list[CycleResult]:
         with transaction(self.engine) as session:
@@ -422,7 +423,8 @@ class SonaStore:
             raise ValidationError("x contains NaN or infinity", field="x")
         if not self.enabled:
             return vector.copy()
-        return self._micro_projector()(vector)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _finite_output(self._micro_projector()(vector), "micro")
 
     def flush(self) -> int:
         """Apply every pending micro-LoRA signal and write counted pattern
@@ -462,6 +464,16 @@ class SonaStore:
                 "micro_lora_version_id": head.micro_lora_version_id,
                 "ewc_state_id": head.ewc_state_id,
             }
+
+
+def _finite_output(out: np.ndarray, tier: str) -> np.ndarray:
+    """Serving never returns a non-finite value: an x so large that the
+    adapter's output overflows float32 is refused instead."""
+    if not np.isfinite(out).all():
+        raise ValidationError(
+            f"x is too large: the {tier} LoRA's output overflows float32", field="x"
+        )
+    return out
 
 
 def _is_sqlite_file(engine: Engine) -> bool:

@@ -332,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # psycopg warns of an aborted pipeline the error line reports
+        logging.getLogger("psycopg").setLevel(logging.ERROR)
     warn_about_exposed_password(args)
     password = None
     try:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from sona_store.config import SonaConfig
 from sona_store.db import state
 from sona_store.db.driver import Driver
-from sona_store.db.engine import connection_transaction, transaction
+from sona_store.db.engine import connection_transaction, short_error, transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
@@ -151,7 +151,9 @@ class InstantLearner:
                 else:  # only this batch's: its columns as they are
                     inflight.applied = self._apply(connection, [], own=fresh.first(fresh_taken))
         except Exception as exc:
-            logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
             with self._lock:
                 self._pending[:0] = inflight.taken
             inflight.taken = []

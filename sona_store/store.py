@@ -28,6 +28,7 @@ from sona_store.db.engine import (
     connection_transaction,
     create_store_engine,
     mask_url,
+    short_error,
     transaction,
 )
 from sona_store.db.locks import acquire_cycle_lock
@@ -182,7 +183,9 @@ class SonaStore:
         try:
             step(*args)
         except Exception as exc:
-            logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
 
     def begin_trajectory(self, query_embedding: Any) -> TrajectoryBuilder:
         """Start a trajectory; nothing is written until `end_trajectory`."""

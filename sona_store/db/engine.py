@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
@@ -188,6 +188,14 @@ def describe_database_error(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     source = orig if orig is not None else exc
     return f"{type(source).__name__}: {_first_line(source)}"
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for logs and messages: a database error as the database put
+    it (`describe_database_error`), anything else its first line."""
+    if isinstance(exc, SQLAlchemyError):
+        return describe_database_error(exc)
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException | None) -> str:

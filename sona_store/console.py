@@ -85,9 +85,10 @@ def warn_about_exposed_password(args: Any) -> None:
     if path:
         try:
             mode = os.stat(path).st_mode
-        except OSError:
+            secret = url_password(read_url_file(path))
+        except (OSError, ValueError):
             return  # resolve_url reports it
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
             warn(
                 f"--url-file {path} is readable by other users (mode {mode & 0o777:04o}): chmod 600"
             )

@@ -162,3 +162,7 @@ def test_serving_never_returns_a_non_finite_value(lstore):  # noqa: F811
         lstore.apply_micro_lora(huge)
     with pytest.raises(ValidationError, match="overflows float32"):
         lstore.apply_micro_lora(np.stack([huge, huge]))
+    large = np.full(dim, 1e36, dtype=np.float32)  # beyond the fast path's bound, finite
+    assert np.isfinite(lstore.apply_micro_lora(large)).all()
+    x = np.linspace(-1, 1, dim, dtype=np.float32)
+    assert np.array_equal(lstore.apply_micro_lora(x), lstore.apply_micro_lora(x[None])[0])

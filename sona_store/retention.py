@@ -310,7 +310,12 @@ def read_policy(engine: Engine) -> Policy:
 
 
 def restore_vectors(
-    engine: Engine, config: SonaConfig, lines: Iterable[str], *, actor: str, chunk_size: int = 1000
+    engine: Engine,
+    config: SonaConfig,
+    lines: Iterable[str | bytes],
+    *,
+    actor: str,
+    chunk_size: int = 1000,
 ) -> int:
     """Put back the vectors of archived trajectories of this store (lines of a
     gc archive, each with its `id`): in one transaction, all or nothing. Each
@@ -394,10 +399,11 @@ def _chunked(items: Any, size: int) -> Iterable[list[Any]]:
         yield chunk
 
 
-def open_jsonl(path: str | os.PathLike[str]) -> IO[str]:
-    """A JSONL file for reading, gzip or plain (told by its first bytes)."""
+def open_jsonl(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A JSONL file for reading as bytes (each line is decoded on its own, so
+    invalid UTF-8 names its line), gzip or plain, told by its first bytes."""
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
     if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+        return gzip.open(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 (the caller closes it)

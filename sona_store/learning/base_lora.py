@@ -3,12 +3,11 @@
 The reference starts every layer's `down` at zero, so `up` never reaches the output, and
 its update writes only the first dim/12 entries of each layer (SEED.md, defect 3). Here
 each layer's `down` (rank x dim) is a fixed, seeded random projection, and only `up`
-(rank x dim, starting at zero) is learned, by a Hebbian update driven by the cycle's
-pattern gradient g:
+(rank x dim, starting at zero) is learned, by a sign-aware, bounded rule: each of a
+cycle's patterns is a signed target (`pattern_drive`) for the rows its direction drives,
+and `proximal_step` moves every row part of the way to its target (and to EWC++'s
+anchors), so no row ever grows past norm max(1, its own). docs/learning.md has the math.
 
-    up_l[k, :] += lr * (down_l g)_k * g
-
-For an input x near g the output delta `scale * up_l^T (down_l x)` then points toward g.
 The learned parameters are every layer's `up`, flattened in (layer, rank, dim) order:
 that vector, of layers * rank * dim entries, is what EWC++ tracks (fixing defect 2).
 

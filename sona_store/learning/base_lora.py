@@ -222,8 +222,11 @@ def pattern_drive(
     projection = channel_projection(weights, unit).astype(np.float64)  # (P, layers, rank)
     weighted = np.maximum(projection, 0.0) * shares[:, None, None]
     activity = weighted.sum(axis=0)
-    drive = np.einsum("plk,p,pd->lkd", weighted, np.clip(signs, -1.0, 1.0), unit)
-    fisher = np.einsum("plk,p->lk", projection * projection, shares)
+    signed = weighted * np.clip(signs, -1.0, 1.0)[:, None, None]
+    # (P, layers*rank)^T @ (P, dim): one matrix product instead of a 3-operand einsum.
+    layers, rank = activity.shape
+    drive = (signed.reshape(len(unit), -1).T @ unit).reshape(layers, rank, -1)
+    fisher = np.tensordot(shares, projection * projection, axes=1)
     return Drive(
         activity=activity.astype(np.float32),
         drive=drive.astype(np.float32),

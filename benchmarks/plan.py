@@ -22,6 +22,8 @@ class Plan:
     reference_reps: int = 1
     storage_n: int = 5_000  # trajectories of the storage benchmark
     storage_cycles: int = 5
+    forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
+    forgetting_seeds: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,4 +59,6 @@ QUICK = Plan(
     rollback_long=100,
     rollback_reps=5,
     reference_reps=1,
+    forgetting_cycles=2_000,
+    forgetting_seeds=1,
 )

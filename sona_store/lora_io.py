@@ -41,7 +41,7 @@ from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import LORA_TIERS, LoraVersion
 from sona_store.db.types import utcnow
-from sona_store.errors import SonaStoreError
+from sona_store.errors import MissingExtraError
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
@@ -57,10 +57,6 @@ _KEY = re.compile(
     r"(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$"
 )
 _HEAD_POINTER = {"base": "base_lora_version_id", "micro": "micro_lora_version_id"}
-
-
-class MissingExtraError(SonaStoreError, ImportError):
-    """An optional dependency is not installed (the CLI prints it as one line)."""
 
 
 def _safetensors_numpy() -> Any:

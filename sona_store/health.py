@@ -45,18 +45,19 @@ class Health:
 class ServiceHealth:
     """Whether a scheduler is doing its job; fed by its attempts."""
 
-    def __init__(self, scheduler: SonaScheduler):
+    def __init__(self, scheduler: SonaScheduler, *, late_after: float | None = None):
         self.scheduler = scheduler
+        s = scheduler
+        # Seconds without an attempt after which the service is late.
+        self.late_after = (
+            late_after
+            if late_after is not None
+            else 2 * s.interval.total_seconds() + s.lock_timeout + LATE_SLACK_S
+        )
         self._since = time.monotonic()  # the latest attempt's end, or our start
         self._last: TickReport | None = None
         self._lock = threading.Lock()
         scheduler.add_listener(self.observe)
-
-    @property
-    def late_after(self) -> float:
-        """Seconds without an attempt after which the service is late."""
-        s = self.scheduler
-        return 2 * s.interval.total_seconds() + s.lock_timeout + LATE_SLACK_S
 
     def observe(self, report: TickReport) -> None:
         with self._lock:

@@ -320,3 +320,20 @@ def _cli() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "sona_store.cli"]
+
+
+@needs_pg
+def test_schema_from_the_environment_and_a_mismatched_engine(pg_url, capsys, monkeypatch):
+    with SonaStore(pg_url, CONFIG, schema="router_eu") as store:
+        store.record_trajectories(make_trajectories(3, 8))
+    monkeypatch.setenv("SONA_STORE_SCHEMA", "router_eu")
+    code, out, err = run(capsys, "--url", pg_url, "stats", "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["schema"], stats["trajectories_recorded"]) == ("router_eu", 3)
+    engine = create_store_engine(pg_url, schema="router_us")
+    try:
+        with pytest.raises(StoreSchemaError, match="created for schema 'router_us'"):
+            SonaStore(pg_url, schema="router_eu", engine=engine)
+    finally:
+        engine.dispose()

@@ -65,8 +65,12 @@ def _locked_begin(engine: Engine) -> Connection:
         schema = engine_schema(engine)
         key = lock_key(schema, UPGRADE_LOCK_KEY, "upgrade")
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-        if schema is not None:
-            connection.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quoted(engine, schema)}"))
+        exists = sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :name")
+        if schema is not None and connection.scalar(exists, {"name": schema}) is None:
+            # Only when missing: CREATE SCHEMA needs the database's CREATE
+            # privilege even with IF NOT EXISTS, which an owner of the schema
+            # alone may lack.
+            connection.execute(sa.text(f"CREATE SCHEMA {quoted(engine, schema)}"))
     return connection
 
 

@@ -58,7 +58,7 @@ class StoreCollector:
         self.buckets = tuple(sorted(buckets))
 
     def describe(self) -> Iterator[Any]:
-        empty = StoreFigures({}, 0, 0.0, [(b, 0) for b in self.buckets], 0, 0, 0, None)
+        empty = StoreFigures({}, 0, 0.0, [(b, 0) for b in self.buckets], 0, 0, 0, None, 0)
         return self._families(empty)
 
     def collect(self) -> Iterator[Any]:
@@ -112,6 +112,9 @@ class StoreCollector:
             "sona_last_success_timestamp_seconds",
             "end of the latest cycle that ran (Unix time; 0: none yet)",
             value=f.last_success.timestamp() if f.last_success is not None else 0.0,
+        )
+        yield CounterMetricFamily(
+            "sona_gc_runs", "gc (retention) runs, from their audit rows", value=f.gc_runs
         )
 
 

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.db.engine import create_store_engine
+from sona_store.db.engine import create_store_engine, transaction
+from sona_store.db.models import AuditEvent
 from sona_store.health import ServiceHealth
 from sona_store.metrics import DURATION_BUCKETS, StoreCollector
 from sona_store.scheduler import SonaScheduler
@@ -81,6 +82,18 @@ def test_store_collector_follows_the_store(store):
     assert sample(registry, "sona_cycles_total", status="completed") == 0
     assert sample(registry, "sona_cycles_total", status="rolled_back") == 1
     assert sample(registry, "sona_cycle_duration_seconds_count") == 1  # it did run
+
+
+def test_gc_runs_are_counted_from_their_audit_rows(store):
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    assert sample(registry, "sona_gc_runs_total") == 0
+    store.record_trajectories(make_trajectories(12, 8))
+    done = store.run_cycle(force=True)
+    store.rollback(done.cycle_id, reason="not gc", actor="tester")
+    with transaction(store.engine) as session:  # the row a gc run appends
+        session.add(AuditEvent(actor="tester", action="gc", details={"trajectories": 0}))
+    assert sample(registry, "sona_gc_runs_total") == 1  # the rollback's row is not gc's
 
 
 def test_store_collector_reports_a_database_that_does_not_answer(db_url, tmp_path):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from sona_store.db import trajectories
-from sona_store.db.models import Cycle, LoraVersion, Trajectory
+from sona_store.db.models import AuditEvent, Cycle, LoraVersion, Trajectory
 
 CYCLE_STATUSES = ("completed", "skipped", "failed", "rolled_back")
 # A cycle that did its work: completed, and perhaps rolled back since.
@@ -34,6 +34,7 @@ class StoreFigures:
     trajectories_recorded: int
     micro_lora_versions: int
     last_success: dt.datetime | None
+    gc_runs: int  # the audit rows of gc (retention), one a run
 
 
 def store_figures(session: Session, buckets: Sequence[float]) -> StoreFigures:
@@ -66,4 +67,8 @@ def store_figures(session: Session, buckets: Sequence[float]) -> StoreFigures:
         )
         or 0,
         last_success=session.scalar(sa.select(sa.func.max(Cycle.finished_at)).where(ran)),
+        gc_runs=session.scalar(
+            sa.select(sa.func.count()).select_from(AuditEvent).where(AuditEvent.action == "gc")
+        )
+        or 0,
     )

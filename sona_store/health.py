@@ -47,13 +47,10 @@ class ServiceHealth:
 
     def __init__(self, scheduler: SonaScheduler, *, late_after: float | None = None):
         self.scheduler = scheduler
-        s = scheduler
-        # Seconds without an attempt after which the service is late.
-        self.late_after = (
-            late_after
-            if late_after is not None
-            else 2 * s.interval.total_seconds() + s.lock_timeout + LATE_SLACK_S
-        )
+        if late_after is None:
+            late_after = 2 * scheduler.interval.total_seconds() + scheduler.lock_timeout
+            late_after += LATE_SLACK_S
+        self.late_after = late_after  # seconds without an attempt: late
         self._since = time.monotonic()  # the latest attempt's end, or our start
         self._last: TickReport | None = None
         self._lock = threading.Lock()
@@ -93,7 +90,9 @@ class ServiceHealth:
                 connection.execute(sa.text("SELECT 1"))
             return None
         except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # The driver's own error, not our wrapper's (which repeats the URL).
+            root = getattr(exc.__cause__, "orig", None) or getattr(exc, "orig", None) or exc
+            text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
             return self.scheduler.scrub(f"{store_label(engine)} does not answer: {text}")
 
 

@@ -265,6 +265,7 @@ def test_healthz_is_503_while_postgresql_is_stopped(private_pg, procs):
     assert "store 'router_eu'" in body["reason"] and "does not answer" in body["reason"]
     assert PASSWORD not in json.dumps(body)
     assert scrape(port)[("sona_store_up", ())] == 0  # /metrics is still served
+    print(f"\n/healthz while stopped: {body}")
 
     private_pg.start()
     status, body = wait_for(lambda: (r := healthz(port))[0] == 200 and r, 120, "200 when back")

@@ -114,7 +114,9 @@ class StoreCollector:
             value=f.last_success.timestamp() if f.last_success is not None else 0.0,
         )
         yield CounterMetricFamily(
-            "sona_gc_runs", "gc (retention) runs, from their audit rows", value=f.gc_runs
+            "sona_gc_runs",
+            "gc (retention) runs that deleted vectors (each writes one audit row)",
+            value=f.gc_runs,
         )
 
 

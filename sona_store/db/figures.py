@@ -34,7 +34,7 @@ class StoreFigures:
     trajectories_recorded: int
     micro_lora_versions: int
     last_success: dt.datetime | None
-    gc_runs: int  # the audit rows of gc (retention), one a run
+    gc_runs: int  # the audit rows of gc (retention): runs that deleted vectors
 
 
 def store_figures(session: Session, buckets: Sequence[float]) -> StoreFigures:

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from sona_store.db.engine import (
     create_store_engine,
     describe_database_error,
     mask_url,
+    store_label,
 )
 from sona_store.errors import SonaStoreError
 
@@ -37,10 +39,17 @@ def _url(args: argparse.Namespace) -> str:
     return resolve_url(args)
 
 
+def _schema(args: argparse.Namespace) -> str | None:
+    """--schema, else $SONA_STORE_SCHEMA, else none (the default store)."""
+    return getattr(args, "schema", None) or os.environ.get("SONA_STORE_SCHEMA") or None
+
+
 def _open(args: argparse.Namespace):  # -> SonaStore (imported lazily: fast --help)
     from sona_store.store import SonaStore
 
-    return SonaStore(_url(args), create=True, actor=getattr(args, "actor", None))
+    return SonaStore(
+        _url(args), schema=_schema(args), create=True, actor=getattr(args, "actor", None)
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -74,31 +83,82 @@ def _cell(value: Any) -> str:
 def cmd_db(args: argparse.Namespace) -> int:
     from sona_store.db import schema
 
-    engine = create_store_engine(_url(args))
+    if getattr(args, "all_schemas", False):
+        return _upgrade_every_store(args)
+    engine = create_store_engine(_url(args), schema=_schema(args))
+    where = store_label(engine)
     try:
         if args.db_command == "upgrade":
             schema.upgrade(engine, args.revision)
-            print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
+            print(f"{where} is at revision {schema.database_revision(engine)}")
         elif args.db_command == "vacuum":
             from sona_store.retention import vacuum
 
             before, after = vacuum(engine)
-            print(f"{mask_url(engine.url)}: {before} -> {after} bytes")
+            print(f"{where}: {before} -> {after} bytes")
         elif args.db_command == "downgrade":
             schema.downgrade(engine, args.revision)
-            print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
+            print(f"{where} is at revision {schema.database_revision(engine)}")
         else:
             current = schema.database_revision(engine)
-            head = schema.head_revision()
-            if current == head:
-                state = "up to date"
-            elif current is None or current in schema.known_revisions():
-                state = f"needs: sona-store db upgrade (to {head})"
-            else:
-                state = f"newer than this sona-store ({head}): upgrade the sona-store package"
-            print(f"{mask_url(engine.url)}: revision {current or '(empty)'} ({state})")
+            print(f"{where}: revision {current or '(empty)'} ({_revision_state(current)})")
     finally:
         engine.dispose()
+    return 0
+
+
+def _revision_state(current: str | None) -> str:
+    from sona_store.db import schema
+
+    head = schema.head_revision()
+    if current == head:
+        return "up to date"
+    if current is None or current in schema.known_revisions():
+        return f"needs: sona-store db upgrade (to {head})"
+    return f"newer than this sona-store ({head}): upgrade the sona-store package"
+
+
+def _upgrade_every_store(args: argparse.Namespace) -> int:
+    """`db upgrade --all-schemas`: each store of a PostgreSQL database, one
+    schema (and one transaction) at a time."""
+    from sona_store.db import schema
+    from sona_store.db.stores import list_stores
+
+    if _schema(args) is not None:
+        raise ValueError("--all-schemas upgrades every store: leave out --schema")
+    probe = create_store_engine(_url(args))
+    try:
+        stores = list_stores(probe)
+    finally:
+        probe.dispose()
+    for found in stores:
+        engine = create_store_engine(_url(args), schema=found.schema)
+        try:
+            schema.upgrade(engine, args.revision)
+            print(f"{store_label(engine)} is at revision {schema.database_revision(engine)}")
+        finally:
+            engine.dispose()
+    if not stores:
+        print(f"no stores in {mask_url(_url(args))}")
+    return 0
+
+
+def cmd_stores(args: argparse.Namespace) -> int:
+    from sona_store.db.stores import list_stores
+
+    engine = create_store_engine(_url(args))
+    try:
+        stores = list_stores(engine)
+    finally:
+        engine.dispose()
+    rows = [
+        {"schema": s.schema, "revision": s.revision, "state": _revision_state(s.revision)}
+        for s in stores
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(rows, ["schema", "revision", "state"])
     return 0
 
 
@@ -270,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read the database URL from the first line of this file (keep it mode 600)",
     )
+    parser.add_argument(
+        "--schema",
+        help="PostgreSQL: the schema of the store, one database holding several "
+        "(default: $SONA_STORE_SCHEMA, else none: the database's default schema)",
+    )
     parser.add_argument("--actor", help="name recorded in the audit trail (default: OS user)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="create or upgrade the schema")
     up.add_argument("revision", nargs="?", default="head")
+    up.add_argument(
+        "--all-schemas",
+        action="store_true",
+        help="PostgreSQL: upgrade every store of the database (see `stores`)",
+    )
     down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data)")
     down.add_argument("revision")
     db_sub.add_parser("current", help="show the schema revision")
@@ -286,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="give free space back (SQLite: converts older files to incremental auto-vacuum)",
     )
     db.set_defaults(func=cmd_db)
+
+    stores = sub.add_parser("stores", help="PostgreSQL: the stores (schemas) of the database")
+    stores.add_argument("--json", action="store_true")
+    stores.set_defaults(func=cmd_stores)
 
     ingest = sub.add_parser(
         "ingest", help="record trajectories from a JSONL file, gzip or plain (or -)"

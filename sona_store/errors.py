@@ -60,3 +60,11 @@ class CycleInProgressError(SonaStoreError):
 
 class DatabaseUnavailableError(SonaStoreError):
     """The database could not be reached or refused the operation."""
+
+
+class StoreSchemaError(SonaStoreError, ValueError):
+    """A store schema name is invalid, or given where it has no meaning (SQLite)."""
+
+
+class MissingExtraError(SonaStoreError, ImportError):
+    """An optional dependency is not installed (the CLI prints it as one line)."""

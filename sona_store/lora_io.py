@@ -40,7 +40,7 @@ from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import LORA_TIERS, LoraVersion
 from sona_store.db.types import utcnow
-from sona_store.errors import SonaStoreError
+from sona_store.errors import MissingExtraError
 from sona_store.files import private_dir, write_private
 
 if TYPE_CHECKING:
@@ -69,10 +69,6 @@ HEADER_BYTES_BASE = 64 * 1024  # plus the __metadata__ section
 # adapters stay far below both (their gain is well under 1).
 MAX_LORA_SCALE = 1e3
 MAX_LORA_GAIN = 1e3
-
-
-class MissingExtraError(SonaStoreError, ImportError):
-    """An optional dependency is not installed (the CLI prints it as one line)."""
 
 
 def _safetensors_numpy() -> Any:

@@ -34,7 +34,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sona_store.cycle import CycleFailedError, SlotTakenError, record_failed_cycle
-from sona_store.db.engine import create_store_engine, mask_url, transaction
+from sona_store.db.engine import create_store_engine, engine_schema, mask_url, transaction
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError
 from sona_store.scheduling import ScheduledRun, interval_delta, next_due, run_scheduled_cycle
@@ -120,6 +120,7 @@ class SonaScheduler:
         self._stopping = threading.Event()
         self._busy = threading.Lock()  # held while an attempt runs
         self._unrecorded: deque[_Unrecorded] = deque(maxlen=MAX_UNRECORDED)
+        self._listeners: list[Callable[[TickReport], None]] = []
         self._where = mask_url(store.engine.url)
         url = store.engine.url
         query_password = url.query.get("password")
@@ -231,7 +232,25 @@ class SonaScheduler:
     def run_once(self, *, early: float = 0.0) -> TickReport:
         """One scheduled attempt now (also `sona-store run --once`): run the cycle
         of the due slot, if it is due within `early` seconds. Logs one line;
-        never raises for database or cycle trouble."""
+        never raises for database or cycle trouble. Listeners see its report."""
+        report = self._attempt(early)
+        for listener in list(self._listeners):
+            try:
+                listener(report)
+            except Exception:  # a listener's bug must not stop the service
+                logger.exception("tick listener %r raised", listener)
+        return report
+
+    def add_listener(self, listener: Callable[[TickReport], None]) -> None:
+        """Call `listener(report)` after every attempt, in the attempt's thread
+        (metrics and health of the service, `sona_store.health`)."""
+        self._listeners.append(listener)
+
+    @property
+    def attempt_running(self) -> bool:
+        return self._busy.locked()
+
+    def _attempt(self, early: float) -> TickReport:
         with self._busy:
             if self._stopping.is_set():
                 return TickReport("stopping")
@@ -248,25 +267,40 @@ class SonaScheduler:
                     stop=self._stopping,
                 )
             except (CycleInProgressError, SlotTakenError) as exc:
-                logger.info("lost the race for this slot (%s); waiting for the next one", exc)
+                logger.info(
+                    "lost the race for this slot (%s); waiting for the next one",
+                    exc,
+                    extra=self._event("tick", outcome="busy", error=str(exc)),
+                )
                 return TickReport("busy", error=str(exc))
             except DatabaseUnavailableError as exc:
                 error = self._scrub(exc)
                 self._remember(started_at, clock, f"{type(exc).__name__}: {error}")
-                logger.error("cycle not run: %s; retrying at the next slot", error)
+                logger.error(
+                    "cycle not run: %s; retrying at the next slot",
+                    error,
+                    extra=self._event("tick", outcome="unavailable", error=error),
+                )
                 return TickReport("unavailable", error=error)
             except CycleFailedError as exc:
                 error = self._scrub(exc)
+                event = self._event(
+                    "cycle", outcome="failed", status="failed", cycle_id=exc.cycle_id, error=error
+                )
                 if exc.cycle_id is None:  # the failure could not be written either
                     self._remember(started_at, clock, f"{type(exc.__cause__).__name__}: {error}")
-                    logger.error("cycle failed: %s (to be recorded later)", error)
+                    logger.error("cycle failed: %s (to be recorded later)", error, extra=event)
                 else:
-                    logger.error("cycle %d failed: %s", exc.cycle_id, error)
+                    logger.error("cycle %d failed: %s", exc.cycle_id, error, extra=event)
                 return TickReport("failed", error=error)
             except Exception as exc:  # a bug: keep serving, say what happened
                 error = self._scrub("".join(traceback.format_exception(exc)))
                 self._remember(started_at, clock, error)
-                logger.error("scheduled attempt raised unexpectedly:\n%s", error)
+                logger.error(
+                    "scheduled attempt raised unexpectedly:\n%s",
+                    error,
+                    extra=self._event("tick", outcome="failed", error=error),
+                )
                 return TickReport("failed", error=error)
             self._log(run)
             if run.ran and run.result.status == "completed":
@@ -294,9 +328,24 @@ class SonaScheduler:
         result = run.result
         if result is None:
             logger.info(
-                "not due: another process ran this slot's cycle; next slot %s", _when(run.slot)
+                "not due: another process ran this slot's cycle; next slot %s",
+                _when(run.slot),
+                extra=self._event("tick", outcome="not_due", slot=_when(run.slot)),
             )
             return
+        event = self._event(
+            "cycle",
+            outcome="ran",
+            cycle_id=result.cycle_id,
+            status=result.status,
+            slot=_when(run.slot),
+            trajectories=result.trajectories_processed,
+            patterns=result.patterns_extracted,
+            window=result.window_size,
+            elapsed_seconds=round(result.elapsed, 6),
+            lock_wait_seconds=round(run.lock_wait, 6),
+            reason=result.reason,
+        )
         logger.info(
             "cycle %s %s for slot %s: %d trajectories, %d patterns, window %d, %.3f s%s",
             result.cycle_id,
@@ -307,7 +356,12 @@ class SonaScheduler:
             result.window_size,
             result.elapsed,
             f" ({result.reason})" if result.reason else "",
+            extra=event,
         )
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A tick's log line as fields, for `--log-format json` (`sona_store.logjson`)."""
+        return {"sona": {"event": kind, "schema": engine_schema(self.store.engine), **fields}}
 
     def _wake_at(self, moment: dt.datetime) -> None:
         """Align the next wake-up with the database's schedule (it may have been
@@ -361,6 +415,8 @@ class SonaScheduler:
         """The text with the database password masked, wherever it came from."""
         text = str(error)
         return scrub_password(text, self._password)
+
+    scrub = _scrub
 
 
 def scrub_password(text: str, password: str | None) -> str:
@@ -418,19 +474,28 @@ def open_when_available(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sona_store.cli import _schema
     from sona_store.console import resolve_url, url_password
     from sona_store.store import SonaStore
 
     url = resolve_url(args)
+    schema = _schema(args)
+    if args.once and args.metrics_port is not None:
+        raise ValueError("--metrics-port serves a running service; --once exits after one attempt")
+    if args.log_format == "json":
+        from sona_store.logjson import use_json_logs
+
+        use_json_logs()
     if not args.verbose:
         logger.setLevel(logging.INFO)  # one line per cycle, even without -v
 
     def open_store() -> SonaStore:
         return SonaStore(
             url,
+            schema=schema,
             create=True,
             actor=args.actor,
-            engine=create_store_engine(url, **service_engine_options(url)),
+            engine=create_store_engine(url, schema=schema, **service_engine_options(url)),
         )
 
     if args.once:  # cron retries on its own schedule: an unavailable database is an error
@@ -449,9 +514,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.info("nothing to do before %s", _when(report.run.slot))
         store.close()
         return 1 if report.status in ("failed", "unavailable") else 0
-    if not scheduler.serve(grace=args.grace):
-        logging.shutdown()
-        os._exit(1)  # the running cycle's transaction dies with the connection
+    endpoint = None
+    if args.metrics_port is not None:
+        from sona_store.health import serve_endpoint
+
+        logging.getLogger("sona_store.health").setLevel(logging.INFO)
+        endpoint = serve_endpoint(scheduler, args.metrics_host, args.metrics_port)
+    try:
+        if not scheduler.serve(grace=args.grace):
+            logging.shutdown()
+            os._exit(1)  # the running cycle's transaction dies with the connection
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     store.close()
     logger.info("stopped")
     return 0
@@ -491,6 +566,11 @@ def register_cli(subparsers: Any) -> None:
         "--url-file or $SONA_STORE_URL when it holds a password",
     )
     run.add_argument(
+        "--schema",
+        default=argparse.SUPPRESS,
+        help="PostgreSQL: the store's schema (default: $SONA_STORE_SCHEMA, else none)",
+    )
+    run.add_argument(
         "--interval",
         type=float,
         help="seconds between cycles (default: the store's background_interval_ms)",
@@ -505,6 +585,24 @@ def register_cli(subparsers: Any) -> None:
         type=float,
         default=DEFAULT_GRACE_S,
         help="seconds a running cycle may take to finish after SIGTERM (default: %(default)s)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at /metrics and a health check at /healthz "
+        "on this port (0: any free port, logged); needs sona-store[metrics]",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics port binds to (default: %(default)s; 0.0.0.0 for all)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object a line; each attempt's line carries its fields",
     )
     run.set_defaults(func=cmd_run)
 

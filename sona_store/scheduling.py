@@ -45,6 +45,7 @@ class ScheduledRun:
     slot: dt.datetime  # the slot run, or the one not due yet
     result: cycles.CycleResult | None  # None: not due (another process ran it)
     interval: dt.timedelta
+    lock_wait: float = 0.0  # seconds spent waiting for the cycle lock
 
     @property
     def ran(self) -> bool:
@@ -78,11 +79,12 @@ def run_scheduled_cycle(
     try:
         with transaction(engine, immediate=True) as session:
             _wait_for_lock(session, lock_timeout, stop)
+            lock_wait = time.perf_counter() - clock
             started_at = utcnow()
             clock = time.perf_counter()
             slot = cycles.next_slot(session, interval, started_at)
             if slot > started_at + early:
-                return ScheduledRun(slot, None, interval)
+                return ScheduledRun(slot, None, interval, lock_wait)
             record = cycle_body(
                 session,
                 config,
@@ -93,7 +95,7 @@ def run_scheduled_cycle(
                 scheduled_for=slot,
                 clock=clock,
             )
-        return ScheduledRun(slot, cycles.CycleResult.from_row(record), interval)
+        return ScheduledRun(slot, cycles.CycleResult.from_row(record), interval, lock_wait)
     except Exception as exc:
         failure = cycle_failure(exc, slot)
     fail_cycle(

@@ -30,8 +30,10 @@ from sona_store.db.engine import (
     DEFAULT_URL,
     connection_transaction,
     create_store_engine,
+    engine_schema,
     mask_url,
     short_error,
+    store_label,
     transaction,
 )
 from sona_store.db.locks import acquire_cycle_lock
@@ -41,7 +43,12 @@ from sona_store.db.schema import ensure_schema
 from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
-from sona_store.errors import ConfigError, CycleNotFoundError, ValidationError
+from sona_store.errors import (
+    ConfigError,
+    CycleNotFoundError,
+    StoreSchemaError,
+    ValidationError,
+)
 from sona_store.head_cache import HeadCache
 from sona_store.instant import BatchSignals, InFlight, InstantLearner
 from sona_store.learning import base_lora
@@ -65,7 +72,9 @@ class SonaStore:
     An empty database gets the schema and the initial state; an existing one
     must be at this version's schema revision and have compatible dimensions.
     `config=None` opens an existing store with the configuration it was created
-    with (or creates one with the defaults).
+    with (or creates one with the defaults). `schema` (PostgreSQL only) keeps
+    the store in that schema of the database, apart from any other store
+    there (`sona_store.db.stores`); SQLite keeps one store per file.
     """
 
     def __init__(
@@ -73,13 +82,20 @@ class SonaStore:
         url: str = DEFAULT_URL,
         config: SonaConfig | None = None,
         *,
+        schema: str | None = None,
         create: bool = True,
         actor: str | None = None,
         engine: Engine | None = None,
         head_refresh_seconds: float = 0.5,
     ):
         self.url = url
-        self.engine = engine or create_store_engine(url)
+        if engine is not None and engine_schema(engine) != schema:
+            raise StoreSchemaError(
+                f"schema={schema!r} but the engine was created for schema "
+                f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
+            )
+        self.engine = engine or create_store_engine(url, schema=schema)
+        self.schema = schema
         self.actor = actor or cycles.default_actor()
         ensure_schema(self.engine, create=create)
         self.config = self._load_or_init_config(config)
@@ -106,7 +122,7 @@ class SonaStore:
                 mismatches = config.shape_mismatches(stored)
                 if mismatches:
                     raise ConfigError(
-                        f"store {mask_url(self.engine.url)} was created with other dimensions "
+                        f"{store_label(self.engine)} was created with other dimensions "
                         f"({'; '.join(mismatches)}); open it with its own configuration"
                     )
                 return config
@@ -156,7 +172,8 @@ class SonaStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SonaStore({mask_url(self.engine.url)!r})"
+        where = f", schema={self.schema!r}" if self.schema else ""
+        return f"SonaStore({mask_url(self.engine.url)!r}{where})"
 
     # -- recording --------------------------------------------------------------
 
@@ -519,6 +536,7 @@ class SonaStore:
                 "instant_enabled": self.enabled,
                 "micro_signals_pending_here": self._instant.pending,
                 "database_url": mask_url(self.engine.url),
+                "schema": self.schema,
             }
 
     def head(self) -> dict[str, int | None]:

@@ -81,12 +81,15 @@ def test_python_tour_runs(tmp_path, monkeypatch):
         "attention_weights": [0.5, 0.5],
         "x": rng.uniform(-1, 1, 256).astype(np.float32),
     }
-    tour, scheduler = _blocks("python")
+    tour, scheduler, metrics = _blocks("python")
     exec(compile(tour, "README tour", "exec"), namespace)
     assert namespace["result"].status == "completed"
     assert namespace["store"].history()[0].status == "completed"  # restored
     exec(compile(scheduler, "README scheduler", "exec"), namespace)
     assert not namespace["scheduler"].running
+    exec(compile(metrics, "README metrics", "exec"), namespace)
+    completed = {"status": "completed"}
+    assert namespace["registry"].get_sample_value("sona_cycles_total", completed) == 1
     namespace["store"].close()
 
 

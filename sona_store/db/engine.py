@@ -4,7 +4,8 @@ SQLite: WAL (readers do not block the writer), foreign keys on, a busy timeout,
 and transactions begun by us (pysqlite's own BEGIN handling defers it until the
 first write, which would break a cycle's read-then-write snapshot). A write
 transaction that must not interleave with another starts as BEGIN IMMEDIATE.
-PostgreSQL: pre-ping so a restarted server is survived, and a connect timeout.
+PostgreSQL: pre-ping so a restarted server is survived, and a connect timeout;
+with a store schema (`db.stores`), every connection's search_path is that schema.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
+from sona_store.db.stores import refuse_on_sqlite, validate_schema_name
 from sona_store.errors import DatabaseUnavailableError
 from sona_store.files import create_private_file
 
@@ -32,6 +34,14 @@ DEFAULT_URL = "sqlite:///sona.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
+SCHEMA = "sona_schema"  # engine-wide execution option: the store's schema, if any
+
+
+def store_label(engine: Engine) -> str:
+    """How messages name a store: its masked URL, and its schema if it has one."""
+    schema = engine_schema(engine)
+    where = f"database {mask_url(engine.url)}"
+    return f"store {schema!r} in {where}" if schema else where
 
 
 def mask_url(url: str | URL) -> str:
@@ -54,18 +64,53 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def create_store_engine(url: str | URL, **options: Any) -> Engine:
+def create_store_engine(url: str | URL, *, schema: str | None = None, **options: Any) -> Engine:
+    """An engine for the store at `url` (PostgreSQL: in `schema`, if given)."""
     parsed = normalise_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed, options)
-    elif parsed.get_backend_name() == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
-        engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
-    else:
-        raise ValueError(
-            f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://"
-        )
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+    refuse_on_sqlite(schema, backend)
+    if schema is not None:
+        options["execution_options"] = {
+            **options.get("execution_options", {}),
+            SCHEMA: validate_schema_name(schema),
+        }
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, options)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
+    engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
+    if schema is not None:
+        _use_schema(engine, schema)
     return engine
+
+
+def engine_schema(engine: Engine | Connection) -> str | None:
+    """The store schema an engine (or a connection of it) was created for."""
+    return engine.get_execution_options().get(SCHEMA)
+
+
+def _use_schema(engine: Engine, schema: str) -> None:
+    """Every connection searches `schema` only. `insert=True`: before the
+    dialect's first-connect set-up, which reads current_schema() as its default.
+    The name is bound as a value (set_config), quoted as an identifier."""
+    path = engine.dialect.identifier_preparer.quote_identifier(schema)
+
+    @event.listens_for(engine, "connect", insert=True)
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # a session-level setting, kept by the pool
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('search_path', %s, false)", (path,))
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    @event.listens_for(engine, "connect")
+    def _after_connect(_dbapi_connection: Any, _record: Any) -> None:
+        # After the dialect's set-up: a schema made after the first connection
+        # (by `db upgrade`) is still the default that reflection looks in.
+        engine.dialect.default_schema_name = schema
 
 
 SQLITE_PAGE_SIZE = 16384

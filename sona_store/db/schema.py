@@ -18,7 +18,8 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from sona_store.db.engine import IMMEDIATE, mask_url, translate_errors
+from sona_store.db.engine import IMMEDIATE, engine_schema, mask_url, store_label, translate_errors
+from sona_store.db.stores import lock_key, quoted
 from sona_store.errors import SchemaVersionError
 
 VERSION_TABLE = "sona_store_version"
@@ -55,10 +56,21 @@ def known_revisions() -> set[str]:
 
 
 def _locked_begin(engine: Engine) -> Connection:
+    """A transaction holding the store's upgrade lock; on PostgreSQL with a
+    store schema, the schema exists once this returns (created under the lock,
+    in the migration's transaction)."""
     connection = engine.execution_options(**{IMMEDIATE: True}).connect()
     connection.begin()
     if engine.dialect.name == "postgresql":
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": UPGRADE_LOCK_KEY})
+        schema = engine_schema(engine)
+        key = lock_key(schema, UPGRADE_LOCK_KEY, "upgrade")
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        exists = sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :name")
+        if schema is not None and connection.scalar(exists, {"name": schema}) is None:
+            # Only when missing: CREATE SCHEMA needs the database's CREATE
+            # privilege even with IF NOT EXISTS, which an owner of the schema
+            # alone may lack.
+            connection.execute(sa.text(f"CREATE SCHEMA {quoted(engine, schema)}"))
     return connection
 
 
@@ -82,16 +94,23 @@ def _migrate(engine: Engine, run: Callable[[Config, str], None], verb: str, revi
                 run(alembic_config(connection), revision)
             except CommandError as exc:  # e.g. an unknown target revision
                 raise SchemaVersionError(
-                    f"cannot {verb} {mask_url(engine.url)} to {revision!r}: {exc}"
+                    f"cannot {verb} {store_label(engine)} to {revision!r}: {exc}"
                 ) from None
             connection.commit()
         finally:
             connection.close()
 
 
+def upgrade_command(engine: Engine) -> str:
+    """The command line that upgrades this store."""
+    schema = engine_schema(engine)
+    where = f" --schema {schema}" if schema else ""
+    return f"sona-store --url {mask_url(engine.url)}{where} db upgrade"
+
+
 def _newer_database_message(engine: Engine, current: str) -> str:
     return (
-        f"database {mask_url(engine.url)} is at schema revision {current}, which this "
+        f"{store_label(engine)} is at schema revision {current}, which this "
         f"sona_store does not know (it needs {head_revision()}); the database was upgraded "
         "by a newer sona_store: upgrade the sona-store package"
     )
@@ -111,23 +130,23 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     head = head_revision()
     if current == head:
         return
-    url = mask_url(engine.url)
+    where = store_label(engine)
     if current is None:
         ours = {"cycles", "trajectories", "store_settings"}
         if tables & ours:
             raise SchemaVersionError(
-                f"database {url} has sona_store tables but no {VERSION_TABLE} table; "
+                f"{where} has sona_store tables but no {VERSION_TABLE} table; "
                 "it was not created by sona_store's migrations"
             )
         if not create:
             raise SchemaVersionError(
-                f"database {url} has no sona_store schema; run: sona-store --url {url} db upgrade"
+                f"{where} has no sona_store schema; run: {upgrade_command(engine)}"
             )
         upgrade(engine)
         return
     if current in known_revisions():
         raise SchemaVersionError(
-            f"database {url} is at schema revision {current}, this sona_store needs {head}; "
-            f"run: sona-store --url {url} db upgrade"
+            f"{where} is at schema revision {current}, this sona_store needs {head}; "
+            f"run: {upgrade_command(engine)}"
         )
     raise SchemaVersionError(_newer_database_message(engine, current))

@@ -4,35 +4,59 @@ the schema runner, and prints. User errors become one line and exit code 1."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
-from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url
+from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, resolve_url
+from sona_store.db.models import CYCLE_STATUSES
 from sona_store.errors import SonaStoreError
+from sona_store.ingest_files import open_jsonl
+
+if TYPE_CHECKING:
+    from sona_store.store import SonaStore
 
 logger = logging.getLogger("sona_store")
 EXIT_USER_ERROR = 1
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+LOG_LEVELS = ("debug", "info", "warning", "error")
+URL_HELP = f"database URL (default: $SONA_STORE_URL, else {DEFAULT_URL})"
+JSON_HELP = "print JSON instead of a table"
+LIMIT_HELP = "show at most N rows, newest first"
 
 
-def _url(args: argparse.Namespace) -> str:
-    return args.url or os.environ.get("SONA_STORE_URL") or DEFAULT_URL
+def _url(args: argparse.Namespace) -> str | URL:
+    return resolve_url(args.url)
 
 
-def _open(args: argparse.Namespace):  # -> SonaStore (imported lazily: fast --help)
-    from sona_store.store import SonaStore
+def _open(args: argparse.Namespace, *, create: bool = False) -> SonaStore:
+    """The store at the command's URL. Only commands that write trajectories
+    (ingest) create one: a misspelt path must be an error, not a new empty store."""
+    from sona_store.store import SonaStore  # imported lazily: fast --help
 
-    return SonaStore(_url(args), create=True, actor=getattr(args, "actor", None))
+    return SonaStore(_url(args), create=create, actor=getattr(args, "actor", None))
+
+
+def json_default(value: Any) -> Any:
+    """The one JSON encoding of the CLI's values: ISO 8601 times, numbers as numbers."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return str(value)
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=json_default))
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -68,6 +92,14 @@ def cmd_db(args: argparse.Namespace) -> int:
             schema.upgrade(engine, args.revision)
             print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
         elif args.db_command == "downgrade":
+            question = f"Downgrade {mask_url(engine.url)} to {args.revision}? " + (
+                "This drops every table and all the data in them."
+                if args.revision == "base"
+                else "Columns and tables newer than it are dropped, with their data."
+            )
+            if not _confirm(args, question):
+                print("nothing done")
+                return 0
             schema.downgrade(engine, args.revision)
             print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
         else:
@@ -86,8 +118,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    store = _open(args)
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    store = _open(args, create=True)
+    stream = open_jsonl(args.file)
     show = sys.stderr.isatty() or args.progress
 
     def progress(count: int) -> None:
@@ -97,8 +129,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         ids = store.ingest(stream, progress=progress)
     finally:
-        if stream is not sys.stdin:
-            stream.close()
+        stream.close()
         if show:
             print(file=sys.stderr)
     print(f"recorded {len(ids)} trajectories; {store.pending_count()} pending")
@@ -120,12 +151,12 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    records = _open(args).history(limit=args.limit)
+    records = _open(args).history(limit=args.limit, status=args.status, since=args.since)
     if args.json:
         _print_json([r.to_dict() for r in records])
     else:
         _table(
-            [dict(r.__dict__) for r in records],
+            [{**r.__dict__, "status": r.status_text} for r in records],
             [
                 "cycle_id",
                 "started_at",
@@ -138,6 +169,24 @@ def cmd_history(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+def parse_since(text: str) -> dt.datetime:
+    """`--since`: an ISO 8601 date or time (UTC unless it says otherwise), or an
+    age such as 30m, 12h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip()
+    if value[-1:].lower() in units and value[:-1].replace(".", "", 1).isdigit():
+        seconds = float(value[:-1]) * units[value[-1].lower()]
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO date/time (2026-11-28, 2026-11-28T02:00) "
+            "nor an age (30m, 12h, 7d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def cmd_patterns(args: argparse.Namespace) -> int:
@@ -226,50 +275,87 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        return version("sona-store")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sona-store",
         description="Durable, auditable SONA learning on SQLite or PostgreSQL.",
     )
-    parser.add_argument(
-        "--url",
-        help=f"database URL (default: $SONA_STORE_URL, else {DEFAULT_URL})",
-    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--url", help=URL_HELP)
     parser.add_argument("--actor", help="name recorded in the audit trail (default: OS user)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument(
+        "-v", "--verbose", action="store_true", help="log at INFO level (--log-level info)"
+    )
+    noise.add_argument(
+        "-q", "--quiet", action="store_true", help="log errors only (--log-level error)"
+    )
+    noise.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="what to log on stderr (default: warning; `run` logs each cycle at info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     db = sub.add_parser("db", help="schema: upgrade, downgrade, current")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
     up = db_sub.add_parser("upgrade", help="create or upgrade the schema")
-    up.add_argument("revision", nargs="?", default="head")
-    down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data)")
-    down.add_argument("revision")
+    up.add_argument(
+        "revision", nargs="?", default="head", help="target revision (default: %(default)s)"
+    )
+    down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data; asks first)")
+    down.add_argument(
+        "revision", help="target revision; 'base' drops every table (see: db current)"
+    )
+    down.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     db_sub.add_parser("current", help="show the schema revision")
     db.set_defaults(func=cmd_db)
 
-    ingest = sub.add_parser("ingest", help="record trajectories from a JSONL file (or -)")
-    ingest.add_argument("file")
+    ingest = sub.add_parser(
+        "ingest", help="record trajectories from a JSONL file (or -); creates the store"
+    )
+    ingest.add_argument(
+        "file", metavar="FILE", help="JSONL file, gzip-compressed or not; - reads stdin"
+    )
     ingest.add_argument("--progress", action="store_true", help="show progress even when piped")
     ingest.set_defaults(func=cmd_ingest)
 
     cycle = sub.add_parser("cycle", help="run one learning cycle now")
     cycle.add_argument("--force", action="store_true", help="run even under the minimum")
-    cycle.add_argument("--json", action="store_true")
+    cycle.add_argument("--json", action="store_true", help=JSON_HELP)
     cycle.set_defaults(func=cmd_cycle)
 
     history = sub.add_parser("history", help="cycle records, newest first")
-    history.add_argument("--limit", type=int)
-    history.add_argument("--json", action="store_true")
+    history.add_argument("--limit", type=int, metavar="N", help=LIMIT_HELP)
+    history.add_argument(
+        "--status",
+        action="append",
+        choices=CYCLE_STATUSES,
+        help="only cycles with this status (repeat for several)",
+    )
+    history.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="WHEN",
+        help="only cycles active since WHEN: an ISO date/time (UTC) or an age (30m, 12h, 7d)",
+    )
+    history.add_argument("--json", action="store_true", help=JSON_HELP)
     history.set_defaults(func=cmd_history)
 
     patterns = sub.add_parser("patterns", help="current patterns, or a cycle's")
-    patterns.add_argument("--cycle", type=int)
-    patterns.add_argument("--json", action="store_true")
+    patterns.add_argument("--cycle", type=int, metavar="CYCLE", help="the patterns of this cycle")
+    patterns.add_argument("--json", action="store_true", help=JSON_HELP)
     patterns.set_defaults(func=cmd_patterns)
 
     stats = sub.add_parser("stats", help="counters of the store")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help=JSON_HELP)
     stats.set_defaults(func=cmd_stats)
 
     for name, func, text in (
@@ -277,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("restore", cmd_restore, "make a rolled-back cycle's state current again"),
     ):
         move = sub.add_parser(name, help=text)
-        move.add_argument("cycle_id", type=int, metavar="CYCLE")
+        move.add_argument("cycle_id", type=int, metavar="CYCLE", help="cycle id (see: history)")
         if name == "rollback":
             move.add_argument(
                 "--requeue", action="store_true", help="make the cycles' trajectories pending again"
@@ -287,13 +373,27 @@ def build_parser() -> argparse.ArgumentParser:
         move.set_defaults(func=func)
 
     audit = sub.add_parser("audit", help="rollbacks, restores and imports, newest first")
-    audit.add_argument("--limit", type=int)
-    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--limit", type=int, metavar="N", help=LIMIT_HELP)
+    audit.add_argument("--json", action="store_true", help=JSON_HELP)
     audit.set_defaults(func=cmd_audit)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register_cli(sub)
+    _accept_url_after_command(sub)
     return parser
+
+
+def _accept_url_after_command(subparsers: Any) -> None:
+    """`sona-store history --url ...` works as `sona-store --url ... history`.
+    SUPPRESS: an option not given leaves the one before the command in place."""
+    for command in subparsers.choices.values():
+        nested = [
+            action for action in command._actions if isinstance(action, argparse._SubParsersAction)
+        ]
+        for action in nested:
+            _accept_url_after_command(action)
+        if not nested and "--url" not in command._option_string_actions:
+            command.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
 
 
 # Modules that add commands of their own, each through `register_cli(subparsers)`.
@@ -305,21 +405,48 @@ COMMAND_MODULES = (
 )
 
 
+def log_level(args: argparse.Namespace) -> int:
+    if args.log_level:
+        return int(getattr(logging, args.log_level.upper()))
+    if args.quiet:
+        return logging.ERROR
+    return logging.INFO if args.verbose else logging.WARNING
+
+
+def _configure_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic logs "Context impl SQLiteImpl." and each migration step at INFO:
+    # noise for every command; shown with --log-level debug.
+    quiet_alembic = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("alembic").setLevel(quiet_alembic)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(log_level(args))
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
     except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
         print(f"sona-store: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sona-store: interrupted", file=sys.stderr)
         return 130
+
+
+def _broken_pipe() -> int:
+    """The reader went away (`sona-store patterns | head -2`): stop quietly, as
+    Unix tools killed by SIGPIPE do. Python's own flush at exit would raise
+    again, so stdout now points at /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -158,6 +158,10 @@ def cycle_body(
     # and must not wait for a whole cycle (the cycle lock already keeps other
     # cycles and rollbacks out).
     head = state.get_head(session)
+    if skip_reason and trigger == "scheduled":
+        previous = cycles.coalescible_skip(session, head, config.to_dict())
+        if previous is not None:
+            return _add_idle_tick(previous, skip_reason, started_at, scheduled_for, clock)
     record = cycles.add_cycle(
         session,
         parent_cycle_id=head.cycle_id,
@@ -224,6 +228,24 @@ def cycle_body(
         ewc_state_id=record.ewc_state_id,
     )
     _finish(record, clock)
+    return record
+
+
+def _add_idle_tick(
+    record: cycles.Cycle,
+    reason: str,
+    started_at: dt.datetime,
+    scheduled_for: dt.datetime | None,
+    clock: float,
+) -> cycles.Cycle:
+    """One more idle scheduled tick on the skipped row of the tick before it:
+    the count, the last tick's time, reason and slot (the schedule's anchor)."""
+    record.attempts += 1
+    record.last_attempt_at = started_at
+    record.reason = reason
+    record.scheduled_for = scheduled_for
+    record.finished_at = utcnow()
+    record.elapsed_seconds += time.perf_counter() - clock
     return record
 
 

@@ -33,7 +33,13 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sona_store.cycle import CycleFailedError, SlotTakenError, record_failed_cycle
-from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
+from sona_store.db.engine import (
+    DEFAULT_URL,
+    create_store_engine,
+    mask_url,
+    resolve_url,
+    transaction,
+)
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError
 from sona_store.scheduling import ScheduledRun, interval_delta, next_due, run_scheduled_cycle
@@ -60,8 +66,9 @@ PG_KEEPALIVES = {
 @dataclass(frozen=True)
 class TickReport:
     """What one scheduled attempt did. `status`: ran (a cycle record was written
-    for `run.slot`), not_due (the slot has its cycle already: another process
-    ran it), busy (another cycle held the lock), failed (recorded as failed),
+    for `run.slot`, or an idle tick added to the skipped record before it),
+    not_due (the last scheduled cycle, by any process, was less than an
+    interval ago), busy (another cycle held the lock), failed (recorded as failed),
     unavailable (the database could not be reached), stopping."""
 
     status: str
@@ -270,7 +277,21 @@ class SonaScheduler:
         result = run.result
         if result is None:
             logger.info(
-                "not due: another process ran this slot's cycle; next slot %s", _when(run.slot)
+                "not due: the last scheduled cycle was for slot %s, less than an interval "
+                "(%s s) ago; next slot %s",
+                _when(run.slot - run.interval),
+                _seconds(run.interval),
+                _when(run.slot),
+            )
+            return
+        if result.attempts > 1:
+            logger.info(
+                "cycle %s skipped for slot %s (%s); %d idle ticks since %s share this record",
+                result.cycle_id,
+                _when(run.slot),
+                result.reason,
+                result.attempts,
+                _when(result.started_at),
             )
             return
         logger.info(
@@ -368,8 +389,8 @@ def service_engine_options(url: str) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     from sona_store.store import SonaStore
 
-    url = args.url or os.environ.get("SONA_STORE_URL") or DEFAULT_URL
-    if not args.verbose:
+    url = resolve_url(args.url)
+    if not (args.quiet or args.log_level):
         logger.setLevel(logging.INFO)  # one line per cycle, even without -v
     store = SonaStore(
         url,
@@ -382,8 +403,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Cron-style: a slot due within half an interval counts, so cron's own
         # jitter does not make it miss the slot it was started for.
         report = scheduler.run_once(early=scheduler.interval.total_seconds() / 2)
-        if report.status == "not_due":
-            logger.info("nothing to do before %s", _when(report.run.slot))
         store.close()
         return 1 if report.status in ("failed", "unavailable") else 0
     if not scheduler.serve(grace=args.grace):
@@ -406,7 +425,7 @@ def register_cli(subparsers: Any) -> None:
     run.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help="database URL (default: $SONA_STORE_URL, else sqlite:///sona.db)",
+        help=f"database URL (default: $SONA_STORE_URL, else {DEFAULT_URL})",
     )
     run.add_argument(
         "--interval",

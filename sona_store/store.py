@@ -24,16 +24,16 @@ from sona_store.db import cycles, state, trajectories
 from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import (
-    DEFAULT_URL,
     connection_transaction,
     create_store_engine,
     mask_url,
+    resolve_url,
     transaction,
 )
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
-from sona_store.db.schema import ensure_schema
+from sona_store.db.schema import ensure_schema, require_existing_file
 from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
@@ -49,7 +49,7 @@ from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
 from sona_store.pattern_index import Pattern, PatternIndex
 from sona_store.recording import TrajectoryBuilder
 from sona_store.rollback import HeadMove
-from sona_store.validation import read_jsonl, validate_batch
+from sona_store.validation import check_vector, read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
 
@@ -57,15 +57,18 @@ logger = logging.getLogger("sona_store")
 class SonaStore:
     """A durable SONA learning store at a database URL.
 
-    An empty database gets the schema and the initial state; an existing one
-    must be at this version's schema revision and have compatible dimensions.
-    `config=None` opens an existing store with the configuration it was created
-    with (or creates one with the defaults).
+    `url` None: $SONA_STORE_URL, else `sqlite:///sona.db` (as the CLI). An empty
+    database gets the schema and the initial state (with `create=False` a
+    missing SQLite file or an empty database is a SchemaVersionError naming
+    the command that creates it); an existing one must be at this version's
+    schema revision and have compatible dimensions. `config=None` opens an
+    existing store with the configuration it was created with (or creates one
+    with the defaults).
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | sa.URL | None = None,
         config: SonaConfig | None = None,
         *,
         create: bool = True,
@@ -73,8 +76,10 @@ class SonaStore:
         engine: Engine | None = None,
         head_refresh_seconds: float = 0.5,
     ):
-        self.url = url
-        self.engine = engine or create_store_engine(url)
+        self.url = resolve_url(url) if engine is None else engine.url
+        if engine is None and not create:
+            require_existing_file(self.url)
+        self.engine = engine or create_store_engine(self.url)
         self.actor = actor or cycles.default_actor()
         ensure_schema(self.engine, create=create)
         self.config = self._load_or_init_config(config)
@@ -185,7 +190,10 @@ class SonaStore:
             logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
 
     def begin_trajectory(self, query_embedding: Any) -> TrajectoryBuilder:
-        """Start a trajectory; nothing is written until `end_trajectory`."""
+        """Start a trajectory; nothing is written until `end_trajectory`. A query
+        of the wrong dimension (or not finite) is refused here, where it was
+        given, not when the trajectory ends."""
+        check_vector(query_embedding, "query_embedding", self.config.embedding_dim)
         return TrajectoryBuilder(query_embedding)
 
     def end_trajectory(
@@ -338,9 +346,19 @@ class SonaStore:
             raise ValidationError(f"x must have {weights.dim} finite values", field="x")
         return base_lora.forward(weights, layer_idx, vector)
 
-    def history(self, limit: int | None = None) -> list[CycleResult]:
+    def history(
+        self,
+        limit: int | None = None,
+        *,
+        status: str | Iterable[str] | None = None,
+        since: dt.datetime | None = None,
+    ) -> list[CycleResult]:
+        """Cycle records, newest first. `status`: one status or several;
+        `since`: cycles active at or after that (timezone-aware) moment. Idle
+        scheduled ticks share one skipped record (`attempts`, `last_attempt_at`)."""
+        statuses = [status] if isinstance(status, str) else status
         with transaction(self.engine) as session:
-            return cycles.history(session, limit)
+            return cycles.history(session, limit, status=statuses, since=since)
 
     def cycle(self, cycle_id: int) -> CycleResult:
         with transaction(self.engine) as session:

@@ -145,6 +145,11 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
     return array
 
 
+def check_vector(value: Any, name: str, dim: int) -> None:
+    """Raise ValidationError, naming `name`, unless `value` is `dim` finite numbers."""
+    _vector(value, index=None, name=name, dim=dim)
+
+
 def _has_complex(values: Iterable[Any]) -> bool:
     """numpy's complex scalars convert to float with a warning, dropping the
     imaginary part: a complex is not a number here."""

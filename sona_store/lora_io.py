@@ -16,9 +16,10 @@ The store's forward is `x + scale * up^T (down x)`; PEFT's is
   `lora_alpha` = sqrt(rank), which makes `lora_alpha / r` that same scale.
 
 Tensors are float32 and copied bit for bit (a transpose is exact), so an
-export imported again gives the same arrays. `adapter_config.json` carries the
-PEFT fields and a `sona_store` section (tier, version, dim, layers, ...) that
-recent PEFT versions ignore. See docs/lora_export.md.
+export imported again gives the same arrays. `adapter_config.json` carries
+PEFT's fields only (PEFT warns about any key it does not know, so sona_store's
+metadata, tier, version, dim, layers..., is `sona_store.json` beside it), with
+`layers_to_transform` naming the exported layers. See docs/lora_export.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
+METADATA_NAME = "sona_store.json"  # tier, version, dim...: not PEFT's to read
 DEFAULT_TARGET_MODULES = ("sona_adapter",)
 DEFAULT_LAYER_PREFIX = "model"
 FORMAT_VERSION = 1
@@ -134,34 +136,44 @@ def export_lora(
         "r": rank,
         "lora_alpha": _peft_alpha(arrays.tier, rank, arrays.alpha),
         "target_modules": modules,
+        # Only the exported layers: a model with more of them (the one-layer
+        # micro tier on a 12-layer model) loads without "missing adapter keys".
+        "layers_to_transform": list(range(layers)),
+        "layers_pattern": "layers",
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
         "use_dora": False,
         "modules_to_save": None,
-        "sona_store": {
-            "format_version": FORMAT_VERSION,
-            "tier": arrays.tier,
-            "version_id": arrays.version_id,
-            "parent_version_id": arrays.parent_id,
-            "source": arrays.source,
-            "dim": dim,
-            "layers": layers,
-            "rank": rank,
-            "alpha": arrays.alpha,
-            "scale": _peft_alpha(arrays.tier, rank, arrays.alpha) / rank,
-            "layer_prefix": layer_prefix,
-            "exported_at": utcnow().isoformat(),
-        },
+    }
+    # sona_store's own metadata lives beside the PEFT files, not in
+    # adapter_config.json: PEFT warns about every key it does not know.
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "tier": arrays.tier,
+        "version_id": arrays.version_id,
+        "parent_version_id": arrays.parent_id,
+        "source": arrays.source,
+        "dim": dim,
+        "layers": layers,
+        "rank": rank,
+        "alpha": arrays.alpha,
+        "scale": _peft_alpha(arrays.tier, rank, arrays.alpha) / rank,
+        "layer_prefix": layer_prefix,
+        "exported_at": utcnow().isoformat(),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "sona_store_tier": arrays.tier}
-    metadata["sona_store_version_id"] = str(arrays.version_id)
-    _write_atomic(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
-    text = json.dumps(config, indent=2) + "\n"
-    _write_atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    header = {
+        "format": "pt",
+        "sona_store_tier": arrays.tier,
+        "sona_store_version_id": str(arrays.version_id),
+    }
+    _write_atomic(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=header))
+    for name, data in ((CONFIG_NAME, config), (METADATA_NAME, metadata)):
+        text = json.dumps(data, indent=2) + "\n"
+        _write_atomic(out / name, lambda p, text=text: Path(p).write_text(text, encoding="utf-8"))
     return out
 
 
@@ -323,14 +335,19 @@ def _collect(
 
 
 def _adapter_tier(in_dir: Path, tier: str | None) -> str:
-    """The tier named in the adapter's `sona_store` section, checked against `tier`."""
+    """The tier named in the adapter's metadata (`sona_store.json`, or the
+    `sona_store` section of an older export's adapter_config.json), checked
+    against `tier`."""
     written = None
-    try:
-        section = json.loads((in_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("sona_store")
-        if isinstance(section, dict):
-            written = section.get("tier")
-    except (OSError, ValueError, AttributeError):
-        pass  # read_adapter reports the file's problem
+    for path, key in ((in_dir / METADATA_NAME, None), (in_dir / CONFIG_NAME, "sona_store")):
+        try:
+            section = json.loads(path.read_text(encoding="utf-8"))
+            section = section.get(key) if key else section
+            if isinstance(section, dict) and section.get("tier") is not None:
+                written = section["tier"]
+                break
+        except (OSError, ValueError, AttributeError):
+            pass  # read_adapter reports the adapter's own problem
     if written is not None and tier is not None and written != tier:
         raise ValueError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
     return _check_tier(tier or written or "base")
@@ -472,7 +489,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
             target_modules=modules,
             layer_prefix=args.layer_prefix,
         )
-        written = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))["sona_store"]
+        written = json.loads((out / METADATA_NAME).read_text(encoding="utf-8"))
     finally:
         store.close()
     print(
@@ -550,6 +567,7 @@ def register_cli(subparsers: Any) -> None:
 
 __all__ = [
     "CONFIG_NAME",
+    "METADATA_NAME",
     "WEIGHTS_NAME",
     "ImportedLora",
     "LoraMove",

@@ -533,7 +533,9 @@ def register_cli(subparsers: Any) -> None:
     export = subparsers.add_parser(
         "export-lora", help="write a LoRA version as a PEFT adapter (safetensors)"
     )
-    export.add_argument("out_dir", metavar="OUT_DIR")
+    export.add_argument(
+        "out_dir", metavar="OUT_DIR", help="folder for the adapter files (created if missing)"
+    )
     export.add_argument("--version", type=int, help="LoRA version id (default: the current one)")
     export.add_argument("--tier", choices=LORA_TIERS, help="base or micro (default: base)")
     export.add_argument(
@@ -550,7 +552,7 @@ def register_cli(subparsers: Any) -> None:
     imp = subparsers.add_parser(
         "import-lora", help="store a PEFT LoRA adapter as a new, current version (audited)"
     )
-    imp.add_argument("dir", metavar="DIR")
+    imp.add_argument("dir", metavar="DIR", help="PEFT adapter folder (adapter_config.json ...)")
     imp.add_argument("--reason", required=True, help="why, for the audit trail")
     imp.add_argument(
         "--tier", choices=LORA_TIERS, help="default: the adapter's sona_store metadata, else base"
@@ -560,7 +562,7 @@ def register_cli(subparsers: Any) -> None:
     use = subparsers.add_parser(
         "lora-use", help="make an existing LoRA version current for its tier (audited)"
     )
-    use.add_argument("version", type=int, metavar="VERSION")
+    use.add_argument("version", type=int, metavar="VERSION", help="LoRA version id")
     use.add_argument("--reason", required=True, help="why, for the audit trail")
     use.set_defaults(func=cmd_lora_use)
 

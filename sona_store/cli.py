@@ -75,7 +75,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if hasattr(value, "isoformat"):
+    if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 
@@ -277,7 +277,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _version() -> str:
     try:
-        return version("sona-store")
+        return str(version("sona-store"))
     except PackageNotFoundError:  # a checkout on sys.path without an install
         return "unknown (not installed)"
 

@@ -51,6 +51,11 @@ class SonaConfig:
     micro_flush_threshold: int = MICRO_FLUSH_THRESHOLD
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def embedding_size(self) -> int:
+        """`embedding_dim` as an int (it is set from hidden_dim when None)."""
+        return self.embedding_dim if self.embedding_dim is not None else self.hidden_dim
+
     def __post_init__(self) -> None:
         if self.embedding_dim is None:
             object.__setattr__(self, "embedding_dim", self.hidden_dim)

@@ -19,7 +19,7 @@ from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.engine import mask_url, transaction
 from sona_store.db.locks import acquire_cycle_lock
-from sona_store.db.models import Pattern
+from sona_store.db.models import Cycle, Pattern
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
 from sona_store.learning.background import learn
@@ -142,7 +142,7 @@ def cycle_body(
     started_at: dt.datetime,
     scheduled_for: dt.datetime | None,
     clock: float,
-) -> cycles.Cycle:
+) -> Cycle:
     # 1. Enforce the minimum. Unlike the reference (defect 1), a skipped cycle
     #    consumes nothing: its trajectories wait for the next one.
     pending = trajectories.count_pending(session)
@@ -182,7 +182,7 @@ def cycle_body(
     # 2. Consume the batch; 3. cluster the retention window (batch included).
     record.trajectories_processed = trajectories.claim_pending(session, record.id)
     _ids, embeddings, qualities = trajectories.load_window(
-        session, config.retention_window, config.embedding_dim
+        session, config.retention_window, config.embedding_size
     )
     extracted = extract_patterns(
         embeddings,
@@ -201,7 +201,7 @@ def cycle_body(
     step = learn(
         state.load_base_lora(session, head.base_lora_version_id),
         state.load_ewc_state(session, head.ewc_state_id),
-        pattern_gradient(extracted, config.embedding_dim),
+        pattern_gradient(extracted, config.embedding_size),
         lr=config.base_lora_lr,
         ewc_lambda=config.ewc_lambda,
     )
@@ -232,12 +232,12 @@ def cycle_body(
 
 
 def _add_idle_tick(
-    record: cycles.Cycle,
+    record: Cycle,
     reason: str,
     started_at: dt.datetime,
     scheduled_for: dt.datetime | None,
     clock: float,
-) -> cycles.Cycle:
+) -> Cycle:
     """One more idle scheduled tick on the skipped row of the tick before it:
     the count, the last tick's time, reason and slot (the schedule's anchor)."""
     record.attempts += 1
@@ -249,7 +249,7 @@ def _add_idle_tick(
     return record
 
 
-def _finish(record: cycles.Cycle, clock: float) -> None:
+def _finish(record: Cycle, clock: float) -> None:
     record.finished_at = utcnow()
     record.elapsed_seconds = time.perf_counter() - clock
 

@@ -152,6 +152,7 @@ def run_demo(
         f"adapter delta on a chit-chat query {before['pull']:.4f} -> {after['pull']:.4f} "
         f"(cosine with chit-chat {before['alignment']:+.2f} -> {after['alignment']:+.2f})"
     )
+    assert bad.cycle_id is not None  # a cycle that ran has its record
     move = store.rollback(bad.cycle_id, reason="demo: bad batch of mis-scored chit-chat")
     restored = _state_probe(store, router)
     same = np.array_equal(restored["up"], before["up"])

@@ -8,7 +8,7 @@ import gzip
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import IO
+from typing import IO, cast
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -28,7 +28,8 @@ class JsonlSource:
         if not hasattr(stream, "peek"):  # already text (a StringIO standing in for stdin)
             yield from stream  # type: ignore[misc]
             return
-        lines: Iterable[bytes] = gzip.GzipFile(fileobj=stream) if self.compressed else stream  # type: ignore[arg-type]
+        binary = cast(IO[bytes], stream)
+        lines: Iterable[bytes] = gzip.GzipFile(fileobj=binary) if self.compressed else binary
         number = 0
         try:
             for number, raw in enumerate(lines, start=1):  # noqa: B007

@@ -106,7 +106,7 @@ class PatternIndex:
             return []
         norm = float(np.linalg.norm(query))
         if norm < NORM_EPSILON:
-            scores = np.zeros(len(self.patterns), dtype=np.float32)
+            scores: np.ndarray = np.zeros(len(self.patterns), dtype=np.float32)
         else:
             scores = self.unit @ (query / norm)
         if k < len(scores):

@@ -225,11 +225,11 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 def _time_axis(ax: Any) -> None:
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(tz=dt.timezone.utc)
+    locator = mdates.AutoDateLocator(tz=dt.timezone.utc)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
     # ConciseDateFormatter's ticks a few seconds apart read "15", "30": bare
     # numbers that look like seconds of something. A time of day says it.
-    formatter = mdates.ConciseDateFormatter(
+    formatter = mdates.ConciseDateFormatter(  # type: ignore[no-untyped-call]
         locator, tz=dt.timezone.utc, formats=TICK_FORMATS, zero_formats=TICK_ZERO_FORMATS
     )
     ax.xaxis.set_major_formatter(formatter)

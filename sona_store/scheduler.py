@@ -133,7 +133,7 @@ class SonaScheduler:
 
     @property
     def running(self) -> bool:
-        return self._scheduler.running
+        return bool(self._scheduler.running)
 
     @property
     def unrecorded_failures(self) -> int:
@@ -379,7 +379,7 @@ def _seconds(interval: dt.timedelta) -> str:
 # -- command line ------------------------------------------------------------------------
 
 
-def service_engine_options(url: str) -> dict[str, Any]:
+def service_engine_options(url: str | sa.URL) -> dict[str, Any]:
     """Engine options for a long-running process."""
     if sa.engine.make_url(url).get_backend_name() == "postgresql":
         return {"connect_args": dict(PG_KEEPALIVES)}

@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -183,7 +183,7 @@ class SonaStore:
         self._instant.settle(inflight, committed=True)
         return ids
 
-    def _learn_quietly(self, step: Callable[..., int], *args: Any) -> None:
+    def _learn_quietly(self, step: Callable[..., object], *args: Any) -> None:
         try:
             step(*args)
         except Exception as exc:
@@ -193,7 +193,7 @@ class SonaStore:
         """Start a trajectory; nothing is written until `end_trajectory`. A query
         of the wrong dimension (or not finite) is refused here, where it was
         given, not when the trajectory ends."""
-        check_vector(query_embedding, "query_embedding", self.config.embedding_dim)
+        check_vector(query_embedding, "query_embedding", self.config.embedding_size)
         return TrajectoryBuilder(query_embedding)
 
     def end_trajectory(
@@ -419,7 +419,7 @@ class SonaStore:
                 .execution_options(synchronize_session=False)
             )
         self._cache.invalidate()
-        return result.rowcount
+        return int(cast(sa.CursorResult[Any], result).rowcount)
 
     # -- instant loop ------------------------------------------------------------
 
@@ -439,7 +439,8 @@ class SonaStore:
         if not np.isfinite(vector).all():
             raise ValidationError("x contains NaN or infinity", field="x")
         if not self.enabled:
-            return vector.copy()
+            unchanged: np.ndarray = vector.copy()
+            return unchanged
         return self._micro_projector()(vector)
 
     def flush(self) -> int:

@@ -41,7 +41,10 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise FileNotFoundError("sona_store's migrations folder has no revisions")
+    return head
 
 
 def current_revision(connection: Connection) -> str | None:

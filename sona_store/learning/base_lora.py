@@ -141,7 +141,8 @@ def forward(weights: BaseLoraWeights, layer_idx: int, x: np.ndarray) -> np.ndarr
     down, up = weights.down[layer_idx], weights.up[layer_idx]
     # Row form works for both shapes: (x down^T) up == (up^T (down x))^T.
     delta = (arr @ down.T) @ up
-    return (arr + np.float32(weights.scale) * delta).astype(np.float32)
+    out: np.ndarray = (arr + np.float32(weights.scale) * delta).astype(np.float32)
+    return out
 
 
 def merged_delta(weights: BaseLoraWeights, layer_idx: int) -> np.ndarray:
@@ -149,7 +150,8 @@ def merged_delta(weights: BaseLoraWeights, layer_idx: int) -> np.ndarray:
     for inspection and tests, not the hot path."""
     _check_layer(weights, layer_idx)
     w = np.float32(weights.scale) * (weights.up[layer_idx].T @ weights.down[layer_idx])
-    return w.astype(np.float32)
+    out: np.ndarray = w.astype(np.float32)
+    return out
 
 
 def hebbian_gradient(weights: BaseLoraWeights, g: np.ndarray) -> np.ndarray:
@@ -164,7 +166,8 @@ def hebbian_gradient(weights: BaseLoraWeights, g: np.ndarray) -> np.ndarray:
     _finite(arr, "gradient")
     projected = weights.down @ arr  # (layers, rank)
     grad = projected[:, :, None] * arr[None, None, :]
-    return grad.reshape(-1).astype(np.float32)
+    out: np.ndarray = grad.reshape(-1).astype(np.float32)
+    return out
 
 
 def apply_update(weights: BaseLoraWeights, flat_update: np.ndarray, lr: float) -> BaseLoraWeights:
@@ -187,4 +190,5 @@ def apply_update(weights: BaseLoraWeights, flat_update: np.ndarray, lr: float) -
 def flat_params(weights: BaseLoraWeights) -> np.ndarray:
     """The learned parameters (every layer's up) flattened in (layer, rank, dim) order:
     the vector EWC++ tracks as its current weights."""
-    return weights.up.reshape(-1).copy()
+    params: np.ndarray = weights.up.reshape(-1).copy()
+    return params

@@ -72,4 +72,5 @@ def pattern_gradient(patterns: list[ExtractedPattern], dim: int) -> np.ndarray:
     total = weights.sum()
     if total <= 0:
         return np.zeros(dim, dtype=np.float32)
-    return (weights @ centroids / total).astype(np.float32)
+    gradient: np.ndarray = (weights @ centroids / total).astype(np.float32)
+    return gradient

@@ -118,8 +118,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    store = _open(args, create=True)
-    stream = open_jsonl(args.file)
+    stream = open_jsonl(args.file)  # first: a missing file must not create a store
     show = sys.stderr.isatty() or args.progress
 
     def progress(count: int) -> None:
@@ -127,6 +126,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"\r{count} trajectories read", end="", file=sys.stderr, flush=True)
 
     try:
+        store = _open(args, create=True)
         ids = store.ingest(stream, progress=progress)
     finally:
         stream.close()

@@ -148,15 +148,12 @@ def _refuse_if_requeued(session: Session, chain: list[Cycle]) -> None:
     """A cycle whose batch a rollback requeued no longer owns it: its state,
     made current again, would count those trajectories twice (when the next
     cycle consumes them) or lose them (when another cycle already has)."""
-    owned: dict[int | None, int] = dict(
-        session.execute(
-            sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
-            .where(Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]))
-            .group_by(Trajectory.consumed_by_cycle_id)
-        )
-        .tuples()
-        .all()
+    counted = session.execute(
+        sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
+        .where(Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]))
+        .group_by(Trajectory.consumed_by_cycle_id)
     )
+    owned: dict[int | None, int] = {cycle_id: count for cycle_id, count in counted}
     for cycle in chain:
         if owned.get(cycle.id, 0) != cycle.trajectories_processed:
             raise RollbackError(

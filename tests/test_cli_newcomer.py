@@ -97,6 +97,12 @@ def test_a_misspelt_sqlite_path_is_an_error_not_an_empty_history(tmp_path):
 
 
 def test_ingest_still_creates_the_store(db_url, tmp_path):
+    proc = sona("--url", db_url, "ingest", tmp_path / "missing.jsonl", cwd=tmp_path)
+    assert_one_line_error(proc, "missing.jsonl")  # and no store for nothing:
+    if _is_sqlite(db_url):
+        assert not Path(make_url(db_url).database).exists()
+    else:
+        assert _tables(db_url) == set()
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(t) + "\n" for t in make_trajectories(3, 256)))
     proc = sona("--url", db_url, "ingest", path, cwd=tmp_path)

@@ -165,7 +165,7 @@ class Cycle(Base):
     scheduled_for: Mapped[dt.datetime | None] = mapped_column(unique=True)
     base_lora_version_id: Mapped[int | None] = mapped_column(ForeignKey("lora_versions.id"))
     ewc_state_id: Mapped[int | None] = mapped_column(ForeignKey("ewc_states.id"))
-    # Consecutive idle scheduled ticks share one skipped row (migration 0004):
+    # Consecutive idle scheduled ticks share one skipped row (migration *_coalesced_skips):
     # how many there were, and when the last one started (NULL: just one).
     attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     last_attempt_at: Mapped[dt.datetime | None]

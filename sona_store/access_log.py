@@ -12,7 +12,7 @@ from typing import cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sona_store.db.engine import transaction
+from sona_store.db.engine import short_error, transaction
 from sona_store.db.models import Pattern
 from sona_store.db.types import utcnow
 
@@ -54,7 +54,7 @@ class AccessLog:
             try:
                 self.flush()
             except Exception as exc:  # the counts were kept for the next attempt
-                logger.warning("pattern access counts not written yet: %s", exc)
+                logger.warning("pattern access counts not written yet: %s", short_error(exc))
             finally:
                 with self._lock:
                     self._flushing = False

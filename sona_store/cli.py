@@ -14,10 +14,22 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, resolve_url
+from sona_store.console import (
+    error_line,
+    printable,
+    resolve_url,
+    url_password,
+    warn_about_exposed_password,
+)
+from sona_store.db.engine import (
+    DEFAULT_URL,
+    URL_ENV,
+    create_store_engine,
+    describe_database_error,
+    mask_url,
+)
 from sona_store.db.models import CYCLE_STATUSES
 from sona_store.errors import SonaStoreError
 from sona_store.ingest_files import open_jsonl
@@ -29,13 +41,16 @@ logger = logging.getLogger("sona_store")
 EXIT_USER_ERROR = 1
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 LOG_LEVELS = ("debug", "info", "warning", "error")
-URL_HELP = f"database URL (default: $SONA_STORE_URL, else {DEFAULT_URL})"
+URL_HELP = (
+    f"database URL (default: ${URL_ENV}, else {DEFAULT_URL}); a password here "
+    "is visible in ps: prefer --url-file, $SONA_STORE_URL or PGPASSFILE"
+)
 JSON_HELP = "print JSON instead of a table"
 LIMIT_HELP = "show at most N rows, newest first"
 
 
-def _url(args: argparse.Namespace) -> str | URL:
-    return resolve_url(args.url)
+def _url(args: argparse.Namespace) -> str:
+    return resolve_url(args)
 
 
 def _open(args: argparse.Namespace, *, create: bool = False) -> SonaStore:
@@ -77,7 +92,7 @@ def _cell(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+    return printable(value)
 
 
 # -- commands -------------------------------------------------------------------
@@ -118,7 +133,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    stream = open_jsonl(args.file)  # first: a missing file must not create a store
+    # First: a missing file must not create a store. Plain or gzip, each line
+    # decoded on its own, so invalid UTF-8 names its file and line.
+    stream = open_jsonl(args.file)
     show = sys.stderr.isatty() or args.progress
 
     def progress(count: int) -> None:
@@ -143,7 +160,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     else:
         print(
             f"cycle {result.cycle_id}: {result.status}"
-            + (f" ({result.reason})" if result.reason else "")
+            + (f" ({printable(result.reason)})" if result.reason else "")
             + f"; {result.trajectories_processed} trajectories, "
             f"{result.patterns_extracted} patterns, {result.elapsed:.3f} s"
         )
@@ -207,7 +224,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         _print_json(stats)
     else:
         for key, value in stats.items():
-            print(f"{key}: {value}")
+            print(f"{key}: {printable(value)}")
     return 0
 
 
@@ -289,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--url", help=URL_HELP)
+    parser.add_argument(
+        "--url-file",
+        metavar="PATH",
+        help="read the database URL from the first line of this file (keep it mode 600)",
+    )
     parser.add_argument("--actor", help="name recorded in the audit trail (default: OS user)")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument(
@@ -424,19 +446,34 @@ def _configure_logging(level: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(log_level(args))
+    level = log_level(args)
+    _configure_logging(level)
+    if level > logging.INFO:  # psycopg warns of an aborted pipeline the error line reports
+        logging.getLogger("psycopg").setLevel(logging.ERROR)
+    warn_about_exposed_password(args)
+    password = None
     try:
+        password = url_password(resolve_url(args))
         code: int = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except BrokenPipeError:
         return _broken_pipe()
     except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
-        print(f"sona-store: error: {exc}", file=sys.stderr)
+        print(error_line(exc, password), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except SQLAlchemyError as exc:  # e.g. a full disk: what the database said, no SQL
+        logger.debug("database error", exc_info=True)
+        print(
+            error_line(f"database error: {describe_database_error(exc)}", password), file=sys.stderr
+        )
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sona-store: interrupted", file=sys.stderr)
         return 130
+    except (RecursionError, MemoryError) as exc:
+        print(error_line(f"{type(exc).__name__}: {exc}", password), file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def _broken_pipe() -> int:

@@ -138,7 +138,8 @@ def test_psycopg2_urls_use_psycopg_3(filled, tmp_path):
 
 
 def test_another_postgresql_driver_is_one_line_saying_what_to_write(tmp_path):
-    proc = sona("--url", "postgresql+asyncpg://u:secret@db-host/sona", "stats", cwd=tmp_path)
+    env = console_env(SONA_STORE_URL="postgresql+asyncpg://u:secret@db-host/sona")
+    proc = sona("stats", cwd=tmp_path, env=env)
     assert_one_line_error(proc, "asyncpg", "psycopg 3", "write postgresql://u:***@db-host/sona")
     assert "secret" not in proc.stderr
 

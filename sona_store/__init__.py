@@ -14,7 +14,9 @@ from sona_store.errors import (
     SchemaVersionError,
     SonaStoreError,
     ValidationError,
+    VectorsDroppedError,
 )
+from sona_store.retention import GcResult, Policy
 from sona_store.store import Pattern, SonaStore
 
 try:  # one source: pyproject.toml, as installed
@@ -28,12 +30,15 @@ __all__ = [
     "CycleNotFoundError",
     "CycleResult",
     "DatabaseUnavailableError",
+    "GcResult",
     "Pattern",
+    "Policy",
     "RollbackError",
     "SchemaVersionError",
     "SonaConfig",
     "SonaStore",
     "SonaStoreError",
     "ValidationError",
+    "VectorsDroppedError",
     "__version__",
 ]

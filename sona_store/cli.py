@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -106,6 +106,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         if args.db_command == "upgrade":
             schema.upgrade(engine, args.revision)
             print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
+        elif args.db_command == "vacuum":
+            from sona_store.retention import vacuum
+
+            before, after = vacuum(engine)
+            print(f"{mask_url(engine.url)}: {before} -> {after} bytes")
         elif args.db_command == "downgrade":
             question = f"Downgrade {mask_url(engine.url)} to {args.revision}? " + (
                 "This drops every table and all the data in them."
@@ -133,6 +138,19 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.restore:
+        from sona_store.retention import open_jsonl as open_archive
+
+        store = _open(args)
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
+        archive = stdin if args.file == "-" else open_archive(args.file)  # gzip or plain
+        try:
+            restored = store.restore_vectors(cast(Any, archive))
+        finally:
+            if archive is not stdin:
+                archive.close()
+        print(f"restored the vectors of {restored} trajectories")
+        return 0
     # First: a missing file must not create a store. Plain or gzip, each line
     # decoded on its own, so invalid UTF-8 names its file and line.
     stream = open_jsonl(args.file)
@@ -338,15 +356,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     down.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     db_sub.add_parser("current", help="show the schema revision")
+    db_sub.add_parser(
+        "vacuum",
+        help="give free space back (SQLite: converts older files to incremental auto-vacuum)",
+    )
     db.set_defaults(func=cmd_db)
 
     ingest = sub.add_parser(
-        "ingest", help="record trajectories from a JSONL file (or -); creates the store"
+        "ingest",
+        help="record trajectories from a JSONL file, gzip or plain (or -); creates the store",
     )
     ingest.add_argument(
         "file", metavar="FILE", help="JSONL file, gzip-compressed or not; - reads stdin"
     )
     ingest.add_argument("--progress", action="store_true", help="show progress even when piped")
+    ingest.add_argument(
+        "--restore",
+        action="store_true",
+        help="put back the vectors gc deleted, from a gc archive of this store (by id)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     cycle = sub.add_parser("cycle", help="run one learning cycle now")
@@ -394,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
         move.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         move.set_defaults(func=func)
 
-    audit = sub.add_parser("audit", help="rollbacks, restores and imports, newest first")
+    audit = sub.add_parser(
+        "audit", help="rollbacks, restores, imports, gc and policy changes, newest first"
+    )
     audit.add_argument("--limit", type=int, metavar="N", help=LIMIT_HELP)
     audit.add_argument("--json", action="store_true", help=JSON_HELP)
     audit.set_defaults(func=cmd_audit)
@@ -424,6 +454,7 @@ COMMAND_MODULES = (
     "sona_store.lora_io",  # export-lora, import-lora, lora-use
     "sona_store.report",  # report
     "sona_store.demo",  # demo
+    "sona_store.gc_cli",  # gc, retention
 )
 
 

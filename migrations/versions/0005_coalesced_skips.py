@@ -14,8 +14,8 @@ or deleted. Downgrading drops the two columns; a merged row then reads as its
 first tick (SQLite needs 3.35 or later for DROP COLUMN). Neither column is in
 a view, so the views of 0002 stay as they are.
 
-Revision ID: 0004
-Revises: 0003_derived_pattern_embeddings
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003_derived_pattern_embeddings"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,8 @@
 """sona_store: SONA's runtime learning (trajectories, learned patterns, EWC++,
 LoRA) kept durable and auditable in SQLite or PostgreSQL."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from sona_store.config import SonaConfig
 from sona_store.db.cycles import CycleResult
 from sona_store.errors import (
@@ -17,7 +19,10 @@ from sona_store.errors import (
 from sona_store.retention import GcResult, Policy
 from sona_store.store import Pattern, SonaStore
 
-__version__ = "0.1.0"
+try:  # one source: pyproject.toml, as installed
+    __version__ = version("sona-store")
+except PackageNotFoundError:  # a checkout on sys.path without an install
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigError",
@@ -35,4 +40,5 @@ __all__ = [
     "SonaStoreError",
     "ValidationError",
     "VectorsDroppedError",
+    "__version__",
 ]

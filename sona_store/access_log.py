@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -71,7 +72,7 @@ class AccessLog:
         now = utcnow()
         try:
             with transaction(self.engine, immediate=True) as session:
-                table = Pattern.__table__  # Core executemany, not ORM bulk-by-key
+                table = cast(sa.Table, Pattern.__table__)  # Core executemany, not ORM bulk-by-key
                 session.execute(
                     sa.update(table)
                     .where(table.c.id == sa.bindparam("pid"))

@@ -4,18 +4,19 @@ the schema runner, and prints. User errors become one line and exit code 1."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from sona_store.console import (
-    URL_ENV,
     error_line,
     printable,
     resolve_url,
@@ -24,15 +25,29 @@ from sona_store.console import (
 )
 from sona_store.db.engine import (
     DEFAULT_URL,
+    URL_ENV,
     create_store_engine,
     describe_database_error,
     mask_url,
     store_label,
 )
+from sona_store.db.models import CYCLE_STATUSES
 from sona_store.errors import SonaStoreError
+from sona_store.ingest_files import open_jsonl
+
+if TYPE_CHECKING:
+    from sona_store.store import SonaStore
 
 logger = logging.getLogger("sona_store")
 EXIT_USER_ERROR = 1
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+LOG_LEVELS = ("debug", "info", "warning", "error")
+URL_HELP = (
+    f"database URL (default: ${URL_ENV}, else {DEFAULT_URL}); a password here "
+    "is visible in ps: prefer --url-file, $SONA_STORE_URL or PGPASSFILE"
+)
+JSON_HELP = "print JSON instead of a table"
+LIMIT_HELP = "show at most N rows, newest first"
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -44,16 +59,27 @@ def _schema(args: argparse.Namespace) -> str | None:
     return getattr(args, "schema", None) or os.environ.get("SONA_STORE_SCHEMA") or None
 
 
-def _open(args: argparse.Namespace):  # -> SonaStore (imported lazily: fast --help)
-    from sona_store.store import SonaStore
+def _open(args: argparse.Namespace, *, create: bool = False) -> SonaStore:
+    """The store at the command's URL. Only commands that write trajectories
+    (ingest) create one: a misspelt path must be an error, not a new empty store."""
+    from sona_store.store import SonaStore  # imported lazily: fast --help
 
     return SonaStore(
-        _url(args), schema=_schema(args), create=True, actor=getattr(args, "actor", None)
+        _url(args), schema=_schema(args), create=create, actor=getattr(args, "actor", None)
     )
 
 
+def json_default(value: Any) -> Any:
+    """The one JSON encoding of the CLI's values: ISO 8601 times, numbers as numbers."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return str(value)
+
+
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=json_default))
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -72,7 +98,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if hasattr(value, "isoformat"):
+    if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return printable(value)
 
@@ -97,6 +123,14 @@ def cmd_db(args: argparse.Namespace) -> int:
             before, after = vacuum(engine)
             print(f"{where}: {before} -> {after} bytes")
         elif args.db_command == "downgrade":
+            question = f"Downgrade {mask_url(engine.url)} to {args.revision}? " + (
+                "This drops every table and all the data in them."
+                if args.revision == "base"
+                else "Columns and tables newer than it are dropped, with their data."
+            )
+            if not _confirm(args, question):
+                print("nothing done")
+                return 0
             schema.downgrade(engine, args.revision)
             print(f"{where} is at revision {schema.database_revision(engine)}")
         else:
@@ -163,20 +197,22 @@ def cmd_stores(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from sona_store.retention import open_jsonl
-
-    store = _open(args)
-    # Bytes: each line is decoded on its own, so invalid UTF-8 names its line.
-    stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
-    stream = stdin if args.file == "-" else open_jsonl(args.file)  # gzip or plain
     if args.restore:
+        from sona_store.retention import open_jsonl as open_archive
+
+        store = _open(args)
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
+        archive = stdin if args.file == "-" else open_archive(args.file)  # gzip or plain
         try:
-            restored = store.restore_vectors(stream)
+            restored = store.restore_vectors(cast(Any, archive))
         finally:
-            if stream is not stdin:
-                stream.close()
+            if archive is not stdin:
+                archive.close()
         print(f"restored the vectors of {restored} trajectories")
         return 0
+    # First: a missing file must not create a store. Plain or gzip, each line
+    # decoded on its own, so invalid UTF-8 names its file and line.
+    stream = open_jsonl(args.file)
     show = sys.stderr.isatty() or args.progress
 
     def progress(count: int) -> None:
@@ -184,10 +220,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"\r{count} trajectories read", end="", file=sys.stderr, flush=True)
 
     try:
+        store = _open(args, create=True)
         ids = store.ingest(stream, progress=progress)
     finally:
-        if stream is not stdin:
-            stream.close()
+        stream.close()
         if show:
             print(file=sys.stderr)
     print(f"recorded {len(ids)} trajectories; {store.pending_count()} pending")
@@ -209,12 +245,12 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    records = _open(args).history(limit=args.limit)
+    records = _open(args).history(limit=args.limit, status=args.status, since=args.since)
     if args.json:
         _print_json([r.to_dict() for r in records])
     else:
         _table(
-            [dict(r.__dict__) for r in records],
+            [{**r.__dict__, "status": r.status_text} for r in records],
             [
                 "cycle_id",
                 "started_at",
@@ -227,6 +263,24 @@ def cmd_history(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+def parse_since(text: str) -> dt.datetime:
+    """`--since`: an ISO 8601 date or time (UTC unless it says otherwise), or an
+    age such as 30m, 12h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip()
+    if value[-1:].lower() in units and value[:-1].replace(".", "", 1).isdigit():
+        seconds = float(value[:-1]) * units[value[-1].lower()]
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO date/time (2026-11-28, 2026-11-28T02:00) "
+            "nor an age (30m, 12h, 7d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def cmd_patterns(args: argparse.Namespace) -> int:
@@ -315,16 +369,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        return str(version("sona-store"))
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sona-store",
         description="Durable, auditable SONA learning on SQLite or PostgreSQL.",
     )
-    parser.add_argument(
-        "--url",
-        help=f"database URL (default: ${URL_ENV}, else {DEFAULT_URL}); a password here "
-        "is visible in ps: prefer --url-file, $SONA_STORE_URL or PGPASSFILE",
-    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--url", help=URL_HELP)
     parser.add_argument(
         "--url-file",
         metavar="PATH",
@@ -336,20 +394,36 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $SONA_STORE_SCHEMA, else none: the database's default schema)",
     )
     parser.add_argument("--actor", help="name recorded in the audit trail (default: OS user)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument(
+        "-v", "--verbose", action="store_true", help="log at INFO level (--log-level info)"
+    )
+    noise.add_argument(
+        "-q", "--quiet", action="store_true", help="log errors only (--log-level error)"
+    )
+    noise.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="what to log on stderr (default: warning; `run` logs each cycle at info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     db = sub.add_parser("db", help="schema: upgrade, downgrade, current")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
     up = db_sub.add_parser("upgrade", help="create or upgrade the schema")
-    up.add_argument("revision", nargs="?", default="head")
+    up.add_argument(
+        "revision", nargs="?", default="head", help="target revision (default: %(default)s)"
+    )
     up.add_argument(
         "--all-schemas",
         action="store_true",
         help="PostgreSQL: upgrade every store of the database (see `stores`)",
     )
-    down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data)")
-    down.add_argument("revision")
+    down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data; asks first)")
+    down.add_argument(
+        "revision", help="target revision; 'base' drops every table (see: db current)"
+    )
+    down.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     db_sub.add_parser("current", help="show the schema revision")
     db_sub.add_parser(
         "vacuum",
@@ -358,13 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=cmd_db)
 
     stores = sub.add_parser("stores", help="PostgreSQL: the stores (schemas) of the database")
-    stores.add_argument("--json", action="store_true")
+    stores.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stores.set_defaults(func=cmd_stores)
 
     ingest = sub.add_parser(
-        "ingest", help="record trajectories from a JSONL file, gzip or plain (or -)"
+        "ingest",
+        help="record trajectories from a JSONL file, gzip or plain (or -); creates the store",
     )
-    ingest.add_argument("file")
+    ingest.add_argument(
+        "file", metavar="FILE", help="JSONL file, gzip-compressed or not; - reads stdin"
+    )
     ingest.add_argument("--progress", action="store_true", help="show progress even when piped")
     ingest.add_argument(
         "--restore",
@@ -375,21 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     cycle = sub.add_parser("cycle", help="run one learning cycle now")
     cycle.add_argument("--force", action="store_true", help="run even under the minimum")
-    cycle.add_argument("--json", action="store_true")
+    cycle.add_argument("--json", action="store_true", help=JSON_HELP)
     cycle.set_defaults(func=cmd_cycle)
 
     history = sub.add_parser("history", help="cycle records, newest first")
-    history.add_argument("--limit", type=int)
-    history.add_argument("--json", action="store_true")
+    history.add_argument("--limit", type=int, metavar="N", help=LIMIT_HELP)
+    history.add_argument(
+        "--status",
+        action="append",
+        choices=CYCLE_STATUSES,
+        help="only cycles with this status (repeat for several)",
+    )
+    history.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="WHEN",
+        help="only cycles active since WHEN: an ISO date/time (UTC) or an age (30m, 12h, 7d)",
+    )
+    history.add_argument("--json", action="store_true", help=JSON_HELP)
     history.set_defaults(func=cmd_history)
 
     patterns = sub.add_parser("patterns", help="current patterns, or a cycle's")
-    patterns.add_argument("--cycle", type=int)
-    patterns.add_argument("--json", action="store_true")
+    patterns.add_argument("--cycle", type=int, metavar="CYCLE", help="the patterns of this cycle")
+    patterns.add_argument("--json", action="store_true", help=JSON_HELP)
     patterns.set_defaults(func=cmd_patterns)
 
     stats = sub.add_parser("stats", help="counters of the store")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help=JSON_HELP)
     stats.set_defaults(func=cmd_stats)
 
     for name, func, text in (
@@ -397,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("restore", cmd_restore, "make a rolled-back cycle's state current again"),
     ):
         move = sub.add_parser(name, help=text)
-        move.add_argument("cycle_id", type=int, metavar="CYCLE")
+        move.add_argument("cycle_id", type=int, metavar="CYCLE", help="cycle id (see: history)")
         if name == "rollback":
             move.add_argument(
                 "--requeue", action="store_true", help="make the cycles' trajectories pending again"
@@ -409,13 +498,27 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser(
         "audit", help="rollbacks, restores, imports, gc and policy changes, newest first"
     )
-    audit.add_argument("--limit", type=int)
-    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--limit", type=int, metavar="N", help=LIMIT_HELP)
+    audit.add_argument("--json", action="store_true", help=JSON_HELP)
     audit.set_defaults(func=cmd_audit)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register_cli(sub)
+    _accept_url_after_command(sub)
     return parser
+
+
+def _accept_url_after_command(subparsers: Any) -> None:
+    """`sona-store history --url ...` works as `sona-store --url ... history`.
+    SUPPRESS: an option not given leaves the one before the command in place."""
+    for command in subparsers.choices.values():
+        nested = [
+            action for action in command._actions if isinstance(action, argparse._SubParsersAction)
+        ]
+        for action in nested:
+            _accept_url_after_command(action)
+        if not nested and "--url" not in command._option_string_actions:
+            command.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
 
 
 # Modules that add commands of their own, each through `register_cli(subparsers)`.
@@ -428,20 +531,38 @@ COMMAND_MODULES = (
 )
 
 
+def log_level(args: argparse.Namespace) -> int:
+    if args.log_level:
+        return int(getattr(logging, args.log_level.upper()))
+    if args.quiet:
+        return logging.ERROR
+    return logging.INFO if args.verbose else logging.WARNING
+
+
+def _configure_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic logs "Context impl SQLiteImpl." and each migration step at INFO:
+    # noise for every command; shown with --log-level debug.
+    quiet_alembic = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("alembic").setLevel(quiet_alembic)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # psycopg warns of an aborted pipeline the error line reports
+    level = log_level(args)
+    _configure_logging(level)
+    if level > logging.INFO:  # psycopg warns of an aborted pipeline the error line reports
         logging.getLogger("psycopg").setLevel(logging.ERROR)
     warn_about_exposed_password(args)
     password = None
     try:
         password = url_password(resolve_url(args))
-        return args.func(args)
+        code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
     except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
         print(error_line(exc, password), file=sys.stderr)
         return EXIT_USER_ERROR
@@ -457,6 +578,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RecursionError, MemoryError) as exc:
         print(error_line(f"{type(exc).__name__}: {exc}", password), file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _broken_pipe() -> int:
+    """The reader went away (`sona-store patterns | head -2`): stop quietly, as
+    Unix tools killed by SIGPIPE do. Python's own flush at exit would raise
+    again, so stdout now points at /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

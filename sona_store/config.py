@@ -57,6 +57,11 @@ class SonaConfig:
     base_lora_layers: int = BASE_LORA_LAYERS
     micro_flush_threshold: int = MICRO_FLUSH_THRESHOLD
 
+    @property
+    def embedding_size(self) -> int:
+        """`embedding_dim` as an int (it is set from hidden_dim when None)."""
+        return self.embedding_dim if self.embedding_dim is not None else self.hidden_dim
+
     def __post_init__(self) -> None:
         if self.embedding_dim is None:
             object.__setattr__(self, "embedding_dim", self.hidden_dim)

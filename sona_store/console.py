@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from sona_store.db.engine import DEFAULT_URL
+from sona_store.db.engine import URL_ENV
+from sona_store.db.engine import resolve_url as store_url
 
-URL_ENV = "SONA_STORE_URL"
 MAX_URL_FILE_BYTES = 64 * 1024
 # C0 controls, DEL and C1 controls: ESC sequences, OSC titles, bells, CR, ...
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -35,10 +35,10 @@ def resolve_url(args: Any) -> str:
     if url and path:
         raise ValueError("give --url or --url-file, not both")
     if url:
-        return url
+        return str(url)
     if path:
         return read_url_file(path)
-    return os.environ.get(URL_ENV) or DEFAULT_URL
+    return str(store_url(None))  # $SONA_STORE_URL, else the default: as SonaStore()
 
 
 def read_url_file(path: str | os.PathLike[str]) -> str:

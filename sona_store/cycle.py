@@ -19,7 +19,7 @@ from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
 from sona_store.db.engine import mask_url, short_error, transaction
 from sona_store.db.locks import acquire_cycle_lock
-from sona_store.db.models import Pattern
+from sona_store.db.models import Cycle, Pattern
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
 from sona_store.learning.background import learn
@@ -144,7 +144,7 @@ def cycle_body(
     started_at: dt.datetime,
     scheduled_for: dt.datetime | None,
     clock: float,
-) -> cycles.Cycle:
+) -> Cycle:
     # 1. Enforce the minimum. Unlike the reference (defect 1), a skipped cycle
     #    consumes nothing: its trajectories wait for the next one.
     pending = trajectories.count_pending(session)
@@ -160,6 +160,10 @@ def cycle_body(
     # and must not wait for a whole cycle (the cycle lock already keeps other
     # cycles and rollbacks out).
     head = state.get_head(session)
+    if skip_reason and trigger == "scheduled":
+        previous = cycles.coalescible_skip(session, head, config.to_dict())
+        if previous is not None:
+            return _add_idle_tick(previous, skip_reason, started_at, scheduled_for, clock)
     record = cycles.add_cycle(
         session,
         parent_cycle_id=head.cycle_id,
@@ -180,7 +184,7 @@ def cycle_body(
     # 2. Consume the batch; 3. cluster the retention window (batch included).
     record.trajectories_processed = trajectories.claim_pending(session, record.id)
     _ids, embeddings, qualities = trajectories.load_window(
-        session, config.retention_window, config.embedding_dim
+        session, config.retention_window, config.embedding_size
     )
     extracted = extract_patterns(
         embeddings,
@@ -231,7 +235,25 @@ def cycle_body(
     return record
 
 
-def _finish(record: cycles.Cycle, clock: float) -> None:
+def _add_idle_tick(
+    record: Cycle,
+    reason: str,
+    started_at: dt.datetime,
+    scheduled_for: dt.datetime | None,
+    clock: float,
+) -> Cycle:
+    """One more idle scheduled tick on the skipped row of the tick before it:
+    the count, the last tick's time, reason and slot (the schedule's anchor)."""
+    record.attempts += 1
+    record.last_attempt_at = started_at
+    record.reason = reason
+    record.scheduled_for = scheduled_for
+    record.finished_at = utcnow()
+    record.elapsed_seconds += time.perf_counter() - clock
+    return record
+
+
+def _finish(record: Cycle, clock: float) -> None:
     record.finished_at = utcnow()
     record.elapsed_seconds = time.perf_counter() - clock
 

@@ -128,11 +128,15 @@ def run_demo(
             time.sleep(0.25)
     finally:
         scheduler.shutdown()
-    last = store.run_cycle(force=True)
-    say(
-        f"4. Scheduler stopped; a final forced cycle {last.cycle_id} took the rest "
-        f"({last.trajectories_processed} trajectories, {last.status})."
-    )
+    waiting = store.pending_count()
+    if waiting:
+        last = store.run_cycle(force=True)
+        say(
+            f"4. Scheduler stopped; a forced cycle {last.cycle_id} learned from the "
+            f"{last.trajectories_processed} trajectories still waiting."
+        )
+    else:
+        say("4. Scheduler stopped; its cycles learned from every trajectory (none waiting).")
     _show_history(store, say)
     _show_patterns(store, router, say)
 
@@ -142,11 +146,13 @@ def run_demo(
     bad = store.run_cycle(force=True)
     after = _state_probe(store, router)
     say(
-        f"   cycle {bad.cycle_id} learned from it: LoRA version {before['lora_version']} -> "
-        f"{after['lora_version']}, weight norm {before['norm']:.4f} -> {after['norm']:.4f}, "
+        f"   cycle {bad.cycle_id} learned from it: base LoRA now version "
+        f"{after['lora_version']} (was {before['lora_version']}; version ids are shared "
+        f"with the micro-LoRA's live updates), weight norm {before['norm']:.4f} -> {after['norm']:.4f}, "
         f"adapter delta on a chit-chat query {before['pull']:.4f} -> {after['pull']:.4f} "
         f"(cosine with chit-chat {before['alignment']:+.2f} -> {after['alignment']:+.2f})"
     )
+    assert bad.cycle_id is not None  # a cycle that ran has its record
     move = store.rollback(bad.cycle_id, reason="demo: bad batch of mis-scored chit-chat")
     restored = _state_probe(store, router)
     same = np.array_equal(restored["up"], before["up"])

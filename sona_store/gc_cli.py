@@ -118,7 +118,7 @@ def register_cli(subparsers: Any) -> None:
     )
     _add_limits(gc)
     gc.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    gc.add_argument("--json", action="store_true")
+    gc.add_argument("--json", action="store_true", help="print JSON instead of text")
     gc.set_defaults(func=cmd_gc)
 
     retention = subparsers.add_parser(
@@ -128,7 +128,7 @@ def register_cli(subparsers: Any) -> None:
     )
     retention_sub = retention.add_subparsers(dest="retention_command", required=True)
     show = retention_sub.add_parser("show", help="the stored policy")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
     setter = retention_sub.add_parser("set", help="store a policy (audited)")
     _add_limits(setter)
     clear = retention_sub.add_parser("clear", help="remove the policy: keep every vector")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class HeadCache:
         with self._lock:
             cached = self._values.get(name)
             if cached is not None and cached[0] == head:
-                return cached[1]
+                return cast(T, cached[1])
         value = load(head)
         with self._lock:
             if generation == self._generation:

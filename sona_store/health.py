@@ -64,9 +64,10 @@ class ServiceHealth:
         with self._lock:
             last, age = self._last, time.monotonic() - self._since
         outcome = last.status if last is not None else None
-        seen = {"last_outcome": outcome, "last_attempt_age_seconds": round(age, 3)}
-        if last is None:
-            seen["last_attempt_age_seconds"] = None
+        seen: dict[str, Any] = {
+            "last_outcome": outcome,
+            "last_attempt_age_seconds": None if last is None else round(age, 3),
+        }
         if not self.scheduler.running:
             return Health(False, "the scheduler is not running", **seen)
         if age > self.late_after and not self.scheduler.attempt_running:

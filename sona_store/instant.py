@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -327,7 +327,7 @@ def _write_ledger(connection: Connection, ids: list[int], version: int, *, all_f
         driver.execute(_LEDGER_RANGE, (version, ids[0], ids[-1]))
         return
     driver.insert_many(
-        MicroLoraSignal.__table__,
+        cast(sa.Table, MicroLoraSignal.__table__),
         ["trajectory_id", "micro_lora_version_id"],
         [(i, version) for i in ids],
     )

@@ -16,9 +16,10 @@ The store's forward is `x + scale * up^T (down x)`; PEFT's is
   `lora_alpha` = sqrt(rank), which makes `lora_alpha / r` that same scale.
 
 Tensors are float32 and copied bit for bit (a transpose is exact), so an
-export imported again gives the same arrays. `adapter_config.json` carries the
-PEFT fields and a `sona_store` section (tier, version, dim, layers, ...) that
-recent PEFT versions ignore. See docs/lora_export.md.
+export imported again gives the same arrays. `adapter_config.json` carries
+PEFT's fields only (PEFT warns about any key it does not know, so sona_store's
+metadata, tier, version, dim, layers..., is `sona_store.json` beside it), with
+`layers_to_transform` naming the exported layers. See docs/lora_export.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
+METADATA_NAME = "sona_store.json"  # tier, version, dim...: not PEFT's to read
 DEFAULT_TARGET_MODULES = ("sona_adapter",)
 DEFAULT_LAYER_PREFIX = "model"
 FORMAT_VERSION = 1
@@ -148,34 +151,47 @@ def export_lora(
         "r": rank,
         "lora_alpha": _peft_alpha(arrays.tier, rank, arrays.alpha),
         "target_modules": modules,
+        # Only the exported layers: a model with more of them (the one-layer
+        # micro tier on a 12-layer model) loads without "missing adapter keys".
+        "layers_to_transform": list(range(layers)),
+        "layers_pattern": "layers",
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
         "use_dora": False,
         "modules_to_save": None,
-        "sona_store": {
-            "format_version": FORMAT_VERSION,
-            "tier": arrays.tier,
-            "version_id": arrays.version_id,
-            "parent_version_id": arrays.parent_id,
-            "source": arrays.source,
-            "dim": dim,
-            "layers": layers,
-            "rank": rank,
-            "alpha": arrays.alpha,
-            "scale": _peft_alpha(arrays.tier, rank, arrays.alpha) / rank,
-            "layer_prefix": layer_prefix,
-            "exported_at": utcnow().isoformat(),
-        },
+    }
+    # sona_store's own metadata lives beside the PEFT files, not in
+    # adapter_config.json: PEFT warns about every key it does not know.
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "tier": arrays.tier,
+        "version_id": arrays.version_id,
+        "parent_version_id": arrays.parent_id,
+        "source": arrays.source,
+        "dim": dim,
+        "layers": layers,
+        "rank": rank,
+        "alpha": arrays.alpha,
+        "scale": _peft_alpha(arrays.tier, rank, arrays.alpha) / rank,
+        "layer_prefix": layer_prefix,
+        "exported_at": utcnow().isoformat(),
     }
     out = private_dir(out_dir)
-    metadata = {"format": "pt", "sona_store_tier": arrays.tier}
-    metadata["sona_store_version_id"] = str(arrays.version_id)
-    write_private(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
-    text = json.dumps(config, indent=2) + "\n"
-    write_private(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    header = {
+        "format": "pt",
+        "sona_store_tier": arrays.tier,
+        "sona_store_version_id": str(arrays.version_id),
+    }
+    write_private(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=header))
+    for name, data in ((CONFIG_NAME, config), (METADATA_NAME, metadata)):
+        write_private(out / name, partial(_write_json, data))
     return out
+
+
+def _write_json(data: dict[str, Any], path: str) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 # -- reading and validating an adapter --------------------------------------------
@@ -400,14 +416,19 @@ def _collect(
 
 
 def _adapter_tier(in_dir: Path, tier: str | None) -> str:
-    """The tier named in the adapter's `sona_store` section, checked against `tier`."""
+    """The tier named in the adapter's metadata (`sona_store.json`, or the
+    `sona_store` section of an older export's adapter_config.json), checked
+    against `tier`."""
     written = None
-    try:
-        section = _read_config(in_dir / CONFIG_NAME).get("sona_store")
-        if isinstance(section, dict):
-            written = section.get("tier")
-    except (OSError, ValueError):
-        pass  # read_adapter reports the file's problem
+    for path, key in ((in_dir / METADATA_NAME, None), (in_dir / CONFIG_NAME, "sona_store")):
+        try:
+            section: Any = _read_config(path)  # size and nesting bounded
+            section = section.get(key) if key else section
+            if isinstance(section, dict) and section.get("tier") is not None:
+                written = section["tier"]
+                break
+        except (OSError, ValueError):
+            pass  # read_adapter reports the adapter's own problem
     if written is not None and tier is not None and written != tier:
         raise ValueError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
     return _check_tier(tier or written or "base")
@@ -556,7 +577,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
             target_modules=modules,
             layer_prefix=args.layer_prefix,
         )
-        written = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8"))["sona_store"]
+        written = json.loads((out / METADATA_NAME).read_text(encoding="utf-8"))
     finally:
         store.close()
     print(
@@ -600,7 +621,9 @@ def register_cli(subparsers: Any) -> None:
     export = subparsers.add_parser(
         "export-lora", help="write a LoRA version as a PEFT adapter (safetensors)"
     )
-    export.add_argument("out_dir", metavar="OUT_DIR")
+    export.add_argument(
+        "out_dir", metavar="OUT_DIR", help="folder for the adapter files (created if missing)"
+    )
     export.add_argument("--version", type=int, help="LoRA version id (default: the current one)")
     export.add_argument("--tier", choices=LORA_TIERS, help="base or micro (default: base)")
     export.add_argument(
@@ -617,7 +640,7 @@ def register_cli(subparsers: Any) -> None:
     imp = subparsers.add_parser(
         "import-lora", help="store a PEFT LoRA adapter as a new, current version (audited)"
     )
-    imp.add_argument("dir", metavar="DIR")
+    imp.add_argument("dir", metavar="DIR", help="PEFT adapter folder (adapter_config.json ...)")
     imp.add_argument("--reason", required=True, help="why, for the audit trail")
     imp.add_argument(
         "--tier", choices=LORA_TIERS, help="default: the adapter's sona_store metadata, else base"
@@ -627,13 +650,14 @@ def register_cli(subparsers: Any) -> None:
     use = subparsers.add_parser(
         "lora-use", help="make an existing LoRA version current for its tier (audited)"
     )
-    use.add_argument("version", type=int, metavar="VERSION")
+    use.add_argument("version", type=int, metavar="VERSION", help="LoRA version id")
     use.add_argument("--reason", required=True, help="why, for the audit trail")
     use.set_defaults(func=cmd_lora_use)
 
 
 __all__ = [
     "CONFIG_NAME",
+    "METADATA_NAME",
     "WEIGHTS_NAME",
     "ImportedLora",
     "LoraMove",

@@ -41,6 +41,15 @@ class Pattern:
     last_accessed: dt.datetime | None
     created_at: dt.datetime
 
+    def __repr__(self) -> str:
+        # The centroid is hundreds of floats: its shape says enough here.
+        return (
+            f"Pattern(id={self.id}, cycle_id={self.cycle_id}, "
+            f"centroid=<{self.centroid.shape[0]} floats>, cluster_size={self.cluster_size}, "
+            f"avg_quality={self.avg_quality:.4g}, total_weight={self.total_weight:.4g}, "
+            f"access_count={self.access_count})"
+        )
+
     @classmethod
     def from_row(cls, row: PatternRow) -> Pattern:
         return cls(
@@ -97,7 +106,7 @@ class PatternIndex:
             return []
         norm = float(np.linalg.norm(query))
         if norm < NORM_EPSILON:
-            scores = np.zeros(len(self.patterns), dtype=np.float32)
+            scores: np.ndarray = np.zeros(len(self.patterns), dtype=np.float32)
         else:
             scores = self.unit @ (query / norm)
         if k < len(scores):

@@ -16,6 +16,7 @@ import datetime as dt
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,12 +214,27 @@ def _new_figure(rows: int = 1) -> tuple[Any, Any]:
     return fig, axes
 
 
+# Tick labels by the locator's resolution: years, months, days, hours, minutes, seconds.
+TICK_FORMATS = ["%Y", "%b", "%d", "%H:%M", "%H:%M", "%H:%M:%S"]
+TICK_ZERO_FORMATS = ["", "%Y", "%b", "%b %d", "%H:%M", "%H:%M:%S"]
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`1 rollback`, `2 rollbacks`."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
 def _time_axis(ax: Any) -> None:
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(tz=dt.timezone.utc)
+    locator = mdates.AutoDateLocator(tz=dt.timezone.utc)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=dt.timezone.utc))
+    # ConciseDateFormatter's ticks a few seconds apart read "15", "30": bare
+    # numbers that look like seconds of something. A time of day says it.
+    formatter = mdates.ConciseDateFormatter(  # type: ignore[no-untyped-call]
+        locator, tz=dt.timezone.utc, formats=TICK_FORMATS, zero_formats=TICK_ZERO_FORMATS
+    )
+    ax.xaxis.set_major_formatter(formatter)
     ax.set_xlabel("time (UTC)")
 
 
@@ -452,8 +468,9 @@ th {{ background: #f4f4f4; }}
 <body>
 <h1>sona-store report</h1>
 <p>Store {html.escape(data.store_url)}, generated {_cell(utcnow())} UTC:
-{len(data.cycles)} cycles ({completed} completed), {len(data.versions)} base LoRA versions,
-{len(data.events)} rollbacks, restores or base-LoRA changes in the audit log.</p>
+{plural(len(data.cycles), "cycle")} ({completed} completed),
+{plural(len(data.versions), "base LoRA version")},
+{plural(len(data.events), "audit event")} (rollbacks, restores, base-LoRA changes).</p>
 {sections}
 <section>
 <h2>Last cycles</h2>
@@ -462,6 +479,10 @@ th {{ background: #f4f4f4; }}
 </body>
 </html>
 """
+
+
+def _save_png(fig: Any, path: str) -> None:
+    fig.savefig(path, format="png", facecolor="white")
 
 
 def write_report(store: SonaStore | Engine, out_dir: str | Path) -> list[Path]:
@@ -479,7 +500,7 @@ def write_report(store: SonaStore | Engine, out_dir: str | Path) -> list[Path]:
             fig = _DRAW[chart.filename](data, chart)
             fig.tight_layout()
             path = out / chart.filename
-            write_private(path, lambda p, f=fig: f.savefig(p, format="png", facecolor="white"))
+            write_private(path, partial(_save_png, fig))
             written.append(path)
     page = out / "index.html"
     text = render_html(data, CHARTS)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -33,7 +33,7 @@ from sona_store.db.driver import Driver
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Trajectory
-from sona_store.db.retention import Policy
+from sona_store.db.retention import Policy as Policy
 from sona_store.db.types import utcnow
 from sona_store.errors import ValidationError
 from sona_store.validation import archived_id, read_jsonl, validate_batch
@@ -216,7 +216,7 @@ def reclaim(engine: Engine) -> tuple[int, int]:
         return 0, 0
     raw = engine.raw_connection()
     try:
-        connection = raw.driver_connection
+        connection = cast(Any, raw.driver_connection)  # the sqlite3 connection
         mode = connection.execute("PRAGMA auto_vacuum").fetchone()[0]
         page_size = connection.execute("PRAGMA page_size").fetchone()[0]
         free = connection.execute("PRAGMA freelist_count").fetchone()[0]
@@ -241,7 +241,7 @@ def file_bytes(engine: Engine) -> int:
     """Bytes the store takes on disk: an SQLite file and its log, or the
     PostgreSQL relations of the store's tables."""
     if _sqlite_file(engine):
-        path = Path(engine.url.database)
+        path = Path(str(engine.url.database))
         wal = path.with_name(path.name + "-wal")
         return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     if engine.dialect.name == "postgresql":
@@ -268,7 +268,7 @@ def vacuum(engine: Engine) -> tuple[int, int]:
     if _sqlite_file(engine):
         raw = engine.raw_connection()
         try:
-            connection = raw.driver_connection
+            connection = cast(Any, raw.driver_connection)  # the sqlite3 connection
             connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
             connection.executescript("VACUUM")
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -335,14 +335,14 @@ def restore_vectors(
                 line = numbered[exc.index][0] if exc.index is not None else None
                 raise ValidationError(exc.message, field=exc.field, line=line) from None
             _check_restorable(session, numbered, ids, batch.qualities)
-            trajectories.insert_vectors(driver, ids, batch)
+            trajectories.insert_vectors(driver, cast(list[int], ids), batch)
             session.execute(
                 sa.update(Trajectory)
                 .where(Trajectory.id.in_(ids))
                 .values(vectors_dropped_at=None)
                 .execution_options(synchronize_session=False)
             )
-            restored.extend(ids)
+            restored.extend(cast(list[int], ids))
         if restored:
             cycles.add_audit(
                 session,
@@ -405,5 +405,5 @@ def open_jsonl(path: str | os.PathLike[str]) -> IO[bytes]:
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
     if gzipped:
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")  # noqa: SIM115 (the caller closes it)

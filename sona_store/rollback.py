@@ -12,6 +12,7 @@ reflog: every earlier head stays reachable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -44,10 +45,16 @@ def _state_before(session: Session, cycle: Cycle) -> tuple[int, int]:
     """The base-LoRA version and EWC++ state that were current when `cycle` began:
     the parents of what it wrote, or what it referenced if it learned nothing."""
     if not cycle.ewc_updated:
-        return cycle.base_lora_version_id, cycle.ewc_state_id
-    lora_parent = session.get(LoraVersion, cycle.base_lora_version_id).parent_id
-    ewc_parent = session.get(EwcStateRow, cycle.ewc_state_id).parent_id
-    return lora_parent, ewc_parent
+        return _both(cycle, cycle.base_lora_version_id, cycle.ewc_state_id)
+    lora = session.get(LoraVersion, cycle.base_lora_version_id)
+    ewc = session.get(EwcStateRow, cycle.ewc_state_id)
+    return _both(cycle, lora.parent_id if lora else None, ewc.parent_id if ewc else None)
+
+
+def _both(cycle: Cycle, lora_id: int | None, ewc_id: int | None) -> tuple[int, int]:
+    if lora_id is None or ewc_id is None:  # every cycle references (or made) both
+        raise RollbackError(f"cycle {cycle.id} lacks its base-LoRA or EWC++ state reference")
+    return lora_id, ewc_id
 
 
 def _pointers(head: StoreHead) -> dict[str, int | None]:
@@ -111,7 +118,7 @@ def _move_and_audit(
     audit row saying who, why, from where and what was cut or restored."""
     before = _pointers(head)
     state.move_head(session, head, **to)
-    details = {"from": before, "to": _pointers(head), "cycles_rolled_back": cut}
+    details: dict[str, Any] = {"from": before, "to": _pointers(head), "cycles_rolled_back": cut}
     if restored:
         details["cycles_restored"] = restored
     if requeued is not None:
@@ -142,13 +149,12 @@ def _refuse_if_requeued(session: Session, chain: list[Cycle]) -> None:
     """A cycle whose batch a rollback requeued no longer owns it: its state,
     made current again, would count those trajectories twice (when the next
     cycle consumes them) or lose them (when another cycle already has)."""
-    owned = dict(
-        session.execute(
-            sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
-            .where(Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]))
-            .group_by(Trajectory.consumed_by_cycle_id)
-        ).all()
+    counted = session.execute(
+        sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
+        .where(Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]))
+        .group_by(Trajectory.consumed_by_cycle_id)
     )
+    owned: dict[int | None, int] = {cycle_id: count for cycle_id, count in counted}
     for cycle in chain:
         if owned.get(cycle.id, 0) != cycle.trajectories_processed:
             raise RollbackError(
@@ -164,7 +170,8 @@ def refuse_if_vectors_dropped(session: Session, cycle_ids: list[int], action: st
     if not dropped:
         return
     gc = retention_db.last_gc(session)
-    policy = retention_db.Policy(**{**(gc.details.get("policy") or {}), "archive_dir": None})
+    details = gc.details if gc is not None else {}
+    policy = retention_db.Policy(**{**(details.get("policy") or {}), "archive_dir": None})
     where = (
         f"gc audit #{gc.id} ran under the retention policy: {policy.describe()}"
         if gc is not None
@@ -230,6 +237,8 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
         fork = target.parent_cycle_id
         while fork is not None:
             parent = session.get(Cycle, fork)
+            if parent is None:  # parent_cycle_id is a foreign key
+                raise RollbackError(f"cycle {fork}, a parent in the chain, is missing")
             if parent.status == "completed":
                 break
             chain.append(parent)

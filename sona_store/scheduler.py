@@ -65,8 +65,9 @@ PG_KEEPALIVES = {
 @dataclass(frozen=True)
 class TickReport:
     """What one scheduled attempt did. `status`: ran (a cycle record was written
-    for `run.slot`), not_due (the slot has its cycle already: another process
-    ran it), busy (another cycle held the lock), failed (recorded as failed),
+    for `run.slot`, or an idle tick added to the skipped record before it),
+    not_due (the last scheduled cycle, by any process, was less than an
+    interval ago), busy (another cycle held the lock), failed (recorded as failed),
     unavailable (the database could not be reached), stopping."""
 
     status: str
@@ -132,7 +133,7 @@ class SonaScheduler:
 
     @property
     def running(self) -> bool:
-        return self._scheduler.running
+        return bool(self._scheduler.running)
 
     @property
     def unrecorded_failures(self) -> int:
@@ -303,7 +304,7 @@ class SonaScheduler:
                 )
                 return TickReport("failed", error=error)
             self._log(run)
-            if run.ran and run.result.status == "completed":
+            if run.result is not None and run.result.status == "completed":
                 self._apply_retention()
         return TickReport("ran" if run.ran else "not_due", run=run)
 
@@ -328,9 +329,30 @@ class SonaScheduler:
         result = run.result
         if result is None:
             logger.info(
-                "not due: another process ran this slot's cycle; next slot %s",
+                "not due: the last scheduled cycle was for slot %s, less than an interval "
+                "(%s s) ago; next slot %s",
+                _when(run.slot - run.interval),
+                _seconds(run.interval),
                 _when(run.slot),
                 extra=self._event("tick", outcome="not_due", slot=_when(run.slot)),
+            )
+            return
+        if result.attempts > 1:
+            logger.info(
+                "cycle %s skipped for slot %s (%s); %d idle ticks since %s share this record",
+                result.cycle_id,
+                _when(run.slot),
+                result.reason,
+                result.attempts,
+                _when(result.started_at),
+                extra=self._event(
+                    "tick",
+                    outcome="skipped",
+                    cycle_id=result.cycle_id,
+                    slot=_when(run.slot),
+                    attempts=result.attempts,
+                    reason=result.reason,
+                ),
             )
             return
         event = self._event(
@@ -438,7 +460,7 @@ def _seconds(interval: dt.timedelta) -> str:
 # -- command line ------------------------------------------------------------------------
 
 
-def service_engine_options(url: str) -> dict[str, Any]:
+def service_engine_options(url: str | sa.URL) -> dict[str, Any]:
     """Engine options for a long-running process."""
     if sa.engine.make_url(url).get_backend_name() == "postgresql":
         return {"connect_args": dict(PG_KEEPALIVES)}
@@ -486,7 +508,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from sona_store.logjson import use_json_logs
 
         use_json_logs()
-    if not args.verbose:
+    if not (args.verbose or args.quiet or args.log_level):
         logger.setLevel(logging.INFO)  # one line per cycle, even without -v
 
     def open_store() -> SonaStore:
@@ -498,20 +520,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             engine=create_store_engine(url, schema=schema, **service_engine_options(url)),
         )
 
-    if args.once:  # cron retries on its own schedule: an unavailable database is an error
-        store = open_store()
-    else:
-        store = _wait_for_database(open_store, url_password(url))
-        if store is None:
-            logger.info("stopped before the database answered")
-            return 0
+    # cron retries on its own schedule: for --once an unavailable database is an error
+    opened = open_store() if args.once else _wait_for_database(open_store, url_password(url))
+    if opened is None:
+        logger.info("stopped before the database answered")
+        return 0
+    store = opened
     scheduler = SonaScheduler(store, args.interval, blocking=not args.once)
     if args.once:
         # Cron-style: a slot due within half an interval counts, so cron's own
         # jitter does not make it miss the slot it was started for.
         report = scheduler.run_once(early=scheduler.interval.total_seconds() / 2)
-        if report.status == "not_due":
-            logger.info("nothing to do before %s", _when(report.run.slot))
         store.close()
         return 1 if report.status in ("failed", "unavailable") else 0
     endpoint = None

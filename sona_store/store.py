@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -27,11 +27,11 @@ from sona_store.db import cycles, state, trajectories
 from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import (
-    DEFAULT_URL,
     connection_transaction,
     create_store_engine,
     engine_schema,
     mask_url,
+    resolve_url,
     short_error,
     store_label,
     transaction,
@@ -39,7 +39,7 @@ from sona_store.db.engine import (
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
-from sona_store.db.schema import ensure_schema
+from sona_store.db.schema import ensure_schema, require_existing_file
 from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
 from sona_store.db.types import utcnow
@@ -61,7 +61,7 @@ from sona_store.pattern_index import Pattern, PatternIndex
 from sona_store.recording import TrajectoryBuilder
 from sona_store.retention import GcResult, Policy
 from sona_store.rollback import HeadMove
-from sona_store.validation import read_jsonl, validate_batch
+from sona_store.validation import check_vector, read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
 
@@ -69,17 +69,20 @@ logger = logging.getLogger("sona_store")
 class SonaStore:
     """A durable SONA learning store at a database URL.
 
-    An empty database gets the schema and the initial state; an existing one
-    must be at this version's schema revision and have compatible dimensions.
-    `config=None` opens an existing store with the configuration it was created
-    with (or creates one with the defaults). `schema` (PostgreSQL only) keeps
-    the store in that schema of the database, apart from any other store
-    there (`sona_store.db.stores`); SQLite keeps one store per file.
+    `url` None: $SONA_STORE_URL, else `sqlite:///sona.db` (as the CLI). An empty
+    database gets the schema and the initial state (with `create=False` a
+    missing SQLite file or an empty database is a SchemaVersionError naming
+    the command that creates it); an existing one must be at this version's
+    schema revision and have compatible dimensions. `config=None` opens an
+    existing store with the configuration it was created with (or creates one
+    with the defaults). `schema` (PostgreSQL only) keeps the store in that
+    schema of the database, apart from any other store there
+    (`sona_store.db.stores`); SQLite keeps one store per file.
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | sa.URL | None = None,
         config: SonaConfig | None = None,
         *,
         schema: str | None = None,
@@ -88,13 +91,15 @@ class SonaStore:
         engine: Engine | None = None,
         head_refresh_seconds: float = 0.5,
     ):
-        self.url = url
+        self.url = resolve_url(url) if engine is None else engine.url
         if engine is not None and engine_schema(engine) != schema:
             raise StoreSchemaError(
                 f"schema={schema!r} but the engine was created for schema "
                 f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
             )
-        self.engine = engine or create_store_engine(url, schema=schema)
+        if engine is None and not create:
+            require_existing_file(self.url)
+        self.engine = engine or create_store_engine(self.url, schema=schema)
         self.schema = schema
         self.actor = actor or cycles.default_actor()
         ensure_schema(self.engine, create=create)
@@ -200,7 +205,7 @@ class SonaStore:
         self._instant.settle(inflight, committed=True)
         return ids
 
-    def _learn_quietly(self, step: Callable[..., int], *args: Any) -> None:
+    def _learn_quietly(self, step: Callable[..., object], *args: Any) -> None:
         try:
             step(*args)
         except Exception as exc:
@@ -209,7 +214,10 @@ class SonaStore:
             )
 
     def begin_trajectory(self, query_embedding: Any) -> TrajectoryBuilder:
-        """Start a trajectory; nothing is written until `end_trajectory`."""
+        """Start a trajectory; nothing is written until `end_trajectory`. A query
+        of the wrong dimension (or not finite) is refused here, where it was
+        given, not when the trajectory ends."""
+        check_vector(query_embedding, "query_embedding", self.config.embedding_size)
         return TrajectoryBuilder(query_embedding)
 
     def end_trajectory(
@@ -411,9 +419,19 @@ class SonaStore:
         with np.errstate(over="ignore", invalid="ignore"):
             return _finite_output(base_lora.forward(weights, layer_idx, vector), "base")
 
-    def history(self, limit: int | None = None) -> list[CycleResult]:
+    def history(
+        self,
+        limit: int | None = None,
+        *,
+        status: str | Iterable[str] | None = None,
+        since: dt.datetime | None = None,
+    ) -> list[CycleResult]:
+        """Cycle records, newest first. `status`: one status or several;
+        `since`: cycles active at or after that (timezone-aware) moment. Idle
+        scheduled ticks share one skipped record (`attempts`, `last_attempt_at`)."""
+        statuses = [status] if isinstance(status, str) else status
         with transaction(self.engine) as session:
-            return cycles.history(session, limit)
+            return cycles.history(session, limit, status=statuses, since=since)
 
     def cycle(self, cycle_id: int) -> CycleResult:
         with transaction(self.engine) as session:
@@ -474,7 +492,7 @@ class SonaStore:
                 .execution_options(synchronize_session=False)
             )
         self._cache.invalidate()
-        return result.rowcount
+        return int(cast(sa.CursorResult[Any], result).rowcount)
 
     # -- instant loop ------------------------------------------------------------
 
@@ -500,7 +518,8 @@ class SonaStore:
         if not math.isfinite(peak):
             raise ValidationError("x contains NaN or infinity", field="x")
         if not self.enabled:
-            return vector.copy()
+            unchanged: np.ndarray = vector.copy()
+            return unchanged
         projector, safe = self._micro_projector()
         if peak > safe:
             with np.errstate(over="ignore", invalid="ignore"):  # the rare, huge x

@@ -164,6 +164,11 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
     return array
 
 
+def check_vector(value: Any, name: str, dim: int) -> None:
+    """Raise ValidationError, naming `name`, unless `value` is `dim` finite numbers."""
+    _vector(value, index=None, name=name, dim=dim)
+
+
 def _has_complex(values: Iterable[Any]) -> bool:
     """numpy's complex scalars convert to float with a warning, dropping the
     imaginary part: a complex is not a number here."""
@@ -351,7 +356,7 @@ class _BatchBuilder:
         return TrajectoryBatch(
             queries=np.stack(self.queries)
             if self.queries
-            else np.zeros((0, cfg.embedding_dim), np.float32),
+            else np.zeros((0, cfg.embedding_size), np.float32),
             qualities=np.asarray(self.qualities, dtype=np.float64),
             latencies=self.latencies,
             routes=self.routes,
@@ -433,8 +438,8 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
         if any(v.shape != (width,) or v.dtype.kind not in "iuf" for v in vectors):
             return None
         with np.errstate(over="ignore", invalid="ignore"):
-            array = _as_float32(np.array(vectors))
-        return array if np.isfinite(array).all() else None  # no bools: dtypes checked
+            converted = _as_float32(np.array(vectors))
+        return converted if np.isfinite(converted).all() else None  # no bools: dtypes checked
     array = _packed(vectors, width)
     if array is None or not np.isfinite(array).all():
         return None
@@ -489,7 +494,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
     for i, item in enumerate(items):
         if type(item) is not dict or not item.keys() <= TRAJECTORY_FIELDS:
             return None
-        quality = item.get("quality")
+        quality: Any = item.get("quality")
         latency = item.get("latency_us")
         route = item.get("model_route")
         context = item.get("context_ids", [])
@@ -537,7 +542,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
             attention.append(weights)
             rewards.append(reward)
             layers.append(layer)
-    query_array = _plain_vectors(queries, config.embedding_dim)
+    query_array = _plain_vectors(queries, config.embedding_size)
     act_array = _plain_vectors(acts, config.hidden_dim)
     # Attention vectors have any length: checked as one flat vector, then split.
     flat = list(chain.from_iterable(attention))

@@ -111,7 +111,7 @@ def test_db_upgrade_and_current(db_url, capsys):
 
 def test_db_downgrade_to_base_and_back(db_url, capsys):
     assert run(capsys, "--url", db_url, "db", "upgrade")[0] == 0
-    code, _, err = run(capsys, "--url", db_url, "db", "downgrade", "base")
+    code, _, err = run(capsys, "--url", db_url, "db", "downgrade", "base", "--yes")
     assert code == 0, err
     engine = create_store_engine(db_url)
     try:
@@ -250,6 +250,7 @@ def test_url_comes_from_sona_store_url(small_store, tmp_path, capsys, monkeypatc
     assert run_json(capsys, "stats", "--json")["trajectories_recorded"] == 3
     # --url wins over the environment
     other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert run(capsys, "--url", other, "db", "upgrade")[0] == 0
     assert run_json(capsys, "--url", other, "stats", "--json")["trajectories_recorded"] == 0
     assert not (tmp_path / "sona.db").exists()
 
@@ -334,7 +335,7 @@ def test_db_commands_on_a_database_from_a_newer_release(db_url, capsys):
             conn.execute(sa.text(f"UPDATE {schema.VERSION_TABLE} SET version_num = 'ffff_future'"))
     finally:
         engine.dispose()
-    for command in (["db", "upgrade"], ["db", "downgrade", "base"], ["stats"]):
+    for command in (["db", "upgrade"], ["db", "downgrade", "base", "--yes"], ["stats"]):
         code, out, err = run(capsys, "--url", db_url, *command)
         assert out == ""
         assert_one_line_error(code, err, "ffff_future", "upgrade the sona-store package")
@@ -344,7 +345,7 @@ def test_db_upgrade_to_an_unknown_revision_is_one_line(db_url, capsys):
     code, _, err = run(capsys, "--url", db_url, "db", "upgrade", "nonsense")
     assert_one_line_error(code, err, "nonsense")
     assert run(capsys, "--url", db_url, "db", "upgrade")[0] == 0
-    code, _, err = run(capsys, "--url", db_url, "db", "downgrade", "nonsense")
+    code, _, err = run(capsys, "--url", db_url, "db", "downgrade", "nonsense", "--yes")
     assert_one_line_error(code, err, "nonsense")
 
 

@@ -25,6 +25,9 @@ def test_demo_runs_and_leaves_an_explorable_database(tmp_path):
     out = proc.stdout
     assert "weights bit-for-bit as before: True" in out
     assert "Rolled back cycle" in out
+    # No line that reads as a bug: an empty forced cycle, version ids that skip.
+    assert "(0 trajectories" not in out and "skipped)" not in out
+    assert "version ids are shared with the micro-LoRA" in out
     db = tmp_path / "sona-demo.db"
     assert db.exists()
     with sqlite3.connect(db) as conn:

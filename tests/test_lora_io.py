@@ -20,6 +20,7 @@ from sona_store.cli import main
 from sona_store.learning.micro_lora import initial_micro_lora
 from sona_store.lora_io import (
     CONFIG_NAME,
+    METADATA_NAME,
     WEIGHTS_NAME,
     export_lora,
     import_lora,
@@ -102,7 +103,11 @@ def test_export_base_gives_peft_names_shapes_and_exact_values(lstore, tmp_path):
     assert config["bias"] == "none"
     assert config["fan_in_fan_out"] is False
     assert config.get("task_type") is None
-    meta = config["sona_store"]
+    # PEFT's keys only (it warns about any other); the exported layers named.
+    assert "sona_store" not in config
+    assert config["layers_to_transform"] == [0, 1, 2]
+    assert config["layers_pattern"] == "layers"
+    meta = json.loads((out / METADATA_NAME).read_text())
     assert meta["tier"] == "base"
     assert meta["version_id"] == lstore.head()["base_lora_version_id"]
     assert (meta["dim"], meta["layers"], meta["rank"]) == (DIM, 3, 2)
@@ -116,7 +121,7 @@ def test_export_default_module_an_older_version_and_the_micro_tier(lstore, tmp_p
         f"{PREFIX}.{i}.sona_adapter.lora_{ab}.weight" for i in range(3) for ab in "AB"
     }
     assert not tensors[f"{PREFIX}.0.sona_adapter.lora_B.weight"].any()  # initial up is zero
-    assert json.loads((initial / CONFIG_NAME).read_text())["sona_store"]["version_id"] == 1
+    assert json.loads((initial / METADATA_NAME).read_text())["version_id"] == 1
 
     micro = lstore.lora_state(tier="micro")
     assert np.abs(micro.up).max() > 0
@@ -134,7 +139,9 @@ def test_export_default_module_an_older_version_and_the_micro_tier(lstore, tmp_p
     assert config["lora_alpha"] == math.sqrt(rank)
     scale = initial_micro_lora(rank, DIM).scale
     assert math.isclose(config["lora_alpha"] / config["r"], float(scale), rel_tol=1e-7)
-    assert config["sona_store"]["tier"] == "micro" and config["sona_store"]["layers"] == 1
+    assert config["layers_to_transform"] == [0]  # one layer: the others are not adapted
+    meta = json.loads((out / METADATA_NAME).read_text())
+    assert meta["tier"] == "micro" and meta["layers"] == 1
 
     with pytest.raises(ValueError, match="is a base version, not micro"):
         export_lora(lstore, tmp_path / "x", version=1, tier="micro")
@@ -318,7 +325,9 @@ def _tamper(folder: Path, case: str) -> str:
         config_path.unlink()
         return "adapter_config.json: no such file"
     elif case == "tier mismatch":
-        config["sona_store"]["tier"] = "micro"  # read as a micro adapter: wrong scale
+        meta_path = config_path.parent / METADATA_NAME
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "tier": "micro"}))  # read as micro: wrong scale
         needle = "a micro-LoRA's scale is 1/sqrt(rank)"
     save_file(tensors, str(weights))
     config_path.write_text(json.dumps(config))
@@ -466,3 +475,18 @@ def test_cli_errors_are_one_line(lstore, tmp_path, capsys):
         assert code == 1, err
         assert err.startswith("sona-store: error: ") and err.count("\n") == 1, err
         assert needle in err, (needle, err)
+
+
+def test_an_older_export_with_its_metadata_in_adapter_config_imports_as_its_tier(lstore, tmp_path):
+    """Exports before sona_store.json kept the metadata in a `sona_store`
+    section of adapter_config.json: its tier is still honoured."""
+    out = export_lora(lstore, tmp_path / "old", tier="micro")
+    meta = json.loads((out / METADATA_NAME).read_text())
+    (out / METADATA_NAME).unlink()
+    config = json.loads((out / CONFIG_NAME).read_text())
+    (out / CONFIG_NAME).write_text(json.dumps({**config, "sona_store": meta}))
+    before = lstore.head()
+    version = import_lora(lstore, out, reason="an older export")
+    after = lstore.head()
+    assert after["micro_lora_version_id"] == version != before["micro_lora_version_id"]
+    assert after["base_lora_version_id"] == before["base_lora_version_id"]

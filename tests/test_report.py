@@ -94,7 +94,8 @@ def test_report_of_an_empty_store(db_url, tmp_path):
         files = write_report(store, tmp_path / "empty")
     page = _check_report(files, tmp_path / "empty")
     assert "No cycles yet." in page
-    assert "0 cycles (0 completed), 1 base LoRA versions" in page
+    text = " ".join(page.split())
+    assert "0 cycles (0 completed), 1 base LoRA version, 0 audit events" in text
 
 
 def test_report_cli(history_store, tmp_path, capsys):
@@ -116,3 +117,42 @@ def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, c
     assert main(["--url", url, "report", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'sona-store[report]'" in err
+
+
+def test_time_ticks_seconds_apart_read_as_times_of_day():
+    """A demo's cycles are seconds apart: ticks say 02:16:04, not a bare 04."""
+    pytest.importorskip("matplotlib")
+    import datetime as dt
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from sona_store.report import _time_axis
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    start = dt.datetime(2026, 11, 28, 2, 16, 0, tzinfo=dt.timezone.utc)
+    times = [start + dt.timedelta(seconds=s) for s in range(0, 40, 2)]
+    ax.plot(times, range(len(times)))
+    _time_axis(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all(re.fullmatch(r"02:1[67]:\d\d", label) for label in labels), labels
+
+
+def test_the_summary_counts_in_words_that_agree(db_url, tmp_path):
+    """One rollback is "1 audit event", not "1 rollbacks"."""
+    pytest.importorskip("matplotlib")
+    from sona_store.report import render_html
+
+    with SonaStore(db_url, CONFIG) as store:
+        for seed in range(2):
+            store.record_trajectories(make_trajectories(12, DIM, seed=seed))
+            store.run_cycle(force=True)
+        store.rollback(2, reason="one")
+        page = render_html(load_report_data(store.engine), CHARTS)
+    text = " ".join(page.split())
+    assert "2 cycles (1 completed)" in text
+    assert "1 audit event (" in text
+    assert "1 audit events" not in text and "1 rollbacks" not in text

@@ -176,3 +176,34 @@ def test_installed_demo_runs_in_under_a_minute(venv: Path, empty_dir: Path):
     assert "weights bit-for-bit as before: True" in out
     assert (empty_dir / "sona-demo.db").exists()
     assert elapsed < 60, f"demo took {elapsed:.0f} s"
+
+
+def test_wheel_metadata_for_a_new_user(venv: Path, empty_dir: Path):
+    """Typed (py.typed), licensed (LICENSE, classifiers), psycopg only with the
+    postgres extra, and one version: the metadata's, shown by --version."""
+    (wheel,) = (venv.parent / "dist").glob("sona_store-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = archive.read(meta_name).decode()
+    assert "sona_store/py.typed" in names
+    assert any(n.endswith("LICENSE") for n in names)
+    assert "Classifier: License :: OSI Approved :: MIT License" in meta
+    assert "Classifier: Typing :: Typed" in meta
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist: psycopg")]
+    assert requires and all("extra ==" in line for line in requires), requires
+    version = next(
+        line.split(": ", 1)[1] for line in meta.splitlines() if line.startswith("Version: ")
+    )
+    out = check(
+        run([venv / "bin" / "sona-store", "--version"], cwd=empty_dir, timeout=RUN_TIMEOUT_S)
+    )
+    assert out.strip() == f"sona-store {version}"
+    installed = check(
+        run(
+            [venv / "bin" / "python", "-m", "pip", "list", "--format=freeze"],
+            cwd=empty_dir,
+            timeout=RUN_TIMEOUT_S,
+        )
+    )
+    assert "psycopg" not in installed.lower()  # the plain install is SQLite-only

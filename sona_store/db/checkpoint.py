@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -78,7 +79,8 @@ class WalCheckpointer:
         # cannot run inside one.
         raw = self.engine.raw_connection()
         try:
-            row = raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            sqlite = cast(Any, raw.driver_connection)  # the sqlite3 connection
+            row = sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         finally:
             raw.close()
         self.checkpoints += 1

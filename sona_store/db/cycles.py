@@ -6,13 +6,14 @@ import datetime as dt
 import getpass
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from sona_store.db.models import AuditEvent, Cycle
+from sona_store.db.models import CYCLE_STATUSES, AuditEvent, Cycle, StoreHead
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleNotFoundError
 
@@ -48,6 +49,13 @@ class CycleResult:
     base_lora_version_id: int | None = None
     ewc_state_id: int | None = None
     config: dict[str, Any] | None = None
+    attempts: int = 1  # > 1: idle scheduled ticks coalesced into this skipped row
+    last_attempt_at: dt.datetime | None = None
+
+    @property
+    def status_text(self) -> str:
+        """The status as `history` prints it: a coalesced row says how many ticks."""
+        return f"{self.status} x{self.attempts}" if self.attempts > 1 else self.status
 
     @classmethod
     def from_row(cls, row: Cycle) -> CycleResult:
@@ -70,6 +78,8 @@ class CycleResult:
             base_lora_version_id=row.base_lora_version_id,
             ewc_state_id=row.ewc_state_id,
             config=row.config,
+            attempts=row.attempts,
+            last_attempt_at=row.last_attempt_at,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,12 +111,52 @@ def slot_taken(session: Session, slot: dt.datetime) -> bool:
     return session.scalar(sa.select(Cycle.id).where(Cycle.scheduled_for == slot)) is not None
 
 
+def coalescible_skip(session: Session, head: StoreHead, config: dict[str, Any]) -> Cycle | None:
+    """The last cycle, if it is a skipped scheduled tick that another idle tick
+    may join: no cycle came after it, the head is what it was then (no
+    rollback or LoRA import moved it) and the configuration is the same."""
+    last = last_cycle(session)
+    if (
+        last is not None
+        and last.trigger == "scheduled"
+        and last.status == "skipped"
+        and last.parent_cycle_id == head.cycle_id
+        and last.base_lora_version_id == head.base_lora_version_id
+        and last.ewc_state_id == head.ewc_state_id
+        and last.config == config
+    ):
+        return last
+    return None
+
+
 def last_cycle(session: Session) -> Cycle | None:
     return session.scalars(sa.select(Cycle).order_by(Cycle.id.desc()).limit(1)).one_or_none()
 
 
-def history(session: Session, limit: int | None = None) -> list[CycleResult]:
+def history(
+    session: Session,
+    limit: int | None = None,
+    *,
+    status: Iterable[str] | None = None,
+    since: dt.datetime | None = None,
+) -> list[CycleResult]:
+    """Cycle records, newest first; `status`: only these statuses; `since`: only
+    cycles active at or after that moment (a coalesced row by its last tick)."""
     statement = sa.select(Cycle).order_by(Cycle.id.desc())
+    if status is not None:
+        wanted = sorted(set(status))
+        unknown = [s for s in wanted if s not in CYCLE_STATUSES]
+        if unknown:
+            raise ValueError(
+                f"unknown cycle status {unknown[0]!r}: one of {', '.join(CYCLE_STATUSES)}"
+            )
+        statement = statement.where(Cycle.status.in_(wanted))
+    if since is not None:
+        if since.tzinfo is None:
+            raise ValueError("since must be a timezone-aware datetime")
+        statement = statement.where(
+            sa.func.coalesce(Cycle.last_attempt_at, Cycle.started_at) >= since
+        )
     if limit is not None:
         statement = statement.limit(limit)
     return [CycleResult.from_row(row) for row in session.scalars(statement)]

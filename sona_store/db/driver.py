@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
@@ -40,17 +40,23 @@ class Driver:
         """Run one statement; returns the cursor (fetch from it at once)."""
         return self._run(self._cursor, text, params)
 
-    def rows(self, text: str, params: Sequence[Any] = (), *, binary: bool = False) -> list[tuple]:
+    def rows(
+        self, text: str, params: Sequence[Any] = (), *, binary: bool = False
+    ) -> list[tuple[Any, ...]]:
         """Every row of one statement. `binary`: psycopg sends them in binary
         (bytea arrives as bytes, not as hex text, twice the size, to decode)."""
         if not (binary and self.dialect.driver == "psycopg"):
-            return self.execute(text, params).fetchall()
-        cursor = self.connection.connection.dbapi_connection.cursor(binary=True)
+            rows: list[tuple[Any, ...]] = self.execute(text, params).fetchall()
+            return rows
+        cursor = cast(Any, self.connection.connection.dbapi_connection).cursor(binary=True)
         try:
             # Planned for its own parameters each time: psycopg prepares a
             # statement on its fifth run, and PostgreSQL's generic plan for
             # `= ANY(array)` hashes whole tables (3 s a read instead of 5 ms).
-            return self._run(cursor, text, params, prepare=False).fetchall()
+            fetched: list[tuple[Any, ...]] = self._run(
+                cursor, text, params, prepare=False
+            ).fetchall()
+            return fetched
         finally:
             cursor.close()
 
@@ -69,16 +75,18 @@ class Driver:
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, sql, rows[:1], self._cursor) from exc
 
-    def insert_many(self, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    def insert_many(
+        self, table: sa.FromClause, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> None:
         """executemany of plain tuples already in their stored form (bytes,
         numbers, text), so no per-value processing runs."""
         self._insert(table, columns, rows, {})
 
-    def insert_columns(self, table: sa.Table, columns: Mapping[str, list]) -> None:
+    def insert_columns(self, table: sa.FromClause, columns: Mapping[str, list[Any]]) -> None:
         """`insert_many` of values given column by column (equal lengths, at
         least one row). A column the whole batch fills with NULL, '[]' or 0
         goes into the SQL as that literal instead of being bound once a row."""
-        bound: dict[str, list] = {}
+        bound: dict[str, list[Any]] = {}
         literals: dict[str, str] = {}
         for name, values in columns.items():
             literal = _literal(values)
@@ -88,16 +96,16 @@ class Driver:
                 literals[name] = literal
         self._insert(table, list(bound), list(zip(*bound.values(), strict=True)), literals)
 
-    def insert_returning_id(self, table: sa.Table, values: Mapping[str, Any]) -> int:
+    def insert_returning_id(self, table: sa.FromClause, values: Mapping[str, Any]) -> int:
         """Insert one row; its new `id`."""
         sql = _insert_sql(table, list(values), {}) + " RETURNING id"
-        return self.scalar(sql, tuple(values.values()))
+        return int(self.scalar(sql, tuple(values.values())))
 
     def _insert(
         self,
-        table: sa.Table,
+        table: sa.FromClause,
         columns: Sequence[str],
-        rows: list[tuple],
+        rows: list[tuple[Any, ...]],
         literals: Mapping[str, str],
     ) -> None:
         sql = _insert_sql(table, columns, literals)
@@ -121,7 +129,7 @@ class Driver:
         row = self.execute(text, params).fetchone()
         return None if row is None else row[0]
 
-    def stored(self, column: sa.Column, value: object) -> object:
+    def stored(self, column: sa.ColumnElement[Any], value: object) -> object:
         """A value as the column's type sends it to this driver (e.g. SQLite's
         datetime text), converted once."""
         processors = _PROCESSORS.setdefault(self.dialect, {})
@@ -133,24 +141,27 @@ class Driver:
 
     def _wrapped(self, exc: Exception, sql: str, params: Any, cursor: Any) -> sa.exc.DBAPIError:
         dbapi_connection = self.connection.connection.dbapi_connection
-        broken = self.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        broken = self.dialect.is_disconnect(cast(Any, exc), dbapi_connection, cursor)
         if broken:
             self.connection.invalidate(exc)
-        return sa.exc.DBAPIError.instance(
-            sql,
-            params,
-            exc,
-            self.dialect.loaded_dbapi.Error,
-            connection_invalidated=broken,
-            dialect=self.dialect,
+        return cast(
+            sa.exc.DBAPIError,
+            sa.exc.DBAPIError.instance(
+                sql,
+                params,
+                exc,
+                self.dialect.loaded_dbapi.Error,
+                connection_invalidated=broken,
+                dialect=self.dialect,
+            ),
         )
 
 
-def _insert_sql(table: sa.Table, columns: Sequence[str], literals: Mapping[str, str]) -> str:
+def _insert_sql(table: sa.FromClause, columns: Sequence[str], literals: Mapping[str, str]) -> str:
     """INSERT with a `?` per column and the literals (SQL this module wrote)."""
     names = [*columns, *literals]
     values = ["?"] * len(columns) + list(literals.values())
-    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(values)})"
+    return f"INSERT INTO {cast(sa.Table, table).name} ({', '.join(names)}) VALUES ({', '.join(values)})"
 
 
 # Values that, when a whole batch holds them in a column, go into the SQL as
@@ -159,7 +170,7 @@ def _insert_sql(table: sa.Table, columns: Sequence[str], literals: Mapping[str, 
 _LITERALS = ((None, "NULL"), ("[]", "'[]'"), (0, "0"))
 
 
-def _literal(values: list) -> str | None:
+def _literal(values: list[Any]) -> str | None:
     """The SQL literal for a column whose every value is one of _LITERALS."""
     first = values[0]
     if type(first) is bool:
@@ -170,7 +181,9 @@ def _literal(values: list) -> str | None:
     return None
 
 
-_PROCESSORS: weakref.WeakKeyDictionary[Dialect, dict[sa.Column, Any]] = weakref.WeakKeyDictionary()
+_PROCESSORS: weakref.WeakKeyDictionary[Dialect, dict[sa.ColumnElement[Any], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 _ADAPTED: dict[str, str] = {}
 
 

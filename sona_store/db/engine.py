@@ -11,7 +11,9 @@ with a store schema (`db.stores`), every connection's search_path is that schema
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,12 +27,13 @@ from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
 from sona_store.db.stores import refuse_on_sqlite, validate_schema_name
-from sona_store.errors import DatabaseUnavailableError
+from sona_store.errors import ConfigError, DatabaseUnavailableError
 from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
 
 DEFAULT_URL = "sqlite:///sona.db"
+URL_ENV = "SONA_STORE_URL"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
@@ -56,12 +59,39 @@ def mask_url(url: str | URL) -> str:
         return text.split("//", 1)[0] + "//***" if "//" in text else "***"
 
 
+def resolve_url(url: str | URL | None = None) -> str | URL:
+    """The store's URL: `url` if given, else $SONA_STORE_URL, else the SQLite
+    default. The one place the library and the CLI decide it."""
+    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+# Drivers other tools put in PostgreSQL URLs (MLflow, Optuna: psycopg2). The
+# store is written and tested for psycopg 3, which reads the same URLs.
+_PSYCOPG3_ALIASES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
+
+
 def normalise_url(url: str | URL) -> URL:
-    """Accept plain `postgresql://` URLs and use psycopg 3 for them."""
+    """Accept `postgresql://`, `postgres://` and `postgresql+psycopg2://` URLs and
+    use psycopg 3 for them; another PostgreSQL driver is a one-line error."""
     parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername in _PSYCOPG3_ALIASES:
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"driver {parsed.drivername!r} is not supported: sona_store uses psycopg 3; "
+            f"write {mask_url(parsed.set(drivername='postgresql'))}"
+        )
     return parsed
+
+
+def _require_psycopg() -> None:
+    try:
+        importlib.import_module("psycopg")
+    except ImportError:
+        raise ConfigError(
+            "PostgreSQL URLs need psycopg 3, which is not installed: "
+            "pip install 'sona-store[postgres]'"
+        ) from None
 
 
 def create_store_engine(url: str | URL, *, schema: str | None = None, **options: Any) -> Engine:
@@ -78,6 +108,7 @@ def create_store_engine(url: str | URL, *, schema: str | None = None, **options:
         }
     if backend == "sqlite":
         return _sqlite_engine(parsed, options)
+    _require_psycopg()
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
     engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
     if schema is not None:

@@ -2,7 +2,8 @@
 that `sqlite3 sona.db` or `psql` users can write SQL against them directly.
 
 History is append-only: cycles, LoRA versions and EWC++ states are never
-rewritten (a cycle's status is the one exception: rollback marks it). What is
+rewritten (two exceptions: rollback marks a cycle's status, and an idle
+scheduled tick adds itself to the skipped row of the tick before it). What is
 "current" is the single `store_head` row. Large arrays live in `vector_blobs`,
 keyed by their SHA-256, so an unchanged array is stored once however many
 versions refer to it.
@@ -164,6 +165,10 @@ class Cycle(Base):
     scheduled_for: Mapped[dt.datetime | None] = mapped_column(unique=True)
     base_lora_version_id: Mapped[int | None] = mapped_column(ForeignKey("lora_versions.id"))
     ewc_state_id: Mapped[int | None] = mapped_column(ForeignKey("ewc_states.id"))
+    # Consecutive idle scheduled ticks share one skipped row (migration *_coalesced_skips):
+    # how many there were, and when the last one started (NULL: just one).
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_attempt_at: Mapped[dt.datetime | None]
     __table_args__ = (
         CheckConstraint("trigger IN ('forced', 'scheduled', 'manual')", name="trigger"),
         CheckConstraint(

@@ -18,7 +18,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -263,7 +263,7 @@ def drop_vectors(session: Session, ids: list[int], now: dt.datetime) -> int:
     steps = session.execute(
         sa.delete(TrajectoryStep).where(TrajectoryStep.trajectory_id.in_(ids)),
         execution_options=options,
-    ).rowcount
+    )
     session.execute(
         sa.delete(TrajectoryVectors).where(TrajectoryVectors.trajectory_id.in_(ids)),
         execution_options=options,
@@ -272,7 +272,7 @@ def drop_vectors(session: Session, ids: list[int], now: dt.datetime) -> int:
         sa.update(Trajectory).where(Trajectory.id.in_(ids)).values(vectors_dropped_at=now),
         execution_options=options,
     )
-    return steps
+    return int(cast(sa.CursorResult[Any], steps).rowcount)
 
 
 def dropped_count(session: Session, cycle_ids: list[int]) -> int:

@@ -18,7 +18,14 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from sona_store.db.engine import IMMEDIATE, engine_schema, mask_url, store_label, translate_errors
+from sona_store.db.engine import (
+    IMMEDIATE,
+    engine_schema,
+    mask_url,
+    normalise_url,
+    store_label,
+    translate_errors,
+)
 from sona_store.db.stores import lock_key, quoted
 from sona_store.errors import SchemaVersionError
 
@@ -42,7 +49,10 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise FileNotFoundError("sona_store's migrations folder has no revisions")
+    return head
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -121,6 +131,26 @@ def database_revision(engine: Engine) -> str | None:
         return current_revision(connection)
 
 
+CREATE_HINT = "create it with: sona-store --url {url} db upgrade (or ingest into it)"
+
+
+def require_existing_file(url: str | sa.URL) -> None:
+    """A SQLite URL must name a file that exists: connecting would create an
+    empty one, and a misspelt path would look like a store that lost its data."""
+    parsed = normalise_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return
+    if database.startswith("file:") or parsed.query.get("mode") == "memory":
+        return  # a URI filename: SQLite resolves it
+    if not Path(database).exists():
+        shown = mask_url(parsed)
+        raise SchemaVersionError(
+            f"no store at {shown}: {Path(database).resolve()} does not exist; "
+            + CREATE_HINT.format(url=shown)
+        )
+
+
 def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     """Create the schema in an empty database; refuse a database at any other
     revision than this version's head, naming the command that fixes it."""
@@ -140,7 +170,8 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
             )
         if not create:
             raise SchemaVersionError(
-                f"{where} has no sona_store schema; run: {upgrade_command(engine)}"
+                f"{where} has no sona_store schema; create it with: "
+                f"{upgrade_command(engine)} (or ingest into it)"
             )
         upgrade(engine)
         return

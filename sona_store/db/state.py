@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -51,7 +52,7 @@ def _put_blob(driver: Driver, array: np.ndarray) -> int:
     blob_id = driver.scalar(_INSERT_BLOB, (digest, len(data) // 4, data))
     if blob_id is None:  # stored before, by us or by a concurrent writer
         blob_id = driver.scalar(_FIND_BLOB, (digest,))
-    return blob_id
+    return int(blob_id)
 
 
 def get_blobs(db: Executor, blob_ids: list[int]) -> dict[int, np.ndarray]:
@@ -98,11 +99,11 @@ def save_lora(
     return driver.insert_returning_id(LoraVersion.__table__, values)
 
 
-def save_base_lora(session: Session, weights: BaseLoraWeights, **kwargs: object) -> int:
+def save_base_lora(session: Session, weights: BaseLoraWeights, **kwargs: Any) -> int:
     return save_lora(session, "base", weights.down, weights.up, weights.alpha, **kwargs)
 
 
-def save_micro_lora(session: Session, weights: MicroLoraWeights, **kwargs: object) -> int:
+def save_micro_lora(session: Session, weights: MicroLoraWeights, **kwargs: Any) -> int:
     return save_lora(
         session, "micro", weights.down[None], weights.up[None], float(weights.rank), **kwargs
     )
@@ -287,7 +288,7 @@ def micro_lora_pointer(connection: Connection, *, for_update: bool = False) -> i
     version = driver.scalar(_MICRO_POINTER + " FOR UPDATE" if locks else _MICRO_POINTER)
     if version is None:
         raise LookupError("the store has no head row: it was not initialised")
-    return version
+    return int(version)
 
 
 def point_micro_lora(connection: Connection, version_id: int) -> None:

@@ -66,8 +66,11 @@ def lock_key(schema: str | None, default_key: int, purpose: str) -> int:
 
 def quoted(engine_or_dialect: Engine | sa.engine.Dialect, name: str) -> str:
     """A validated schema name as a quoted SQL identifier."""
-    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
-    return dialect.identifier_preparer.quote_identifier(validate_schema_name(name))
+    dialect = (
+        engine_or_dialect.dialect if isinstance(engine_or_dialect, Engine) else engine_or_dialect
+    )
+    quoted_name: str = dialect.identifier_preparer.quote_identifier(validate_schema_name(name))
+    return quoted_name
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -116,7 +117,7 @@ def claim_pending(session: Session, cycle_id: int) -> int:
         .values(consumed_by_cycle_id=cycle_id)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return int(cast(sa.CursorResult[Any], result).rowcount)
 
 
 WINDOW_FETCH = 1024  # trajectories a read: ~2 MB of vectors, embedded while in cache
@@ -169,7 +170,7 @@ def load_window(
     return ids, embeddings, qualities
 
 
-def _rows_of(driver: Driver, template: str, ids: list[int]) -> list[tuple]:
+def _rows_of(driver: Driver, template: str, ids: list[int]) -> list[tuple[Any, ...]]:
     """The rows of `template` for trajectories `ids` (ascending): read as one
     range when the ids are dense (no more than twice as many rows, the others
     dropped here), else by id. Two plain primary-key walks, no join: joining
@@ -198,7 +199,9 @@ def _window_ids(driver: Driver, limit: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ids[::-1], dtype=np.int64), np.array(qualities[::-1], dtype=np.float64)
 
 
-def _embedded(queries: list[tuple], steps: list[tuple], ids: list[int], dim: int) -> np.ndarray:
+def _embedded(
+    queries: list[tuple[Any, ...]], steps: list[tuple[Any, ...]], ids: list[int], dim: int
+) -> np.ndarray:
     """Pattern embeddings of trajectories `ids` (ascending) from their query
     rows (id, query) and step rows (id, activations, reward), both in order."""
     owners = np.fromiter((r[0] for r in steps), dtype=np.int64, count=len(steps))
@@ -225,4 +228,4 @@ def requeue(session: Session, cycle_ids: list[int]) -> int:
         .values(consumed_by_cycle_id=None)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return int(cast(sa.CursorResult[Any], result).rowcount)

@@ -140,7 +140,8 @@ def forward(weights: BaseLoraWeights, layer_idx: int, x: np.ndarray) -> np.ndarr
     down, up = weights.down[layer_idx], weights.up[layer_idx]
     # Row form works for both shapes: (x down^T) up == (up^T (down x))^T.
     delta = (arr @ down.T) @ up
-    return (arr + np.float32(weights.scale) * delta).astype(np.float32)
+    out: np.ndarray = (arr + np.float32(weights.scale) * delta).astype(np.float32)
+    return out
 
 
 def merged_delta(weights: BaseLoraWeights, layer_idx: int) -> np.ndarray:
@@ -148,7 +149,8 @@ def merged_delta(weights: BaseLoraWeights, layer_idx: int) -> np.ndarray:
     for inspection and tests, not the hot path."""
     _check_layer(weights, layer_idx)
     w = np.float32(weights.scale) * (weights.up[layer_idx].T @ weights.down[layer_idx])
-    return w.astype(np.float32)
+    out: np.ndarray = w.astype(np.float32)
+    return out
 
 
 def channel_projection(weights: BaseLoraWeights, directions: np.ndarray) -> np.ndarray:
@@ -165,14 +167,16 @@ def channel_projection(weights: BaseLoraWeights, directions: np.ndarray) -> np.n
     unit = arr / np.where(norms > 0, norms, 1.0)[:, None]
     row_norms = np.linalg.norm(weights.down, axis=2)  # (layers, rank)
     cos = np.einsum("lkd,pd->plk", weights.down, unit) / np.where(row_norms > 0, row_norms, 1.0)
-    return (cos * np.sqrt(weights.dim)).astype(np.float32)
+    projection: np.ndarray = (cos * np.sqrt(weights.dim)).astype(np.float32)
+    return projection
 
 
 def channel_activity(weights: BaseLoraWeights, directions: np.ndarray) -> np.ndarray:
     """How strongly each direction drives each channel: relu(channel_projection).
     The relu is what makes the rule sign-aware: c and -c drive disjoint channels, so
     what is learned from one is not learned, bit for bit, from the other."""
-    return np.maximum(channel_projection(weights, directions), np.float32(0.0))
+    activity: np.ndarray = np.maximum(channel_projection(weights, directions), np.float32(0.0))
+    return activity
 
 
 @dataclass(frozen=True)
@@ -279,4 +283,5 @@ def with_params(weights: BaseLoraWeights, flat: np.ndarray) -> BaseLoraWeights:
 def flat_params(weights: BaseLoraWeights) -> np.ndarray:
     """The learned parameters (every layer's up) flattened in (layer, rank, dim) order:
     the vector EWC++ tracks as its current weights."""
-    return weights.up.reshape(-1).copy()
+    params: np.ndarray = weights.up.reshape(-1).copy()
+    return params

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -278,9 +279,10 @@ def consolidate_all_tasks(state: EwcState, config: EwcConfig) -> EwcState:
     fisher = np.stack([t.fisher for t in state.tasks]).astype(np.float32)
     importance = np.array([t.importance for t in state.tasks], dtype=np.float32)
     total = np.float32(importance.sum(dtype=np.float32))
-    merged = np.sum(fisher * importance[:, None], axis=0, dtype=np.float32)
+    # np.sum over an axis gives an array (numpy's stubs allow a scalar).
+    merged = cast(np.ndarray, np.sum(fisher * importance[:, None], axis=0, dtype=np.float32))
     if total > 0:
-        merged = merged / total
+        merged = cast(np.ndarray, merged / total)
     consolidated = TaskMemory(
         task_id=0,
         fisher=merged.astype(np.float32),

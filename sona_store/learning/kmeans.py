@@ -57,7 +57,8 @@ def _squared_expansion(
     dist *= -2.0
     dist += norms[:, None]
     dist += centre_norms[None, :]
-    return dist
+    result: np.ndarray = dist
+    return result
 
 
 def nearest_two(
@@ -225,7 +226,8 @@ class _ClusterSums:
         out = np.zeros_like(self.sums)
         nonempty = self.sizes > 0
         out[nonempty] = self.sums[nonempty] / self.sizes[nonempty, None]
-        return out.astype(np.float32)
+        result: np.ndarray = out.astype(np.float32)
+        return result
 
 
 def lloyd(points: np.ndarray, k: int, max_iterations: int, convergence: float) -> KMeansResult:

@@ -18,6 +18,7 @@ build's outputs bit for bit rather than merely within tolerance.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -38,7 +39,8 @@ def _frozen_f32(array: np.ndarray) -> np.ndarray:
 
 def _sequential_sum(values: np.ndarray, axis: int) -> np.ndarray:
     """Float32 sum in index order along `axis`, as the reference's loops add."""
-    return np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis)
+    # `take` along an axis gives an array (numpy's stubs say a scalar).
+    return cast(np.ndarray, np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis))
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +78,8 @@ class MicroLoraWeights:
     @property
     def scale(self) -> np.float32:
         """1/sqrt(rank), in float32 as the reference stores it."""
-        return np.float32(1.0) / np.sqrt(np.float32(self.rank))
+        scale: np.float32 = np.float32(1.0) / np.sqrt(np.float32(self.rank))
+        return scale
 
 
 def initial_micro_lora(rank: int, dim: int) -> MicroLoraWeights:
@@ -104,7 +107,8 @@ def apply(weights: MicroLoraWeights, x: np.ndarray) -> np.ndarray:
     # (n, dim): sum over rank rows in order, then scaled, then added to x.
     lifted = _sequential_sum(projected[:, :, None] * weights.up[None, :, :], axis=1)
     out = batch + lifted * weights.scale
-    return out.reshape(xs.shape)
+    shaped: np.ndarray = out.reshape(xs.shape)
+    return shaped
 
 
 @dataclass
@@ -168,7 +172,8 @@ def update_delta(grad_up: np.ndarray, count: int, lr: float) -> np.ndarray:
         raise ValueError(f"count must be >= 0, got {count}")
     if count == 0:
         return np.zeros_like(g)
-    return g * (np.float32(lr) / np.float32(count))
+    step: np.ndarray = g * (np.float32(lr) / np.float32(count))
+    return step
 
 
 def apply_update(
@@ -247,9 +252,12 @@ class MicroProjector:
         return cls(down=weights.down, lifted=lifted)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        out: np.ndarray
         if x.ndim == 1:
-            return x + self.lifted @ (self.down @ x)
-        return x + (x @ self.down.T) @ self.lifted.T
+            out = x + self.lifted @ (self.down @ x)
+        else:
+            out = x + (x @ self.down.T) @ self.lifted.T
+        return out
 
 
 def accumulate(gradients: np.ndarray, qualities: np.ndarray, rank: int) -> tuple[np.ndarray, int]:

@@ -17,6 +17,8 @@ are bit-for-bit what the reference computes, not merely close.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from sona_store.learning.embedding import NORM_EPSILON, fit_width
@@ -25,7 +27,8 @@ from sona_store.learning.embedding import NORM_EPSILON, fit_width
 def _sequential_sum(values: np.ndarray, axis: int = 0) -> np.ndarray:
     """Float32 sum in index order: `cumsum` never reorders, unlike `sum`'s
     pairwise summation, which matches the reference's left-to-right loops."""
-    return np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis)
+    # `take` along an axis gives an array (numpy's stubs say a scalar).
+    return cast(np.ndarray, np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis))
 
 
 ROW_BLOCK = 512  # rows transposed at a time: the copy stays in cache
@@ -67,16 +70,18 @@ def learning_signal(
     m = rewards.shape[0]
     if m == 0:
         # The reference returns the query unchanged, skipping normalisation.
-        return q.copy()
+        unchanged: np.ndarray = q.copy()
+        return unchanged
 
     acts = np.asarray(step_activations, dtype=np.float32).reshape(m, -1)
     acts = fit_width(acts, q.shape[0])
+    advantages: np.ndarray
     if m == 1:
         advantages = rewards
     else:
         baseline = _sequential_sum(rewards) / np.float32(m)
         advantages = rewards - baseline
-    gradient = _sequential_sum(advantages[:, None] * acts, axis=0)
+    gradient: np.ndarray = _sequential_sum(advantages[:, None] * acts, axis=0)
 
     norm = np.sqrt(_sequential_sum(gradient * gradient))
     if norm > NORM_EPSILON:
@@ -94,7 +99,8 @@ def _one_step_signals(activations: np.ndarray, rewards: np.ndarray, dim: int) ->
         # they are (a masked divide costs twice as much).
         divisors = np.where(norms > NORM_EPSILON, norms, np.float32(1.0))
         np.divide(grads, divisors[:, None], out=grads)
-    return grads
+    signals: np.ndarray = grads
+    return signals
 
 
 def batch_learning_signals(

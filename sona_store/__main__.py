@@ -1,0 +1,8 @@
+"""`python -m sona_store`: the same as the `sona-store` command."""
+
+import sys
+
+from sona_store.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

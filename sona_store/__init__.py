@@ -8,11 +8,14 @@ from sona_store.errors import (
     CycleInProgressError,
     CycleNotFoundError,
     DatabaseUnavailableError,
+    QuarantineError,
+    QuarantineNotFoundError,
     RollbackError,
     SchemaVersionError,
     SonaStoreError,
     ValidationError,
 )
+from sona_store.quarantine import QuarantineResult, ReleaseResult
 from sona_store.store import Pattern, SonaStore
 
 __version__ = "0.1.0"
@@ -24,6 +27,10 @@ __all__ = [
     "CycleResult",
     "DatabaseUnavailableError",
     "Pattern",
+    "QuarantineError",
+    "QuarantineNotFoundError",
+    "QuarantineResult",
+    "ReleaseResult",
     "RollbackError",
     "SchemaVersionError",
     "SonaConfig",

@@ -55,3 +55,11 @@ class CycleInProgressError(SonaStoreError):
 
 class DatabaseUnavailableError(SonaStoreError):
     """The database could not be reached or refused the operation."""
+
+
+class QuarantineError(SonaStoreError, ValueError):
+    """A quarantine or release that cannot be done as asked; nothing was written."""
+
+
+class QuarantineNotFoundError(QuarantineError, LookupError):
+    """No quarantine with that id exists."""

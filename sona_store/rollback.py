@@ -22,6 +22,7 @@ from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, LoraVersion, StoreHead, Trajectory
 from sona_store.db.models import EwcState as EwcStateRow
+from sona_store.db.quarantines import quarantined
 from sona_store.errors import RollbackError
 
 
@@ -152,8 +153,22 @@ def _refuse_if_requeued(session: Session, chain: list[Cycle]) -> None:
         if owned.get(cycle.id, 0) != cycle.trajectories_processed:
             raise RollbackError(
                 f"cycle {cycle.id}'s trajectories were requeued by a rollback "
-                f"(--requeue): restoring it would learn from them twice or lose them"
+                f"(--requeue) or a quarantine: restoring it would learn from them twice "
+                f"or lose them"
             )
+    held = session.execute(
+        sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
+        .where(
+            Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]),
+            quarantined(Trajectory.id),
+        )
+        .group_by(Trajectory.consumed_by_cycle_id)
+    ).first()
+    if held is not None:
+        raise RollbackError(
+            f"cycle {held[0]} learned from {held[1]} quarantined trajectories: "
+            f"release their quarantine before restoring it"
+        )
 
 
 def rollback(
@@ -173,10 +188,8 @@ def rollback(
         cycle = cycles.get_cycle(session, cycle_id, for_update=True)
         _refuse_unless(cycle, "completed", "roll back")
         head = state.get_head(session, for_update=True)
-        cut = _completed_from(session, cycle.id)
-        _set_status(session, cut, "rolled_back")
+        cut, to = cut_from(session, cycle)
         requeued = trajectories.requeue(session, cut) if requeue else None
-        lora_id, ewc_id = _state_before(session, cycle)
         return _move_and_audit(
             session,
             head,
@@ -187,12 +200,22 @@ def rollback(
             cut=cut,
             restored=[],
             requeued=requeued,
-            to={
-                "cycle_id": cycle.parent_cycle_id,
-                "base_lora_version_id": lora_id,
-                "ewc_state_id": ewc_id,
-            },
+            to=to,
         )
+
+
+def cut_from(session: Session, cycle: Cycle) -> tuple[list[int], dict[str, int | None]]:
+    """Mark `cycle` (completed) and every later completed cycle rolled back;
+    returns their ids and the head pointers of the state before `cycle`.
+    The caller moves the head (a rollback, or a quarantine)."""
+    cut = _completed_from(session, cycle.id)
+    _set_status(session, cut, "rolled_back")
+    lora_id, ewc_id = _state_before(session, cycle)
+    return cut, {
+        "cycle_id": cycle.parent_cycle_id,
+        "base_lora_version_id": lora_id,
+        "ewc_state_id": ewc_id,
+    }
 
 
 def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = None) -> HeadMove:

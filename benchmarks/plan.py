@@ -19,6 +19,9 @@ class Plan:
     rollback_short: int = 10
     rollback_long: int = 100
     rollback_reps: int = 5
+    quarantine_cycles: int = 1_000  # history of the quarantine benchmark
+    quarantine_replay: int = 100  # cycles rolled back and micro-LoRA versions replayed
+    quarantine_reps: int = 3
     reference_reps: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -37,6 +40,9 @@ FULL = Plan(
     rollback_short=10,
     rollback_long=1_000,
     rollback_reps=20,
+    quarantine_cycles=1_000,
+    quarantine_replay=100,
+    quarantine_reps=5,
     reference_reps=3,
 )
 
@@ -52,5 +58,8 @@ QUICK = Plan(
     rollback_short=10,
     rollback_long=100,
     rollback_reps=5,
+    quarantine_cycles=120,
+    quarantine_replay=100,
+    quarantine_reps=2,
     reference_reps=1,
 )

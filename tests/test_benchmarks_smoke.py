@@ -40,6 +40,7 @@ FIGURES = [
     "rollback_long_ms",
     "restore_long_ms",
     "rollback_growth_x",
+    "quarantine_ms",
 ]
 # Figures measured only once the store has the method (else "n/a (not implemented)").
 NEEDS_METHOD = {
@@ -51,6 +52,7 @@ NEEDS_METHOD = {
     "rollback_long_ms": "rollback",
     "restore_long_ms": "restore",
     "rollback_growth_x": "rollback",
+    "quarantine_ms": "quarantine",
 }
 
 

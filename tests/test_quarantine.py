@@ -125,6 +125,7 @@ def test_quarantined_batch_leaves_every_tier_as_if_never_recorded(stores):
 
     third = a.run_cycle(force=True)
     assert third.trajectories_processed == 12
+    assert third.window_size == 24  # G1 and G2: the bad batch is in no window
     assert_same(learned(a), expected)
 
 
@@ -263,11 +264,13 @@ def test_release_restores_eligibility(stores):
     a.run_cycle(force=True)
     q = a.quarantine(bad_ids, reason="suspected")
     assert a.pending_count() == 0
+    assert a.stats()["trajectories_quarantined"] == len(bad_ids)
     assert a.run_cycle(force=True).status == "skipped"
     assert a.flush() == 0
     released = a.release(q.quarantine_id, reason="it was fine")
     assert released.trajectories == len(bad_ids) and released.pending_again == len(bad_ids)
     assert a.pending_count() == len(bad_ids)
+    assert a.stats()["trajectories_quarantined"] == 0
     assert a.flush() == len(bad_ids)
     assert a.flush() == 0
     with a.engine.connect() as conn:
@@ -366,3 +369,26 @@ def table_counts(store: SonaStore) -> dict:
                 "micro_lora_replays",
             )
         }
+
+
+def test_a_cycle_rolled_back_earlier_with_quarantined_trajectories_stays_rolled_back(stores):
+    """The bad batch's cycle was rolled back (not requeued) before the
+    quarantine: nothing to roll back, and restoring that cycle is refused
+    until the quarantine is released."""
+    a, _ = stores
+    a.record_trajectories(good(1))
+    a.run_cycle(force=True)
+    bad_ids = a.record_trajectories(bad())
+    poisoned = a.run_cycle(force=True)
+    a.rollback(poisoned.cycle_id, reason="bad cycle")
+    q = a.quarantine(bad_ids, reason="and its batch")
+    assert q.cycles_rolled_back == [] and q.base_lora_distance == 0.0
+    assert q.micro_versions_written == 0 and q.micro_lora_distance > 0
+    with pytest.raises(
+        RollbackError, match=f"cycle {poisoned.cycle_id} learned from 8 quarantined"
+    ):
+        a.restore(poisoned.cycle_id)
+    released = a.release(q.quarantine_id)
+    assert released.pending_again == 0  # still the rolled-back cycle's, as before
+    a.restore(poisoned.cycle_id)
+    assert a.head()["cycle_id"] == poisoned.cycle_id

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db import state, trajectories
 from sona_store.db.models import Cycle, EwcTaskMemory, LoraVersion, Pattern, Trajectory
+from sona_store.db.quarantines import quarantined
 
 
 def _count(session: Session, model: type, *where: Any) -> int:
@@ -20,7 +21,7 @@ def store_stats(session: Session) -> dict[str, Any]:
     head = state.get_head(session)
     return {
         # The reference's keys. Nothing is ever dropped here: "buffered" means
-        # recorded and waiting for a cycle (pending).
+        # recorded and waiting for a cycle (pending: not quarantined).
         "trajectories_recorded": trajectories.count_all(session),
         "trajectories_buffered": trajectories.count_pending(session),
         "trajectories_dropped": 0,
@@ -36,6 +37,7 @@ def store_stats(session: Session) -> dict[str, Any]:
         "trajectories_consumed": _count(
             session, Trajectory, Trajectory.consumed_by_cycle_id.is_not(None)
         ),
+        "trajectories_quarantined": _count(session, Trajectory, quarantined(Trajectory.id)),
         "cycles": _count(session, Cycle),
         "head_cycle_id": head.cycle_id,
         "base_lora_version_id": head.base_lora_version_id,

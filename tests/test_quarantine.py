@@ -129,7 +129,7 @@ def test_quarantined_batch_leaves_every_tier_as_if_never_recorded(stores):
     assert_same(learned(a), expected)
 
 
-def test_quarantine_by_route_time_and_context(stores, db_url):
+def test_quarantine_by_route_time_and_context(stores):
     a, _ = stores
     a.record_trajectories(good(1))
     items = bad()
@@ -144,12 +144,21 @@ def test_quarantine_by_route_time_and_context(stores, db_url):
     by_context = a.quarantine(context_id="poisoned-source", reason="poisoned feedback source")
     assert by_context.trajectories == 2
     a.release(by_context.quarantine_id)
+    # Criteria combine: ids that exist but fail another criterion are not taken.
+    both = a.quarantine(
+        [1, *bad_ids[:5]], model_route="broken-client", context_id="poisoned-source", reason="x"
+    )
+    assert both.trajectories == 2
+    assert a.quarantines()[0]["selection"] == {
+        "ids": f"1,{bad_ids[0]}-{bad_ids[4]}",
+        "model_route": "broken-client",
+        "context_id": "poisoned-source",
+    }
+    a.release(both.quarantine_id)
     by_route = a.quarantine(model_route="broken-client", reason="broken client")
     assert by_route.trajectories == len(bad_ids)
     a.release(by_route.quarantine_id)
     # A time interval: [from, to) around the bad batch's recording time.
-    moment = a.audit_log()[-1]["at"]
-    assert moment is not None
     stamps = sorted({_as_utc(created[i]) for i in bad_ids})
     window = a.quarantine(
         recorded_from=stamps[0],

@@ -9,7 +9,9 @@ Exactly-once application without a global lock on the hot path:
   *latest* stored weights, writes a new version and one `micro_lora_signals`
   row per trajectory, and commits;
 - a trajectory whose signal was never applied (the process died, or exited
-  with signals pending) is adopted by the next store that flushes.
+  with signals pending) is adopted by the next store that flushes;
+- a quarantined trajectory's signal is never applied (a flush drops it);
+  `quarantine` replays the micro-LoRA without those already applied.
 A signal is never dropped: a flush that fails puts its signals back.
 """
 

@@ -242,7 +242,9 @@ class Pattern(Base):
 class MicroLoraSignal(Base):
     """Which micro-LoRA version absorbed each trajectory's learning signal. A row
     is written once per trajectory, under the head lock, so a signal is applied
-    exactly once even when several processes (or a restarted one) flush."""
+    exactly once even when several processes (or a restarted one) flush. A
+    quarantine deletes the rows of the signals it takes out of the head's line,
+    so that a release leaves them to be applied again."""
 
     __tablename__ = "micro_lora_signals"
 
@@ -297,8 +299,8 @@ class MicroLoraReplay(Base):
 
 
 class StoreHead(Base):
-    """One row: what is current. Only cycles, rollbacks, restores, micro-LoRA
-    flushes and imports move it."""
+    """One row: what is current. Only cycles, rollbacks, restores, quarantines,
+    micro-LoRA flushes and imports move it."""
 
     __tablename__ = "store_head"
 
@@ -313,7 +315,8 @@ class StoreHead(Base):
 
 class AuditEvent(Base):
     """Who moved the head, when, from where to where, and why (rollbacks,
-    restores, imports). Cycles are audit records of their own."""
+    restores, quarantines, releases, imports). Cycles are audit records of
+    their own."""
 
     __tablename__ = "audit_log"
 

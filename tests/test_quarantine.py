@@ -129,6 +129,34 @@ def test_quarantined_batch_leaves_every_tier_as_if_never_recorded(stores):
     assert_same(learned(a), expected)
 
 
+def mixed(seed: int) -> list[dict]:
+    """12 trajectories of no step, one and three (each signal path of Loop A)."""
+    return [
+        item
+        for steps in (0, 1, 3)
+        for item in make_trajectories(4, DIM, seed=seed * 10 + steps, steps=steps)
+    ]
+
+
+def test_as_if_never_recorded_with_steps_of_every_count(stores):
+    """The replay recomputes signals from the stored vectors: bit for bit what
+    recording computed, whatever the number of steps."""
+    a, control = stores
+    a.record_trajectories(mixed(1))
+    a.run_cycle(force=True)
+    bad_ids = a.record_trajectories(bad())
+    a.record_trajectories(mixed(2))
+    a.record_trajectories(mixed(3))
+    a.run_cycle(force=True)
+    a.quarantine(bad_ids, reason="bad")
+    a.run_cycle(force=True)
+    for seed in (1, 2, 3):
+        control.record_trajectories(mixed(seed))
+        if seed != 2:
+            control.run_cycle(force=True)
+    assert_same(learned(a), learned(control))
+
+
 def test_quarantine_by_route_time_and_context(stores):
     a, _ = stores
     a.record_trajectories(good(1))
@@ -401,3 +429,17 @@ def test_a_cycle_rolled_back_earlier_with_quarantined_trajectories_stays_rolled_
     assert released.pending_again == 0  # still the rolled-back cycle's, as before
     a.restore(poisoned.cycle_id)
     assert a.head()["cycle_id"] == poisoned.cycle_id
+
+
+def test_part_of_a_flush_is_replayed_as_the_rest_alone(stores):
+    """Quarantining every other trajectory of one flush: the replayed version
+    applies the other six in runs of the flush threshold (4, then 2), as a
+    store that recorded only those six applies them (a group, then a flush)."""
+    a, control = stores
+    items = good(5)
+    ids = a.record_trajectories(items)
+    result = a.quarantine(ids[::2], reason="every other one")
+    assert (result.micro_versions_replayed, result.micro_versions_written) == (1, 1)
+    control.record_trajectories(items[1::2])
+    assert control.flush() == 2
+    assert np.array_equal(a.lora_state(tier="micro").up, control.lora_state(tier="micro").up)

@@ -443,3 +443,25 @@ def test_part_of_a_flush_is_replayed_as_the_rest_alone(stores):
     control.record_trajectories(items[1::2])
     assert control.flush() == 2
     assert np.array_equal(a.lora_state(tier="micro").up, control.lora_state(tier="micro").up)
+
+
+def test_an_imported_micro_lora_is_a_reset_the_replay_never_crosses(stores, tmp_path):
+    """Signals applied before a micro-LoRA import are not in the imported
+    weights: quarantining them replays nothing; after the import, from it."""
+    pytest.importorskip("safetensors")
+    from sona_store.lora_io import export_lora, import_lora
+
+    a, _ = stores
+    early = a.record_trajectories(bad(4))
+    export_lora(a, tmp_path / "micro", tier="micro")
+    a.record_trajectories(good(1))
+    imported = import_lora(a, tmp_path / "micro", reason="known good", tier="micro")
+    before = a.lora_state(tier="micro").up.copy()
+    result = a.quarantine(early, reason="before the import")
+    assert result.micro_versions_replayed == 0 and result.micro_signals_removed == 0
+    assert np.array_equal(a.lora_state(tier="micro").up, before)
+
+    late = a.record_trajectories(bad(4))
+    result = a.quarantine(late, reason="after the import")
+    assert (result.micro_versions_replayed, result.micro_versions_written) == (1, 0)
+    assert a.head()["micro_lora_version_id"] == imported

@@ -23,6 +23,8 @@ class Plan:
     quarantine_replay: int = 100  # cycles rolled back and micro-LoRA versions replayed
     quarantine_reps: int = 3
     reference_reps: int = 1
+    forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
+    forgetting_seeds: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,4 +64,6 @@ QUICK = Plan(
     quarantine_replay=100,
     quarantine_reps=2,
     reference_reps=1,
+    forgetting_cycles=2_000,
+    forgetting_seeds=1,
 )

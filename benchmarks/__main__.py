@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import calls, cycle, forgetting, ingest, quarantine, reference, rollback
+from benchmarks import calls, cycle, forgetting, ingest, quarantine, reference, rollback, storage
 from benchmarks.backends import Backend, PostgresBackend, SqliteBackend
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import Figure, table, write_json
@@ -138,6 +138,12 @@ def run_backend(
         "quarantine",
         lambda: quarantine.bench_quarantine(
             backend, plan.quarantine_cycles, plan.quarantine_replay, plan.quarantine_reps
+        ),
+    )
+    section(
+        "storage",
+        lambda: storage.bench_storage(
+            backend, plan.storage_n, plan.storage_cycles, window=plan.storage_n // 10
         ),
     )
     return figures

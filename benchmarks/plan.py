@@ -23,6 +23,8 @@ class Plan:
     quarantine_replay: int = 100  # cycles rolled back and micro-LoRA versions replayed
     quarantine_reps: int = 3
     reference_reps: int = 1
+    storage_n: int = 5_000  # trajectories of the storage benchmark
+    storage_cycles: int = 5
     forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
     forgetting_seeds: int = 3
 
@@ -46,6 +48,8 @@ FULL = Plan(
     quarantine_replay=100,
     quarantine_reps=5,
     reference_reps=3,
+    storage_n=20_000,
+    storage_cycles=10,
 )
 
 QUICK = Plan(

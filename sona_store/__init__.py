@@ -14,8 +14,10 @@ from sona_store.errors import (
     SchemaVersionError,
     SonaStoreError,
     ValidationError,
+    VectorsDroppedError,
 )
 from sona_store.quarantine import QuarantineResult, ReleaseResult
+from sona_store.retention import GcResult, Policy
 from sona_store.store import Pattern, SonaStore
 
 __version__ = "0.1.0"
@@ -26,7 +28,9 @@ __all__ = [
     "CycleNotFoundError",
     "CycleResult",
     "DatabaseUnavailableError",
+    "GcResult",
     "Pattern",
+    "Policy",
     "QuarantineError",
     "QuarantineNotFoundError",
     "QuarantineResult",
@@ -37,4 +41,5 @@ __all__ = [
     "SonaStore",
     "SonaStoreError",
     "ValidationError",
+    "VectorsDroppedError",
 ]

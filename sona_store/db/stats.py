@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from sona_store.db import state, trajectories
+from sona_store.db import retention, state, trajectories
 from sona_store.db.models import Cycle, EwcTaskMemory, LoraVersion, Pattern, Trajectory
 from sona_store.db.quarantines import quarantined
 
@@ -38,6 +38,7 @@ def store_stats(session: Session) -> dict[str, Any]:
             session, Trajectory, Trajectory.consumed_by_cycle_id.is_not(None)
         ),
         "trajectories_quarantined": _count(session, Trajectory, quarantined(Trajectory.id)),
+        "trajectories_vectors_dropped": retention.count_dropped(session),
         "cycles": _count(session, Cycle),
         "head_cycle_id": head.cycle_id,
         "base_lora_version_id": head.base_lora_version_id,

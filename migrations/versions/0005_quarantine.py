@@ -8,8 +8,8 @@ re-applies). New tables only, because a batch copy of `trajectories` on
 SQLite would cascade-delete its vectors, steps and ledger rows (foreign keys
 are on in the migration's transaction).
 
-Revision ID: 0004
-Revises: 0003_derived_pattern_embeddings
+Revision ID: 0005
+Revises: 0004_retention (revision "0004")
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from alembic import op
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UTC_TIMESTAMP = sa.DateTime(timezone=True)
 
-revision = "0004"
-down_revision = "0003_derived_pattern_embeddings"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

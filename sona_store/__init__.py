@@ -10,12 +10,15 @@ from sona_store.errors import (
     CycleInProgressError,
     CycleNotFoundError,
     DatabaseUnavailableError,
+    QuarantineError,
+    QuarantineNotFoundError,
     RollbackError,
     SchemaVersionError,
     SonaStoreError,
     ValidationError,
     VectorsDroppedError,
 )
+from sona_store.quarantine import QuarantineResult, ReleaseResult
 from sona_store.retention import GcResult, Policy
 from sona_store.store import Pattern, SonaStore
 
@@ -33,6 +36,10 @@ __all__ = [
     "GcResult",
     "Pattern",
     "Policy",
+    "QuarantineError",
+    "QuarantineNotFoundError",
+    "QuarantineResult",
+    "ReleaseResult",
     "RollbackError",
     "SchemaVersionError",
     "SonaConfig",

@@ -354,6 +354,96 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_ids(text: str) -> list[int]:
+    """'1-500,700' -> [1, ..., 500, 700]."""
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        first, dash, last = part.partition("-")
+        try:
+            lo, hi = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError(f"--ids: {part!r} is not an id or a range like 1-500") from None
+        if lo < 1 or hi < lo:
+            raise ValueError(f"--ids: {part!r} is not a range of positive ids, low to high")
+        ids.extend(range(lo, hi + 1))
+    return ids
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    ids = parse_ids(args.ids) if args.ids is not None else None
+    store = _open(args)
+    criteria = [
+        f"{name} {printable(value)}"
+        for name, value in (
+            ("ids", args.ids),
+            ("recorded from", args.recorded_from),
+            ("recorded before", args.recorded_to),
+            ("route", args.route),
+            ("context", args.context),
+        )
+        if value is not None
+    ]
+    question = (
+        f"Quarantine the trajectories with {', '.join(criteria) or '(nothing named)'}, "
+        "roll back the cycles that learned from them and replay the micro-LoRA without them?"
+    )
+    if not _confirm(args, question):
+        print("nothing done")
+        return 0
+    result = store.quarantine(
+        ids,
+        recorded_from=args.recorded_from,
+        recorded_to=args.recorded_to,
+        model_route=args.route,
+        context_id=args.context,
+        reason=args.reason,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    cut = result.cycles_rolled_back
+    print(
+        f"quarantine {result.quarantine_id}: {result.trajectories} trajectories (audit "
+        f"#{result.audit_id})\n"
+        f"  cycles rolled back: {', '.join(map(str, cut)) if cut else 'none'}"
+        + (f"; {result.trajectories_requeued} other trajectories pending again" if cut else "")
+        + f"\n  micro-LoRA: {result.micro_versions_replayed} versions replayed "
+        f"({result.micro_versions_written} written, {result.micro_signals_removed} signals "
+        f"removed); moved {result.micro_lora_distance:.6g}\n"
+        f"  base LoRA moved {result.base_lora_distance:.6g}\n"
+        f"  undo with: sona-store release {result.quarantine_id}"
+    )
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    store = _open(args)
+    question = f"Release quarantine {args.quarantine_id} (its trajectories learn again)?"
+    if not _confirm(args, question):
+        print("nothing done")
+        return 0
+    result = store.release(args.quarantine_id, reason=args.reason)
+    print(
+        f"released quarantine {result.quarantine_id}: {result.trajectories} trajectories "
+        f"eligible again, {result.pending_again} pending for the next cycle; their "
+        f"micro-LoRA signals are applied by the next flush (audit #{result.audit_id})"
+    )
+    return 0
+
+
+def cmd_quarantines(args: argparse.Namespace) -> int:
+    rows = _open(args).quarantines()
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(
+            [{**r, "selection": json.dumps(r["selection"])} for r in rows],
+            ["id", "created_at", "actor", "trajectories", "released_at", "reason", "selection"],
+        )
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     events = _open(args).audit_log(limit=args.limit)
     if args.json:
@@ -495,8 +585,41 @@ def build_parser() -> argparse.ArgumentParser:
         move.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         move.set_defaults(func=func)
 
+    quarantine = sub.add_parser(
+        "quarantine",
+        help="undo a batch of trajectories in every learned tier, as if never recorded",
+    )
+    quarantine.add_argument("--ids", help="trajectory ids and ranges, e.g. 1-500,700")
+    quarantine.add_argument(
+        "--from",
+        dest="recorded_from",
+        metavar="ISO",
+        help="recorded at or after (UTC if no offset)",
+    )
+    quarantine.add_argument(
+        "--to", dest="recorded_to", metavar="ISO", help="recorded before (UTC if no offset)"
+    )
+    quarantine.add_argument("--route", help="model_route equal to this")
+    quarantine.add_argument("--context", help="context_ids holding this id")
+    quarantine.add_argument("--reason", required=True, help="why, for the audit trail")
+    quarantine.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    quarantine.add_argument("--json", action="store_true")
+    quarantine.set_defaults(func=cmd_quarantine)
+
+    release = sub.add_parser("release", help="end a quarantine: its trajectories learn again")
+    release.add_argument("quarantine_id", type=int, metavar="QID")
+    release.add_argument("--reason", help="why, for the audit trail")
+    release.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    release.set_defaults(func=cmd_release)
+
+    quarantines = sub.add_parser("quarantines", help="every quarantine, newest first")
+    quarantines.add_argument("--json", action="store_true")
+    quarantines.set_defaults(func=cmd_quarantines)
+
     audit = sub.add_parser(
-        "audit", help="rollbacks, restores, imports, gc and policy changes, newest first"
+        "audit",
+        help="rollbacks, restores, quarantines, releases, imports, gc and policy changes, "
+        "newest first",
     )
     audit.add_argument("--limit", type=int, metavar="N", help=LIMIT_HELP)
     audit.add_argument("--json", action="store_true", help=JSON_HELP)

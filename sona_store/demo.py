@@ -1,10 +1,13 @@
-"""`sona-store demo`: a simulated LLM router learning live, a bad batch, and
-its rollback, each step explained in one line. Leaves the database behind."""
+"""`sona-store demo`: a simulated LLM router learning live, a bad batch among
+good traffic, and its quarantine, which leaves every learned tier bit for bit
+where a twin store that never saw the batch is. Each step explained in one
+line; leaves the database behind."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +24,17 @@ from sona_store.store import SonaStore
 
 DEMO_URL = "sqlite:///sona-demo.db"
 DIM = 32
+# Traffic comes in batches of 25 and the micro-LoRA applies signals in groups of
+# 25, so a quarantined batch's signals never share a group with good ones.
 CONFIG = SonaConfig(
-    hidden_dim=DIM, pattern_clusters=6, base_lora_rank=4, base_lora_lr=0.05, micro_lora_lr=0.01
+    hidden_dim=DIM,
+    pattern_clusters=6,
+    base_lora_rank=4,
+    base_lora_lr=0.05,
+    micro_lora_lr=0.01,
+    micro_flush_threshold=25,
 )
+BAD_SOURCE = "feedback-source-7"
 
 
 @dataclass(frozen=True)
@@ -82,20 +93,53 @@ def _fresh_sqlite(url: str, say: Callable[[str], None]) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _state_probe(store: SonaStore, router: Router) -> dict[str, Any]:
-    lora = store.lora_state()
-    # How strongly the adapter pulls a chit-chat query toward chit-chat: the
-    # cosine between its output delta and the topic's direction.
-    probe = router.directions[3].astype(np.float32)
-    delta = store.apply_base_lora(0, probe) - probe
+def _learned(store: SonaStore) -> dict[str, Any]:
+    """Every learned tier as arrays; patterns by content (ids and times differ)."""
+    ewc = store.ewc_state()
+    patterns = sorted(
+        (p.centroid.tobytes(), p.cluster_size, p.total_weight, p.avg_quality)
+        for p in store.patterns()
+    )
     return {
-        "lora_version": lora.version_id,
-        "up": lora.up.copy(),
-        "norm": float(np.linalg.norm(lora.up)),
-        "pull": float(np.linalg.norm(delta)),
-        "alignment": float(delta @ probe / (np.linalg.norm(delta) or 1.0)),
-        "patterns": len(store.patterns()),
+        "micro-LoRA": store.lora_state(tier="micro").up.copy(),
+        "base LoRA": store.lora_state().up.copy(),
+        "EWC++": np.concatenate([ewc.fisher, ewc.weights, ewc.grad_mean, ewc.grad_var]),
+        "patterns": patterns,
     }
+
+
+def _difference(a: Any, b: Any) -> tuple[bool, str]:
+    """(bit for bit equal, how far apart) for one tier."""
+    if isinstance(a, np.ndarray):
+        same = bool(np.array_equal(a, b))
+        return same, f"distance {float(np.linalg.norm(a.astype(np.float64) - b)):.6f}"
+    same = a == b
+    return same, f"{len(a)} vs {len(b)} patterns, {len(set(a) ^ set(b))} differ"
+
+
+def _twin(
+    store: SonaStore, live: list[dict[str, Any]], later: list[dict[str, Any]], folder: str
+) -> dict[str, Any]:
+    """A store that never saw the bad batch: the same traffic, each cycle of the
+    demo store's history taking the same trajectories, then `later` and a cycle."""
+    twin = SonaStore(f"sqlite:///{folder}/twin.db", CONFIG)
+    try:
+        taken = 0
+        for record in reversed(store.history()):
+            if record.status == "skipped":
+                continue
+            batch = live[taken : taken + record.trajectories_processed]
+            taken += len(batch)
+            if batch:
+                twin.record_trajectories(batch)
+            twin.run_cycle(force=True)
+            if taken == len(live):
+                break
+        twin.record_trajectories(later)
+        twin.run_cycle(force=True)
+        return _learned(twin)
+    finally:
+        twin.close()
 
 
 def run_demo(
@@ -108,14 +152,14 @@ def run_demo(
     store = SonaStore(url, CONFIG, head_refresh_seconds=0.0)
     router = Router()
     scheduler = SonaScheduler(store, interval=1.0)
+    live: list[dict[str, Any]] = []
     try:
         say("2. Starting the scheduler: a learning cycle every second, in the background.")
         scheduler.start()
         say(f"3. Simulating a router for {seconds:.0f} s: 4 topics, answers of different quality.")
         deadline = time.monotonic() + seconds
-        recorded = 0
         while time.monotonic() < deadline:
-            batch = [router.request(i % len(TOPICS)) for i in range(recorded, recorded + 25)]
+            batch = [router.request(i % len(TOPICS)) for i in range(len(live), len(live) + 25)]
             for item in batch:  # the live path: begin, step, end
                 t = store.begin_trajectory(item["query_embedding"])
                 step = item["steps"][0]
@@ -123,8 +167,10 @@ def run_demo(
                 t.set_route(item["model_route"])
                 t.add_context(item["context_ids"][0])
                 store.end_trajectory(t, item["quality"])
-            recorded += len(batch)
-            say(f"   recorded {recorded} trajectories; {store.pending_count()} waiting for a cycle")
+            live += batch
+            say(
+                f"   recorded {len(live)} trajectories; {store.pending_count()} waiting for a cycle"
+            )
             time.sleep(0.25)
     finally:
         scheduler.shutdown()
@@ -140,35 +186,58 @@ def run_demo(
     _show_history(store, say)
     _show_patterns(store, router, say)
 
-    before = _state_probe(store, router)
-    say("5. Injecting a bad batch: 80 chit-chat queries wrongly scored as perfect answers.")
-    store.record_trajectories([router.request(3, quality=1.0) for _ in range(80)])
-    bad = store.run_cycle(force=True)
-    after = _state_probe(store, router)
     say(
-        f"   cycle {bad.cycle_id} learned from it: base LoRA now version "
-        f"{after['lora_version']} (was {before['lora_version']}; version ids are shared "
-        f"with the micro-LoRA's live updates), weight norm {before['norm']:.4f} -> {after['norm']:.4f}, "
-        f"adapter delta on a chit-chat query {before['pull']:.4f} -> {after['pull']:.4f} "
-        f"(cosine with chit-chat {before['alignment']:+.2f} -> {after['alignment']:+.2f})"
+        f"5. A broken feedback source ({BAD_SOURCE}) sends 75 chit-chat queries scored as "
+        "perfect answers; 100 good requests follow, and a cycle learns from all of them."
     )
-    assert bad.cycle_id is not None  # a cycle that ran has its record
-    move = store.rollback(bad.cycle_id, reason="demo: bad batch of mis-scored chit-chat")
-    restored = _state_probe(store, router)
-    same = np.array_equal(restored["up"], before["up"])
+    bad = [router.request(3, quality=1.0) for _ in range(75)]
+    for item in bad:
+        item["context_ids"] = [BAD_SOURCE]
+    good = [router.request(i % len(TOPICS)) for i in range(100)]
+    store.record_trajectories(bad)
+    store.record_trajectories(good)
+    polluted = store.run_cycle(force=True)
+    with tempfile.TemporaryDirectory(prefix="sona-demo-twin-") as folder:
+        clean = _twin(store, live, good, folder)
     say(
-        f"6. Rolled back cycle {bad.cycle_id}: head moved {move.from_cycle_id} -> "
-        f"{move.to_cycle_id}; LoRA version {restored['lora_version']} is current again, "
-        f"weights bit-for-bit as before: {same}; audit record #{move.audit_id}."
+        f"   cycle {polluted.cycle_id} learned from it. Against a twin store fed the same "
+        "traffic without the bad batch:"
+    )
+    for tier, value in _learned(store).items():
+        say(f"     {tier:<11} differs: {_difference(value, clean[tier])[1]}")
+
+    result = store.quarantine(
+        context_id=BAD_SOURCE, reason="demo: broken feedback source scored chit-chat as perfect"
     )
     say(
-        f"   The bad cycle and its patterns stay in history (status rolled_back); "
-        f"{restored['patterns']} patterns are current."
+        f"6. Quarantined the source's {result.trajectories} trajectories (quarantine "
+        f"{result.quarantine_id}, audit record #{result.audit_id}): rolled back cycle(s) "
+        f"{', '.join(map(str, result.cycles_rolled_back))} and requeued their "
+        f"{result.trajectories_requeued} good trajectories; replayed "
+        f"{result.micro_versions_replayed} micro-LoRA versions without the bad signals "
+        f"(micro-LoRA moved {result.micro_lora_distance:.6f}, base LoRA "
+        f"{result.base_lora_distance:.6f})."
+    )
+    relearned = store.run_cycle(force=True)
+    after = _learned(store)
+    say(
+        f"   cycle {relearned.cycle_id} relearned the {relearned.trajectories_processed} good "
+        "ones. Against the twin that never saw the batch:"
+    )
+    all_same = True
+    for tier, value in after.items():
+        same, how = _difference(value, clean[tier])
+        all_same = all_same and same
+        say(f"     {tier:<11} bit for bit the same: {same}" + ("" if same else f" ({how})"))
+    say(
+        "   The bad trajectories, the rolled-back cycle and the old micro-LoRA versions stay "
+        f"in history; `sona-store release {result.quarantine_id}` would let them learn again."
     )
     store.close()
     shown = mask_url(url)
     say("7. Explore next:")
     say(f"   sona-store --url {shown} history")
+    say(f"   sona-store --url {shown} quarantines")
     say(f"   sona-store --url {shown} audit")
     needs = (
         "" if importlib.util.find_spec("matplotlib") else "   (pip install 'sona-store[report]')"
@@ -178,7 +247,7 @@ def run_demo(
         say(f"   sqlite3 {make_url(url).database} 'SELECT * FROM cycle_audit ORDER BY at'")
     else:
         say(f"   psql '{shown}' -c 'SELECT * FROM cycle_audit ORDER BY at'")
-    return 0 if same else 1
+    return 0 if all_same else 1
 
 
 def _show_history(store: SonaStore, say: Callable[[str], None]) -> None:
@@ -208,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: Any) -> None:
     demo = subparsers.add_parser(
-        "demo", help="simulate a router learning live, inject a bad batch, roll it back"
+        "demo", help="simulate a router learning live, inject a bad batch, quarantine it"
     )
     demo.add_argument("--seconds", type=float, default=6.0, help="how long to simulate traffic")
     demo.set_defaults(func=cmd_demo)

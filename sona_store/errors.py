@@ -68,3 +68,11 @@ class StoreSchemaError(SonaStoreError, ValueError):
 
 class MissingExtraError(SonaStoreError, ImportError):
     """An optional dependency is not installed (the CLI prints it as one line)."""
+
+
+class QuarantineError(SonaStoreError, ValueError):
+    """A quarantine or release that cannot be done as asked; nothing was written."""
+
+
+class QuarantineNotFoundError(QuarantineError, LookupError):
+    """No quarantine with that id exists."""

@@ -9,7 +9,9 @@ Exactly-once application without a global lock on the hot path:
   *latest* stored weights, writes a new version and one `micro_lora_signals`
   row per trajectory, and commits;
 - a trajectory whose signal was never applied (the process died, or exited
-  with signals pending) is adopted by the next store that flushes.
+  with signals pending) is adopted by the next store that flushes;
+- a quarantined trajectory's signal is never applied (a flush drops it);
+  `quarantine` replays the micro-LoRA without those already applied.
 A signal is never dropped: a flush that fails puts its signals back.
 """
 
@@ -19,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -31,9 +33,10 @@ from sona_store.db import state
 from sona_store.db.driver import Driver
 from sona_store.db.engine import connection_transaction, short_error, transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
+from sona_store.db.quarantines import quarantined
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
-from sona_store.learning.micro_lora import MicroLoraWeights, accumulate_groups, apply_update
+from sona_store.learning.micro_lora import MicroLoraWeights, apply_groups
 from sona_store.learning.signal import batch_learning_signals
 from sona_store.validation import TrajectoryBatch
 
@@ -283,16 +286,22 @@ class InstantLearner:
             gradients = np.stack([s.gradient for s in fresh])
             qualities = np.fromiter((s.quality for s in fresh), dtype=np.float32, count=len(fresh))
             all_fresh = all(i in fresh_ids for i in ids)
-        weights = head.weights
-        # Apply in groups of the flush threshold, in order, as the reference's
-        # instant loop does (each group averaged on its own).
-        group = self.config.micro_flush_threshold
-        for grad_up, count in accumulate_groups(gradients, qualities, weights.rank, group):
-            weights = apply_update(weights, grad_up, count, self.config.micro_lora_lr)
+        weights = apply_groups(
+            head.weights,
+            gradients,
+            qualities,
+            self.config.micro_flush_threshold,
+            self.config.micro_lora_lr,
+        )
         version = state.append_micro_lora(connection, weights, head, f"{len(ids)} signals")
         _write_ledger(connection, ids, version.version_id, all_fresh=all_fresh)
         state.point_micro_lora(connection, version.version_id)
         return Applied(version, len(ids))
+
+    def readopt(self) -> None:
+        """Adopt orphaned signals again on the next flush (a release made
+        trajectories unapplied that this store had seen as quarantined)."""
+        self._adopted = False
 
     def adopt_orphans_once(self) -> None:
         """Queue orphaned signals on this store's first use (outside any
@@ -334,6 +343,8 @@ def _write_ledger(connection: Connection, ids: list[int], version: int, *, all_f
 
 
 def _already_applied(connection: Connection, ids: list[int]) -> set[int]:
+    """Of `ids`, those whose signal must not be applied now: applied already
+    (a ledger row), or quarantined."""
     found: set[int] = set()
     for start in range(0, len(ids), 5000):
         chunk = ids[start : start + 5000]
@@ -342,6 +353,11 @@ def _already_applied(connection: Connection, ids: list[int]) -> set[int]:
                 sa.select(MicroLoraSignal.trajectory_id).where(
                     MicroLoraSignal.trajectory_id.in_(chunk)
                 )
+            )
+        )
+        found.update(
+            connection.scalars(
+                sa.select(Trajectory.id).where(Trajectory.id.in_(chunk), quarantined(Trajectory.id))
             )
         )
     return found
@@ -356,13 +372,42 @@ def _unapplied_signals(
         sa.select(Trajectory.id, TrajectoryVectors.query_embedding, Trajectory.quality)
         .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == Trajectory.id)
         .outerjoin(MicroLoraSignal, MicroLoraSignal.trajectory_id == Trajectory.id)
-        .where(MicroLoraSignal.trajectory_id.is_(None), Trajectory.id > after)
+        .where(
+            MicroLoraSignal.trajectory_id.is_(None),
+            Trajectory.id > after,
+            ~quarantined(Trajectory.id),
+        )
         .order_by(Trajectory.id)
         .limit(limit)
     ).all()
     if not rows:
         return []
+    stored = _signals_of_rows(session, list(rows), config)
+    return stored.signals()
+
+
+def stored_signals(session: Session, ids: list[int], config: SonaConfig) -> BatchSignals:
+    """The learning signals of stored trajectories `ids` (ascending), computed
+    from their stored query, steps and quality exactly as recording computed
+    them (the same float32 functions on the same stored bytes)."""
+    rows: list[Any] = []
+    for start in range(0, len(ids), 5000):
+        rows += session.execute(
+            sa.select(Trajectory.id, TrajectoryVectors.query_embedding, Trajectory.quality)
+            .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == Trajectory.id)
+            .where(Trajectory.id.in_(ids[start : start + 5000]))
+            .order_by(Trajectory.id)
+        ).all()
+    if [r.id for r in rows] != ids:
+        raise LookupError("a trajectory whose signal is asked for has no stored vectors")
+    return _signals_of_rows(session, rows, config)
+
+
+def _signals_of_rows(session: Session, rows: list[Any], config: SonaConfig) -> BatchSignals:
+    """Signals of rows (id, query_embedding, quality) in id order."""
     ids = [r.id for r in rows]
+    if not ids:
+        return BatchSignals([], np.zeros((0, config.hidden_dim), FLOAT32), np.zeros(0))
     position = {trajectory_id: i for i, trajectory_id in enumerate(ids)}
     owners: list[int] = []
     activations: list[np.ndarray] = []
@@ -384,8 +429,15 @@ def _unapplied_signals(
         np.stack(activations) if activations else np.zeros((0, config.hidden_dim), FLOAT32),
         np.asarray(rewards, dtype=np.float32),
     )
-    fitted = fit_width(gradients, config.hidden_dim)
-    return [Signal(row.id, fitted[i], row.quality) for i, row in enumerate(rows)]
+    qualities = np.array([r.quality for r in rows], dtype=np.float64)
+    return BatchSignals(ids, fit_width(gradients, config.hidden_dim), qualities)
 
 
-__all__ = ["BatchSignals", "InstantLearner", "MicroLoraWeights", "Signal", "batch_signals"]
+__all__ = [
+    "BatchSignals",
+    "InstantLearner",
+    "MicroLoraWeights",
+    "Signal",
+    "batch_signals",
+    "stored_signals",
+]

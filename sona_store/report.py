@@ -45,6 +45,8 @@ STATUS_COLOURS = {
 EVENT_STYLES = {  # audit action -> (colour, line style, legend label)
     "rollback": ("#d62728", "--", "rollback"),
     "restore": ("#2ca02c", "--", "restore"),
+    "quarantine": ("#e377c2", "--", "quarantine"),
+    "release": ("#17becf", "--", "release"),
     "import_lora": ("#9467bd", ":", "LoRA import"),
     "use_lora_version": ("#8c564b", ":", "LoRA version change"),
 }
@@ -142,7 +144,7 @@ def load_report_data(engine: Engine) -> ReportData:
                     AuditEvent.at, AuditEvent.action, AuditEvent.reason, AuditEvent.details
                 ).order_by(AuditEvent.id)
             )
-            if e.action in ("rollback", "restore")
+            if e.action in ("rollback", "restore", "quarantine", "release")
             or (isinstance(e.details, dict) and e.details.get("tier") == "base")
         ]
         try:
@@ -192,7 +194,7 @@ CHARTS = (
         "Base LoRA weight norm per version",
         "Frobenius norm of every base-LoRA version's learned 'up' weights; red crosses are "
         "versions of rolled-back cycles, the star is the current version, vertical lines "
-        "are rollbacks, restores and LoRA imports or version changes.",
+        "are rollbacks, restores, quarantines, releases and LoRA imports or version changes.",
     ),
     Chart(
         "cycle_durations.png",
@@ -470,7 +472,8 @@ th {{ background: #f4f4f4; }}
 <p>Store {html.escape(data.store_url)}, generated {_cell(utcnow())} UTC:
 {plural(len(data.cycles), "cycle")} ({completed} completed),
 {plural(len(data.versions), "base LoRA version")},
-{plural(len(data.events), "audit event")} (rollbacks, restores, base-LoRA changes).</p>
+{plural(len(data.events), "audit event")} (rollbacks, restores, quarantines, releases,
+base-LoRA changes).</p>
 {sections}
 <section>
 <h2>Last cycles</h2>

@@ -24,6 +24,7 @@ from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, LoraVersion, StoreHead, Trajectory
 from sona_store.db.models import EwcState as EwcStateRow
+from sona_store.db.quarantines import quarantined
 from sona_store.errors import RollbackError, VectorsDroppedError
 
 
@@ -159,16 +160,46 @@ def _refuse_if_requeued(session: Session, chain: list[Cycle]) -> None:
         if owned.get(cycle.id, 0) != cycle.trajectories_processed:
             raise RollbackError(
                 f"cycle {cycle.id}'s trajectories were requeued by a rollback "
-                f"(--requeue): restoring it would learn from them twice or lose them"
+                f"(--requeue) or a quarantine: restoring it would learn from them twice "
+                f"or lose them"
             )
+    held = session.execute(
+        sa.select(Trajectory.consumed_by_cycle_id, sa.func.count())
+        .where(
+            Trajectory.consumed_by_cycle_id.in_([c.id for c in chain]),
+            quarantined(Trajectory.id),
+        )
+        .group_by(Trajectory.consumed_by_cycle_id)
+    ).first()
+    if held is not None:
+        raise RollbackError(
+            f"cycle {held[0]} learned from {held[1]} quarantined trajectories: "
+            f"release their quarantine before restoring it"
+        )
 
 
-def refuse_if_vectors_dropped(session: Session, cycle_ids: list[int], action: str) -> None:
+def refuse_if_vectors_dropped(
+    session: Session,
+    cycle_ids: list[int],
+    action: str,
+    *,
+    remedy: str = "Roll back without --requeue",
+) -> None:
     """Requeued trajectories feed the next cycle, which needs their vectors:
     refuse, naming the retention policy, when gc deleted some of them."""
     dropped = retention_db.dropped_count(session, cycle_ids)
-    if not dropped:
-        return
+    if dropped:
+        raise vectors_dropped_error(
+            session,
+            f"cannot {action} the trajectories of cycle(s) {', '.join(map(str, cycle_ids))}: "
+            f"{dropped} of them",
+            remedy,
+        )
+
+
+def vectors_dropped_error(session: Session, what: str, remedy: str) -> VectorsDroppedError:
+    """The one error for work that needs vectors gc deleted: names the policy
+    of the last gc and how to bring the vectors back."""
     gc = retention_db.last_gc(session)
     details = gc.details if gc is not None else {}
     policy = retention_db.Policy(**{**(details.get("policy") or {}), "archive_dir": None})
@@ -177,10 +208,9 @@ def refuse_if_vectors_dropped(session: Session, cycle_ids: list[int], action: st
         if gc is not None
         else "gc deleted them"
     )
-    raise VectorsDroppedError(
-        f"cannot {action} the trajectories of cycle(s) {', '.join(map(str, cycle_ids))}: "
-        f"{dropped} of them no longer have their vectors ({where}). Roll back without "
-        "--requeue, or put the vectors back first: sona-store ingest --restore ARCHIVE"
+    return VectorsDroppedError(
+        f"{what} no longer have their vectors ({where}). {remedy}, or put the vectors "
+        "back first: sona-store ingest --restore ARCHIVE"
     )
 
 
@@ -201,12 +231,10 @@ def rollback(
         cycle = cycles.get_cycle(session, cycle_id, for_update=True)
         _refuse_unless(cycle, "completed", "roll back")
         head = state.get_head(session, for_update=True)
-        cut = _completed_from(session, cycle.id)
         if requeue:
-            refuse_if_vectors_dropped(session, cut, "requeue")
-        _set_status(session, cut, "rolled_back")
+            refuse_if_vectors_dropped(session, _completed_from(session, cycle.id), "requeue")
+        cut, to = cut_from(session, cycle)
         requeued = trajectories.requeue(session, cut) if requeue else None
-        lora_id, ewc_id = _state_before(session, cycle)
         return _move_and_audit(
             session,
             head,
@@ -217,12 +245,22 @@ def rollback(
             cut=cut,
             restored=[],
             requeued=requeued,
-            to={
-                "cycle_id": cycle.parent_cycle_id,
-                "base_lora_version_id": lora_id,
-                "ewc_state_id": ewc_id,
-            },
+            to=to,
         )
+
+
+def cut_from(session: Session, cycle: Cycle) -> tuple[list[int], dict[str, int | None]]:
+    """Mark `cycle` (completed) and every later completed cycle rolled back;
+    returns their ids and the head pointers of the state before `cycle`.
+    The caller moves the head (a rollback, or a quarantine)."""
+    cut = _completed_from(session, cycle.id)
+    _set_status(session, cut, "rolled_back")
+    lora_id, ewc_id = _state_before(session, cycle)
+    return cut, {
+        "cycle_id": cycle.parent_cycle_id,
+        "base_lora_version_id": lora_id,
+        "ewc_state_id": ewc_id,
+    }
 
 
 def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = None) -> HeadMove:

@@ -1,6 +1,7 @@
 """SonaStore: the library's front door. It opens (and if empty, creates) a
 store at a database URL and delegates each operation to one module: recording
-to `db.trajectories`, cycles to `cycle`, rollback to `rollback`."""
+to `db.trajectories`, cycles to `cycle`, rollback to `rollback`, quarantine
+to `quarantine`."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from sona_store import cycle as cycle_module
+from sona_store import quarantine as quarantine_module
 from sona_store import retention
 from sona_store import rollback as rollback_module
 from sona_store.access_log import AccessLog
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, state, trajectories
+from sona_store.db import quarantines as quarantine_rows
 from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import (
@@ -39,6 +42,7 @@ from sona_store.db.engine import (
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
+from sona_store.db.quarantines import Selection
 from sona_store.db.schema import ensure_schema, require_existing_file
 from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
@@ -58,6 +62,7 @@ from sona_store.learning.embedding import fit_width
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
 from sona_store.pattern_index import Pattern, PatternIndex
+from sona_store.quarantine import QuarantineResult, ReleaseResult
 from sona_store.recording import TrajectoryBuilder
 from sona_store.retention import GcResult, Policy
 from sona_store.rollback import HeadMove
@@ -309,8 +314,67 @@ class SonaStore:
         finally:
             self._cache.invalidate()
 
+    # -- quarantine ---------------------------------------------------------------
+
+    def quarantine(
+        self,
+        ids: Iterable[int] | None = None,
+        *,
+        recorded_from: dt.datetime | str | None = None,
+        recorded_to: dt.datetime | str | None = None,
+        model_route: str | None = None,
+        context_id: str | None = None,
+        reason: str,
+        actor: str | None = None,
+    ) -> QuarantineResult:
+        """Take a batch of trajectories out of every learned tier, as if it had
+        never been recorded: the cycles that learned from it are rolled back
+        (their other trajectories requeued) and the micro-LoRA is replayed
+        without it. Selects by ids, recording time (`recorded_from` inclusive,
+        `recorded_to` exclusive; naive times are UTC), route and context id,
+        all given criteria together. One transaction, one audit row."""
+        selection = Selection.of(ids, recorded_from, recorded_to, model_route, context_id)
+        try:
+            return quarantine_module.quarantine(
+                self.engine, self.config, selection, reason=reason, actor=actor or self.actor
+            )
+        finally:
+            self._cache.invalidate()
+
+    def release(
+        self, quarantine_id: int, *, reason: str | None = None, actor: str | None = None
+    ) -> ReleaseResult:
+        """End a quarantine: its trajectories are eligible again (pending for
+        the next cycle; their micro-LoRA signals applied by the next flush)."""
+        try:
+            released = quarantine_module.release(
+                self.engine, quarantine_id, actor=actor or self.actor, reason=reason
+            )
+        finally:
+            self._cache.invalidate()
+        self._instant.readopt()
+        return released
+
+    def quarantines(self) -> list[dict[str, Any]]:
+        """Every quarantine, newest first, released or not."""
+        with transaction(self.engine) as session:
+            return [
+                {
+                    "id": q.id,
+                    "created_at": q.created_at,
+                    "actor": q.actor,
+                    "reason": q.reason,
+                    "selection": q.selection,
+                    "trajectories": q.trajectory_count,
+                    "released_at": q.released_at,
+                    "released_by": q.released_by,
+                    "release_reason": q.release_reason,
+                }
+                for q in quarantine_rows.all_quarantines(session)
+            ]
+
     def audit_log(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Rollbacks, restores and imports, newest first."""
+        """Rollbacks, restores, quarantines, releases and imports, newest first."""
         with transaction(self.engine) as session:
             statement = sa.select(AuditEvent).order_by(AuditEvent.id.desc())
             if limit is not None:

@@ -40,6 +40,7 @@ FIGURES = [
     "rollback_long_ms",
     "restore_long_ms",
     "rollback_growth_x",
+    "quarantine_ms",
     "storage_whole_bytes",
     "storage_gc_freed_bytes",
     "storage_metadata_bytes",
@@ -59,6 +60,7 @@ NEEDS_METHOD = {
     "rollback_long_ms": "rollback",
     "restore_long_ms": "restore",
     "rollback_growth_x": "rollback",
+    "quarantine_ms": "quarantine",
 }
 
 

@@ -101,7 +101,10 @@ def test_cli_tour_runs(tmp_path):
         store.record_trajectories(make_trajectories(3, 256, seed=seed))
         store.run_cycle(force=True)
     store.close()
-    lines = [json.dumps(item) for item in make_trajectories(20, 256, seed=99)]
+    items = make_trajectories(20, 256, seed=99)
+    for item in items:  # the README quarantines route model-b
+        item["model_route"] = "model-b"
+    lines = [json.dumps(item) for item in items]
     (tmp_path / "trajectories.jsonl").write_text("\n".join(lines) + "\n")
     block = next(b for b in _blocks("bash") if "db upgrade" in b and "sqlite" in b)
     commands = _commands(block)

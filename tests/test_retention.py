@@ -185,6 +185,35 @@ def test_rollback_with_requeue_past_the_horizon_fails_naming_the_policy(store):
     assert result.window_size == CONFIG.retention_window
 
 
+def test_quarantine_past_the_horizon_fails_naming_the_policy(store):
+    """A quarantine requeues the cycles it cuts: past the horizon their vectors
+    are gone, so it is refused like `rollback --requeue`, and writes nothing."""
+    build(store)
+    store.set_retention_policy(older_than=0, horizon_cycles=2)
+    store.gc()
+    head_before, audit_before = store.head(), store.audit_log()
+    with pytest.raises(VectorsDroppedError) as raised:
+        store.quarantine(ids=range(11, 21), reason="cycle 2's batch, past the horizon")
+    message = str(raised.value)
+    assert "older than 0 days, beyond a rollback horizon of 2 cycles" in message
+    assert "cycle(s) 2, 3, 4, 5" in message and "ingest --restore" in message
+    assert store.head() == head_before and store.audit_log() == audit_before
+    assert store.stats()["trajectories_quarantined"] == 0
+    # Within the horizon the cycles' vectors are there, but build() applied every
+    # signal in one micro-LoRA flush, whose replay needs ids 1-15 gc deleted.
+    with pytest.raises(VectorsDroppedError) as raised:
+        store.quarantine(ids=range(31, 41), reason="cycle 4's batch, within the horizon")
+    assert "cannot replay the micro-LoRA" in str(raised.value)
+    assert "15 of the 43 trajectories" in str(raised.value)
+    assert store.head() == head_before and store.audit_log() == audit_before
+    # A batch recorded and flushed after the gc replays without them.
+    store.record_trajectories(make_trajectories(BATCH, DIM, seed=7))
+    store.flush()
+    result = store.quarantine(ids=range(54, 64), reason="a batch after the gc")
+    assert result.trajectories == BATCH and result.cycles_rolled_back == []
+    assert result.micro_versions_replayed == 1
+
+
 def test_rollback_without_requeue_past_the_horizon_works(store):
     build(store)
     store.gc(older_than=0, horizon_cycles=1)

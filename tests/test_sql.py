@@ -83,8 +83,9 @@ def test_the_document_describes_every_table_view_and_column(tmp_path):
 
 def populate(store: SonaStore) -> None:
     """Cycles 1-2, cycle 3 rolled back, cycles 4-5, a skipped cycle 6, cycle 5
-    rolled back with its trajectories requeued, more pending trajectories,
-    pattern accesses, one pruned pattern and a micro-LoRA flush."""
+    rolled back with its trajectories requeued, more pending trajectories, a
+    quarantined batch, pattern accesses, one pruned pattern and a micro-LoRA
+    flush."""
     for seed in range(3):
         store.record_trajectories(make_trajectories(12, 8, seed=seed))
         store.run_cycle(force=True)
@@ -95,6 +96,11 @@ def populate(store: SonaStore) -> None:
     assert store.run_cycle().status == "skipped"
     store.rollback(5, requeue=True, reason="regression", actor="tester")
     store.record_trajectories(make_trajectories(5, 8, seed=5))
+    broken = make_trajectories(4, 8, seed=7)
+    for item in broken:
+        item["model_route"] = "broken-client"
+    store.record_trajectories(broken)
+    store.quarantine(model_route="broken-client", reason="broken client", actor="tester")
     for query in make_trajectories(3, 8, seed=6):
         store.find_patterns(query["query_embedding"], k=2)
     worst = min(p.avg_quality for p in store.patterns())
@@ -227,16 +233,20 @@ def test_pattern_history_and_cycle_audit(populated):
         ("cycle", 5),
         ("cycle", 6),
         ("rollback", 5),
+        ("quarantine", None),
     ]
-    rollback = timeline[-1]
+    rollback = timeline[-2]
     assert (rollback.from_cycle_id, rollback.to_cycle_id) == (5, 4)
     assert rollback.actor == "tester" and rollback.reason == "regression"
-    assert rollback.audit_id == store.audit_log()[0]["id"]
+    assert rollback.audit_id == store.audit_log()[1]["id"]
+    quarantine = timeline[-1]
+    assert (quarantine.actor, quarantine.reason) == ("tester", "broken client")
+    assert quarantine.audit_id == store.audit_log()[0]["id"]
     details = (
         rollback.details if isinstance(rollback.details, dict) else json.loads(rollback.details)
     )
     assert details["cycles_rolled_back"] == [5] and details["trajectories_requeued"] == 12
-    skipped = timeline[-2]
+    skipped = timeline[-3]
     assert (skipped.status, skipped.trigger) == ("skipped", "manual")
     assert skipped.reason and skipped.audit_id is None
 

@@ -98,7 +98,7 @@ class LoraVersion(Base):
     alpha: Mapped[float] = mapped_column(Float)
     down_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
     up_blob_id: Mapped[int] = mapped_column(ForeignKey("vector_blobs.id"))
-    source: Mapped[str] = mapped_column(String(16))  # initial, cycle, flush, import
+    source: Mapped[str] = mapped_column(String(16))  # initial, cycle, flush, import, replay
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     __table_args__ = (
@@ -250,7 +250,9 @@ class Pattern(Base):
 class MicroLoraSignal(Base):
     """Which micro-LoRA version absorbed each trajectory's learning signal. A row
     is written once per trajectory, under the head lock, so a signal is applied
-    exactly once even when several processes (or a restarted one) flush."""
+    exactly once even when several processes (or a restarted one) flush. A
+    quarantine deletes the rows of the signals it takes out of the head's line,
+    so that a release leaves them to be applied again."""
 
     __tablename__ = "micro_lora_signals"
 
@@ -260,9 +262,53 @@ class MicroLoraSignal(Base):
     micro_lora_version_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id"))
 
 
+class Quarantine(Base):
+    """A batch of trajectories taken out of learning (`store.quarantine`): kept,
+    but never in a retention window nor applied to the micro-LoRA while the
+    quarantine stands. Its members are rows of `quarantined_trajectories`;
+    `release` ends it (the row stays, with who released it and why)."""
+
+    __tablename__ = "quarantines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    selection: Mapped[dict[str, Any]]  # the criteria, as given
+    trajectory_count: Mapped[int] = mapped_column(Integer)
+    released_at: Mapped[dt.datetime | None]
+    released_by: Mapped[str | None] = mapped_column(String(200))
+    release_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class QuarantinedTrajectory(Base):
+    """A trajectory of a quarantine. Rows are never removed by a release: a
+    trajectory is quarantined while one of its quarantines is not released."""
+
+    __tablename__ = "quarantined_trajectories"
+
+    quarantine_id: Mapped[int] = mapped_column(ForeignKey("quarantines.id"), primary_key=True)
+    trajectory_id: Mapped[int] = mapped_column(
+        ForeignKey("trajectories.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class MicroLoraReplay(Base):
+    """A micro-LoRA version written by a quarantine: it re-applies the signals
+    that version `replay_of_id` (a flush, never itself a replay) absorbed,
+    less the quarantined ones. Its signal group is therefore that flush's rows
+    of `micro_lora_signals`."""
+
+    __tablename__ = "micro_lora_replays"
+
+    lora_version_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id"), primary_key=True)
+    replay_of_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id"))
+    quarantine_id: Mapped[int] = mapped_column(ForeignKey("quarantines.id"))
+
+
 class StoreHead(Base):
-    """One row: what is current. Only cycles, rollbacks, restores, micro-LoRA
-    flushes and imports move it."""
+    """One row: what is current. Only cycles, rollbacks, restores, quarantines,
+    micro-LoRA flushes and imports move it."""
 
     __tablename__ = "store_head"
 
@@ -298,7 +344,8 @@ class RetentionPolicy(Base):
 
 class AuditEvent(Base):
     """Who moved the head, when, from where to where, and why (rollbacks,
-    restores, imports). Cycles are audit records of their own."""
+    restores, quarantines, releases, imports). Cycles are audit records of
+    their own."""
 
     __tablename__ = "audit_log"
 
@@ -320,8 +367,11 @@ __all__ = [
     "EwcState",
     "EwcTaskMemory",
     "LoraVersion",
+    "MicroLoraReplay",
     "MicroLoraSignal",
     "Pattern",
+    "Quarantine",
+    "QuarantinedTrajectory",
     "RetentionPolicy",
     "StoreHead",
     "StoreSettings",

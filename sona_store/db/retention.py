@@ -292,6 +292,21 @@ def dropped_count(session: Session, cycle_ids: list[int]) -> int:
     )
 
 
+def dropped_among(session: Session, trajectory_ids: list[int]) -> int:
+    """How many of these trajectories gc deleted the vectors of."""
+    from sona_store.db.quarantines import chunks
+
+    return sum(
+        session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Trajectory)
+            .where(Trajectory.id.in_(chunk), Trajectory.vectors_dropped_at.is_not(None))
+        )
+        or 0
+        for chunk in chunks(sorted(trajectory_ids))
+    )
+
+
 def count_dropped(session: Session) -> int:
     return (
         session.scalar(

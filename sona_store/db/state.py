@@ -167,10 +167,15 @@ def load_micro_lora_version(db: Executor, version_id: int) -> MicroLoraVersion:
 
 
 def append_micro_lora(
-    connection: Connection, weights: MicroLoraWeights, parent: MicroLoraVersion, note: str
+    connection: Connection,
+    weights: MicroLoraWeights,
+    parent: MicroLoraVersion,
+    note: str,
+    source: str = "flush",
 ) -> MicroLoraVersion:
-    """A flush's new version. A flush changes only `up`, so the parent's
-    `down` blob is shared without hashing or looking it up again."""
+    """A flush's (or a quarantine's replay's) new version. Both change only
+    `up`, so the parent's `down` blob is shared without hashing or looking it
+    up again."""
     unchanged = np.array_equal(weights.down, parent.weights.down)
     down_blob_id = parent.down_blob_id if unchanged else put_blob(connection, weights.down)
     version_id = save_lora(
@@ -180,7 +185,7 @@ def append_micro_lora(
         weights.up[None],
         float(weights.rank),
         parent_id=parent.version_id,
-        source="flush",
+        source=source,
         note=note,
         down_blob_id=down_blob_id,
     )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db import retention, state, trajectories
 from sona_store.db.models import Cycle, EwcTaskMemory, LoraVersion, Pattern, Trajectory
+from sona_store.db.quarantines import quarantined
 
 
 def _count(session: Session, model: type, *where: Any) -> int:
@@ -20,8 +21,9 @@ def store_stats(session: Session) -> dict[str, Any]:
     head = state.get_head(session)
     return {
         # The reference's keys. "buffered" means recorded and waiting for a cycle
-        # (pending). Its trajectories_dropped and buffer_success_rate are not kept:
-        # nothing is ever dropped here, so they could only be constants.
+        # (pending: not quarantined). Its trajectories_dropped and
+        # buffer_success_rate are not kept: nothing is ever dropped here, so
+        # they could only be constants.
         "trajectories_recorded": trajectories.count_all(session),
         "trajectories_buffered": trajectories.count_pending(session),
         "patterns_stored": _count(
@@ -35,6 +37,7 @@ def store_stats(session: Session) -> dict[str, Any]:
         "trajectories_consumed": _count(
             session, Trajectory, Trajectory.consumed_by_cycle_id.is_not(None)
         ),
+        "trajectories_quarantined": _count(session, Trajectory, quarantined(Trajectory.id)),
         "trajectories_vectors_dropped": retention.count_dropped(session),
         "cycles": _count(session, Cycle),
         "head_cycle_id": head.cycle_id,

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
 from sona_store.db.models import Trajectory, TrajectoryStep, TrajectoryVectors
+from sona_store.db.quarantines import quarantined
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.learning.embedding import trajectory_embeddings
 from sona_store.validation import TrajectoryBatch
@@ -93,15 +94,13 @@ def _row_bytes(matrix: np.ndarray) -> list[bytes]:
     return [data[i * width : (i + 1) * width] for i in range(n)]
 
 
+def pending() -> sa.ColumnElement[bool]:
+    """Waiting for a cycle: not consumed, and not quarantined."""
+    return sa.and_(Trajectory.consumed_by_cycle_id.is_(None), ~quarantined(Trajectory.id))
+
+
 def count_pending(session: Session) -> int:
-    return (
-        session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Trajectory)
-            .where(Trajectory.consumed_by_cycle_id.is_(None))
-        )
-        or 0
-    )
+    return session.scalar(sa.select(sa.func.count()).select_from(Trajectory).where(pending())) or 0
 
 
 def count_all(session: Session) -> int:
@@ -110,10 +109,11 @@ def count_all(session: Session) -> int:
 
 def claim_pending(session: Session, cycle_id: int) -> int:
     """Mark every committed pending trajectory as consumed by `cycle_id`. Rows
-    other transactions have not committed yet are not seen and stay pending."""
+    other transactions have not committed yet are not seen and stay pending;
+    quarantined ones are never taken."""
     result = session.execute(
         sa.update(Trajectory)
-        .where(Trajectory.consumed_by_cycle_id.is_(None))
+        .where(pending())
         .values(consumed_by_cycle_id=cycle_id)
         .execution_options(synchronize_session=False)
     )
@@ -219,7 +219,8 @@ def _embedded(
 
 
 def requeue(session: Session, cycle_ids: list[int]) -> int:
-    """Make the trajectories consumed by these cycles pending again."""
+    """Make the trajectories consumed by these cycles pending again (the
+    quarantined among them stay out of every cycle while quarantined)."""
     if not cycle_ids:
         return 0
     result = session.execute(

@@ -316,3 +316,18 @@ def accumulate_groups(
     if len(g) > full * group:
         sums.append(accumulate(g[full * group :], q[full * group :], rank))
     return sums
+
+
+def apply_groups(
+    weights: MicroLoraWeights,
+    gradients: np.ndarray,
+    qualities: np.ndarray,
+    group: int,
+    lr: float,
+) -> MicroLoraWeights:
+    """Apply signals in order, in runs of `group` (each averaged on its own),
+    as a flush does: the reference's instant loop applying every `group`
+    signals. A quarantine's replay calls this too, so both agree to the bit."""
+    for grad_up, count in accumulate_groups(gradients, qualities, weights.rank, group):
+        weights = apply_update(weights, grad_up, count, lr)
+    return weights

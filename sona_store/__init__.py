@@ -13,7 +13,7 @@ from sona_store.errors import (
     SonaStoreError,
     ValidationError,
 )
-from sona_store.store import Pattern, SonaStore
+from sona_store.store import Pattern, RouteRecommendation, ScoredPattern, SonaStore
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,9 @@ __all__ = [
     "DatabaseUnavailableError",
     "Pattern",
     "RollbackError",
+    "RouteRecommendation",
     "SchemaVersionError",
+    "ScoredPattern",
     "SonaConfig",
     "SonaStore",
     "SonaStoreError",

@@ -5,20 +5,22 @@ the model from memory."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 # The estimator's constants (documented in docs/learning.md).
-NEIGHBOURS = 5  # nearest patterns whose statistics are combined
-TEMPERATURE = 0.05  # similarity weight exp((s - s_best) / T): 0.1 less weighs ~0.14
+TEMPERATURE = 0.05  # pattern weight exp((s - s_best) / T): 0.1 less similar weighs ~0.14
 PRIOR_STRENGTH = 4.0  # pseudo-trajectories of the route's global mean behind every estimate
 Z = 1.96  # the band is the estimate +- Z standard errors (~95%), clipped to [0, 1]
 # With no quality observed at all: the middle of [0, 1] and a uniform's variance.
 UNINFORMED_MEAN = 0.5
 UNINFORMED_VARIANCE = 1.0 / 12.0
 EXPLORE_MODES = ("ucb", "thompson")
+NORM_EPSILON = 1e-8
 
 
 @dataclass(frozen=True)
@@ -70,26 +72,30 @@ def route_statistics(
     return out
 
 
-@dataclass(frozen=True)
-class RouteRecommendation:
-    """A route's expected quality near a query, best first in a list."""
+class RouteRecommendation(NamedTuple):
+    """A route's expected quality near a query (a list of them is best first).
+    A named tuple: built per call on a hot path."""
 
     route: str
     expected_quality: float
     support: float  # similarity-weighted trajectories behind the estimate
-    low: float
+    low: float  # the ~95% band, clipped to [0, 1]
     high: float
 
     def to_dict(self) -> dict[str, float | str]:
-        return dict(self.__dict__)
+        return self._asdict()
 
 
 class RouteModel:
-    """The current patterns' route statistics as matrices (patterns x routes),
-    built once per head. `unit`: the patterns' unit centroids (the
-    PatternIndex's); `counts`, `means`, `m2`: (patterns, routes) with zero
-    where a pattern has no trajectory of a route. No-route rows are left out:
-    no router can choose "none"."""
+    """The current patterns' route statistics, built once per head.
+
+    `unit`: the patterns' unit centroids (the PatternIndex's); `counts`,
+    `means`, `m2`: (patterns, routes), zero where a pattern has no trajectory
+    of a route. No-route statistics are left out: no router can choose
+    "none". Near a query, pattern j weighs w_j = exp((s_j - s_best) / T)
+    (s: cosine similarity), so the nearest counts fully; a route's estimate is
+    its weighted mean quality shrunk toward its global mean by PRIOR_STRENGTH
+    pseudo-trajectories."""
 
     def __init__(
         self,
@@ -99,82 +105,77 @@ class RouteModel:
         means: np.ndarray,
         m2: np.ndarray,
     ):
-        self.unit = unit
+        self.unit = np.ascontiguousarray(unit, dtype=np.float32)
         self.routes = routes
         self.column = {r: i for i, r in enumerate(routes)}
-        counts = counts.astype(np.float64)
-        self.counts = counts
-        self.sums = counts * means
-        # Per pattern, sum of q^2 over members, less nothing: m2 + n mean^2.
-        self.squares = m2 + counts * means * means
-        total = counts.sum(axis=0)
-        sums = self.sums.sum(axis=0)
-        squares = self.squares.sum(axis=0)
+        counts = np.asarray(counts, dtype=np.float64)
+        sums = counts * means
+        squares = m2 + sums * means  # per cell: the sum of q^2
+        # One product with the weights gives every route's n, sum and sum of squares.
+        self.table = np.hstack([counts, sums, squares]) if len(routes) else np.zeros((0, 0))
+        total, route_sums, route_squares = counts.sum(0), sums.sum(0), squares.sum(0)
         n_all = float(total.sum())
         if n_all > 0:
-            overall = float(sums.sum()) / n_all
-            overall_var = max(float(squares.sum()) / n_all - overall * overall, 0.0)
+            overall = float(route_sums.sum()) / n_all
+            overall_var = max(float(route_squares.sum()) / n_all - overall * overall, 0.0)
         else:
             overall, overall_var = UNINFORMED_MEAN, UNINFORMED_VARIANCE
-        self.overall_mean, self.overall_variance = overall, overall_var
+        # A route no statistic has: the overall mean, with a wide band.
+        self.unseen = (overall, overall_var if overall_var > 0 else UNINFORMED_VARIANCE)
         seen = total > 0
-        route_mean = np.divide(sums, total, out=np.full(len(routes), overall), where=seen)
-        route_var = np.divide(squares, total, out=np.zeros(len(routes)), where=seen)
+        route_mean = np.divide(route_sums, total, out=np.full(len(routes), overall), where=seen)
+        route_var = np.divide(route_squares, total, out=np.zeros(len(routes)), where=seen)
         route_var = np.maximum(route_var - route_mean * route_mean, 0.0)
         k = PRIOR_STRENGTH
-        # Each route's prior: its global mean, itself shrunk toward the overall one.
-        self.prior_mean = (total * route_mean + k * overall) / (total + k)
-        self.prior_variance = (total * route_var + k * overall_var) / (total + k)
-        self.route_totals = total
+        # Each route's prior, times k: its global mean (itself shrunk toward
+        # the overall one) and variance.
+        prior_mean = (total * route_mean + k * overall) / (total + k)
+        prior_var = (total * route_var + k * overall_var) / (total + k)
+        self.k_prior_mean = (k * prior_mean).tolist()
+        self.k_prior_var = (k * prior_var).tolist()
+        self.prior_mean = prior_mean.tolist()
+        self.prior_var = prior_var.tolist()
 
     @classmethod
     def empty(cls, dim: int = 0) -> RouteModel:
         zeros = np.zeros((0, 0))
         return cls(np.zeros((0, dim), dtype=np.float32), [], zeros, zeros, zeros)
 
+    def _near(self, query: np.ndarray) -> list[float] | None:
+        """Similarity-weighted (n, sum, sum of squares) of every route, as one
+        list of 3 x routes; None without patterns or routes."""
+        if not self.routes or not len(self.unit):
+            return None
+        scores = self.unit @ query
+        norm = math.sqrt(float(query @ query))
+        if norm < NORM_EPSILON:  # no direction: every pattern alike
+            weights = np.ones(len(scores), dtype=np.float32)
+        else:
+            weights = np.exp((scores - scores.max()) * np.float32(1.0 / (norm * TEMPERATURE)))
+        return (weights @ self.table).tolist()
+
     def estimate(
         self, query: np.ndarray, candidates: Sequence[str] | None = None
-    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """(routes, expected quality, support, standard error), unsorted.
-        `candidates` None: every route of the statistics."""
-        mean, var, support = self._local(query)
-        if candidates is None:
-            names = self.routes
-        else:
-            names = list(candidates)
-            columns = [self.column.get(r, -1) for r in names]
-            if any(c < 0 for c in columns):  # a route no statistic has: the prior
-                mean = np.append(mean, self.overall_mean)
-                var = np.append(var, self.overall_variance or UNINFORMED_VARIANCE)
-                support = np.append(support, 0.0)
-            index = np.asarray(columns, dtype=np.int64)  # -1 picks the appended prior
-            mean, var, support = mean[index], var[index], support[index]
-        se = np.sqrt(var / (support + PRIOR_STRENGTH))
-        return names, mean, support, se
-
-    def _local(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per route: the shrunk mean, blended variance and weighted count near
-        `query` (the prior alone when there are no patterns or routes)."""
+    ) -> list[tuple[str, float, float, float]]:
+        """(route, expected quality, support, standard error) per candidate
+        (None: every route of the statistics), in candidate order."""
+        near = self._near(query)
+        width = len(self.routes)
         k = PRIOR_STRENGTH
-        if not len(self.routes) or not len(self.unit):
-            zeros = np.zeros(len(self.routes))
-            return self.prior_mean, self.prior_variance, zeros
-        norm = float(np.sqrt(np.dot(query, query)))
-        scores = self.unit @ (query / norm) if norm >= 1e-8 else np.zeros(len(self.unit))
-        if len(scores) > NEIGHBOURS:
-            top = np.argpartition(-scores, NEIGHBOURS - 1)[:NEIGHBOURS]
-        else:
-            top = np.arange(len(scores))
-        near = scores[top].astype(np.float64)
-        weights = np.exp((near - near.max()) / TEMPERATURE)
-        n = weights @ self.counts[top]
-        sums = weights @ self.sums[top]
-        squares = weights @ self.squares[top]
-        local = np.divide(sums, n, out=np.zeros_like(n), where=n > 0)
-        local_var = np.divide(squares, n, out=np.zeros_like(n), where=n > 0) - local * local
-        mean = (n * local + k * self.prior_mean) / (n + k)
-        var = (n * np.maximum(local_var, 0.0) + k * self.prior_variance) / (n + k)
-        return mean, var, n
+        out = []
+        for name in self.routes if candidates is None else candidates:
+            c = self.column.get(name)
+            if c is None:
+                mean, var, n = self.unseen[0], self.unseen[1], 0.0
+            elif near is None:
+                mean, var, n = self.prior_mean[c], self.prior_var[c], 0.0
+            else:
+                n, total, squares = near[c], near[width + c], near[2 * width + c]
+                within = squares - total * total / n if n > 0 else 0.0
+                mean = (total + self.k_prior_mean[c]) / (n + k)
+                var = (max(within, 0.0) + self.k_prior_var[c]) / (n + k)
+            out.append((name, mean, n, math.sqrt(var / (n + k))))
+        return out
 
     def recommend(
         self,
@@ -185,24 +186,24 @@ class RouteModel:
         rng: np.random.Generator | None = None,
     ) -> list[RouteRecommendation]:
         """The k best routes for `query`. explore None ranks by the estimate
-        (deterministic); "ucb" by the band's upper end; "thompson" by a draw
+        (deterministic); "ucb" by the band's upper end; "thompson" by one draw
         from each route's normal posterior (estimate, standard error)."""
-        names, mean, support, se = self.estimate(query, candidates)
-        if not names or k <= 0:
+        rows = self.estimate(query, candidates)
+        if not rows or k <= 0:
             return []
-        low = np.clip(mean - Z * se, 0.0, 1.0)
-        high = np.clip(mean + Z * se, 0.0, 1.0)
         if explore is None:
-            rank_by = mean
+            keys = [mean for _, mean, _, _ in rows]
         elif explore == "ucb":
-            rank_by = high
+            keys = [mean + Z * se for _, mean, _, se in rows]
         else:
             rng = rng if rng is not None else np.random.default_rng()
-            rank_by = rng.normal(mean, se)
-        order = np.lexsort((np.arange(len(names)), -rank_by))[:k]
-        return [
-            RouteRecommendation(
-                names[i], float(mean[i]), float(support[i]), float(low[i]), float(high[i])
-            )
-            for i in order
-        ]
+            draws = rng.standard_normal(len(rows)).tolist()
+            keys = [mean + se * z for (_, mean, _, se), z in zip(rows, draws, strict=True)]
+        order = sorted(range(len(rows)), key=lambda i: (-keys[i], i))[:k]
+        out = []
+        for i in order:
+            name, mean, n, se = rows[i]
+            low = min(max(mean - Z * se, 0.0), 1.0)
+            high = min(max(mean + Z * se, 0.0), 1.0)
+            out.append(RouteRecommendation(name, mean, n, low, high))
+        return out

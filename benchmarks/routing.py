@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,10 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# One BLAS thread for every policy, set before numpy loads: a router decides
+# many requests at once, one per thread, and on a shared machine a threaded
+# matrix product of the kNN baseline swung 10x from run to run.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
-from benchmarks.timing import progress
-from sona_store import SonaConfig, SonaStore
+
+import numpy as np  # noqa: E402
+
+from benchmarks.timing import progress  # noqa: E402
+from sona_store import SonaConfig, SonaStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROUTES = ["route-a", "route-b", "route-c", "route-d"]
@@ -448,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                 "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "seconds": time.time() - started,
                 "plan": {**plan.__dict__, "seeds": list(plan.seeds), "routes": ROUTES},
+                "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+                "load_average": os.getloadavg(),
                 "summary": summary,
                 "runs": [{"seed": r.seed, "phases": r.phases, "curve": r.curve} for r in runs],
             },

@@ -64,10 +64,20 @@ class Plan:
     shifted_topics: float = 0.5  # share of topics whose best route changes halfway
     knn_ks: tuple[int, ...] = (10, 25, 50, 100)  # kNN is scored with its best k of these
     latency_calls: int = 300
+    # kNN's decision time grows with the logs, sona_store's with the patterns:
+    # both timed (paired) over these many logged trajectories at the end.
+    sweep_logs: tuple[int, ...] = (2_500, 5_000, 10_000, 20_000, 40_000, 80_000)
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
-QUICK = Plan(requests_per_phase=2_000, cycle_every=250, held_out=200, latency_calls=100, seeds=(0,))
+QUICK = Plan(
+    requests_per_phase=2_000,
+    cycle_every=250,
+    held_out=200,
+    latency_calls=100,
+    seeds=(0,),
+    sweep_logs=(2_500, 10_000),
+)
 
 
 # -- the simulated world ---------------------------------------------------------------
@@ -180,6 +190,7 @@ class Run:
     phases: list[dict[str, Any]] = field(default_factory=list)
     curve: list[dict[str, Any]] = field(default_factory=list)  # held-out share after each cycle
     regret: dict[str, list[float]] = field(default_factory=dict)  # running, per request
+    sweep: list[dict[str, float]] = field(default_factory=list)  # latency by log size
 
 
 def run_once(plan: Plan, seed: int, url: str) -> Run:
@@ -261,10 +272,44 @@ def run_once(plan: Plan, seed: int, url: str) -> Run:
                 f"seed {seed} phase {phase}: "
                 + ", ".join(f"{k} {v['share']:.3f}" for k, v in run.phases[-1]["policies"].items())
             )
+        run.sweep = latency_sweep(plan, world, store, held_queries, np.stack(logs_q))
     finally:
         store.close()
     run.regret = {k: np.cumsum(v).tolist() for k, v in regret.items()}
     return run
+
+
+def latency_sweep(
+    plan: Plan, world: World, store: SonaStore, queries: np.ndarray, logs: np.ndarray
+) -> list[dict[str, float]]:
+    """Paired decision times of sona_store and kNN over n logged queries, for
+    each n of plan.sweep_logs (beyond the run's own logs, more drawn from the
+    same topics; routes and qualities do not change the time)."""
+    rng = np.random.default_rng(5)
+    if len(logs) < max(plan.sweep_logs):
+        extra, _ = world.queries(rng, max(plan.sweep_logs) - len(logs))
+        logs = np.concatenate([logs, extra])
+    routes = rng.integers(0, len(ROUTES), len(logs))
+    qualities = rng.uniform(0, 1, len(logs))
+    out = []
+    for n in plan.sweep_logs:
+        knn = KnnOverLogs(logs[:n], routes[:n], qualities[:n])
+        times = decision_us(
+            {"sona_store": sona_choice(store), "knn": knn.choose}, queries, plan.latency_calls
+        )
+        out.append(
+            {
+                "logs": n,
+                "sona_us": float(statistics.median(times["sona_store"])),
+                "knn_us": float(statistics.median(times["knn"])),
+                "ratio": float(
+                    statistics.median(
+                        k / s for k, s in zip(times["knn"], times["sona_store"], strict=True)
+                    )
+                ),
+            }
+        )
+    return out
 
 
 def evaluate(
@@ -382,7 +427,16 @@ def summarise(plan: Plan, runs: list[Run]) -> dict[str, Any]:
             lambda v: v <= 10,
         ),
     ]
-    return {"rows": rows, "targets": targets}
+    sweep = [
+        {
+            "logs": point["logs"],
+            "sona_us": statistics.median(r.sweep[i]["sona_us"] for r in runs),
+            "knn_us": statistics.median(r.sweep[i]["knn_us"] for r in runs),
+            "ratio_per_seed": [r.sweep[i]["ratio"] for r in runs],
+        }
+        for i, point in enumerate(runs[0].sweep)
+    ]
+    return {"rows": rows, "targets": targets, "latency_sweep": sweep}
 
 
 def _target(name: str, values: list[float], ok: Callable[[float], bool] | None) -> dict[str, Any]:
@@ -399,6 +453,11 @@ def print_table(plan: Plan, summary: dict[str, Any]) -> None:
             f"{r['when']:<16} {r['policy']:<18} {share:<24} "
             f"{r['decision_us_median']:>12.1f} {r['logged']:>7}"
         )
+    print()
+    print(f"{'logged trajectories':>20} {'sona_store us':>14} {'kNN us':>10}  kNN/sona per seed")
+    for p in summary["latency_sweep"]:
+        ratios = ", ".join(f"{v:.1f}" for v in p["ratio_per_seed"])
+        print(f"{p['logs']:>20} {p['sona_us']:>14.1f} {p['knn_us']:>10.1f}  [{ratios}]")
     print()
     for t in summary["targets"]:
         per_seed = ", ".join(f"{v:.3g}" for v in t["per_seed"])

@@ -62,7 +62,7 @@ class Plan:
     query_noise: float = 1.5  # noise norm relative to the topic direction's (1)
     quality_noise: float = 0.1  # standard deviation of an observed quality
     shifted_topics: float = 0.5  # share of topics whose best route changes halfway
-    knn_ks: tuple[int, ...] = (10, 25, 50, 100)  # kNN is scored with its best k of these
+    knn_ks: tuple[int, ...] = (10, 25, 50, 100, 200, 400, 800)  # kNN gets its best k
     latency_calls: int = 300
     # kNN's decision time grows with the logs, sona_store's with the patterns:
     # both timed (paired) over these many logged trajectories at the end.

@@ -125,4 +125,10 @@ class PatternIndex:
             top = top[np.lexsort((top, -scores[top]))]  # best first, lowest id on ties
         else:
             top = np.lexsort((np.arange(len(scores)), -scores))
-        return [ScoredPattern.of(self.patterns[i], float(scores[i])) for i in top]
+        # Python ints and floats in one conversion each: faster than indexing
+        # with numpy integers and converting scores one by one.
+        patterns, of = self.patterns, ScoredPattern.of
+        return [
+            of(patterns[i], score)
+            for i, score in zip(top.tolist(), scores[top].tolist(), strict=True)
+        ]

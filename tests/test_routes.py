@@ -251,17 +251,26 @@ def _independent_estimate(store: SonaStore, q: np.ndarray) -> dict[str, tuple[fl
     n_all = sum(c[1] for c in everything)
     overall = sum(c[1] * c[2] for c in everything) / n_all
     overall_var = sum(c[3] + c[1] * (c[2] - overall) ** 2 for c in everything) / n_all
+    local = {}  # route -> (weighted count, weighted sum) near q
+    for route, cs in cells.items():
+        local[route] = (sum(c[0] * c[1] for c in cs), sum(c[0] * c[1] * c[2] for c in cs))
+    confidence = {r: n / (n + k) for r, (n, _) in local.items() if n > 0}
+    typical = sum(a * local[r][1] / local[r][0] for r, a in confidence.items()) / sum(
+        confidence.values()
+    )
+    local_n = sum(n for n, _ in local.values())
     out = {}
     for route, cs in cells.items():
         total = sum(c[1] for c in cs)
         g_mean = sum(c[1] * c[2] for c in cs) / total
         g_var = sum(c[3] + c[1] * (c[2] - g_mean) ** 2 for c in cs) / total
         prior = (total * g_mean + k * overall) / (total + k)
+        prior = (local_n * typical + k * prior) / (local_n + k)
         prior_var = (total * g_var + k * overall_var) / (total + k)
-        n = sum(c[0] * c[1] for c in cs)
-        local = sum(c[0] * c[1] * c[2] for c in cs) / n
-        within = sum(c[0] * (c[3] + c[1] * (c[2] - local) ** 2) for c in cs)
-        mean = (n * local + k * prior) / (n + k)
+        n, sums = local[route]
+        mean_here = sums / n
+        within = sum(c[0] * (c[3] + c[1] * (c[2] - mean_here) ** 2) for c in cs)
+        mean = (sums + k * prior) / (n + k)
         var = (within + k * prior_var) / (n + k)
         out[route] = (mean, n, math.sqrt(var / (n + k)))
     return out
@@ -303,17 +312,18 @@ def _group(centre: np.ndarray, n: int, route: str, quality: float, seed: int) ->
 
 
 def test_a_route_seen_twice_does_not_win_by_noise(db_url):
-    """Near +x: "steady" 40 times at 0.85, "lucky" twice at 1.0; elsewhere
-    (+y) "other" at 0.4. Lucky's estimate is shrunk toward the store-wide
-    mean, below steady's, and its band is wider."""
+    """Near +x: "steady" 40 times at 0.85, "lucky" twice at 1.0, "other" 20
+    times at 0.4; far away (+y) lucky is everywhere at 1.0. Lucky's estimate
+    is shrunk toward what a typical route gets near +x, below steady's, and
+    its band is wider."""
     x, y = np.eye(DIM)[0] * 3, np.eye(DIM)[1] * 3
     items = _group(x, 40, "steady", 0.85, 1) + _group(x, 2, "lucky", 1.0, 2)
-    items += _group(y, 40, "other", 0.4, 3)
+    items += _group(x, 20, "other", 0.4, 3) + _group(y, 30, "lucky", 1.0, 4)
     with SonaStore(db_url, SonaConfig(hidden_dim=DIM, pattern_clusters=2)) as store:
         store.record_trajectories(items)
         store.run_cycle(force=True)
         ranked = store.recommend_routes(x, k=3)
-        assert [r.route for r in ranked][:2] == ["steady", "lucky"]
+        assert [r.route for r in ranked] == ["steady", "lucky", "other"]
         steady, lucky = ranked[0], ranked[1]
         assert lucky.expected_quality < 1.0 and lucky.support == pytest.approx(2.0)
         assert lucky.high - lucky.low > steady.high - steady.low

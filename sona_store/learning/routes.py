@@ -160,22 +160,45 @@ class RouteModel:
         """(route, expected quality, support, standard error) per candidate
         (None: every route of the statistics), in candidate order."""
         near = self._near(query)
-        width = len(self.routes)
         k = PRIOR_STRENGTH
+        width = len(self.routes)
+        typical, local_n = self._typical(near)
         out = []
         for name in self.routes if candidates is None else candidates:
             c = self.column.get(name)
-            if c is None:
-                mean, var, n = self.unseen[0], self.unseen[1], 0.0
-            elif near is None:
-                mean, var, n = self.prior_mean[c], self.prior_var[c], 0.0
+            if c is None:  # never seen: the overall mean (and variance) is its prior
+                prior, prior_var, n, total, within = *self.unseen, 0.0, 0.0, 0.0
             else:
-                n, total, squares = near[c], near[width + c], near[2 * width + c]
-                within = squares - total * total / n if n > 0 else 0.0
-                mean = (total + self.k_prior_mean[c]) / (n + k)
-                var = (max(within, 0.0) + self.k_prior_var[c]) / (n + k)
+                prior, prior_var = self.prior_mean[c], self.prior_var[c]
+                if near is None:
+                    n = total = within = 0.0
+                else:
+                    n, total, squares = near[c], near[width + c], near[2 * width + c]
+                    within = max(squares - total * total / n, 0.0) if n > 0 else 0.0
+            if typical is not None:  # near q, a route is a priori as good as a typical one here
+                prior = (local_n * typical + k * prior) / (local_n + k)
+            mean = (total + k * prior) / (n + k)
+            var = (within + k * prior_var) / (n + k)
             out.append((name, mean, n, math.sqrt(var / (n + k))))
         return out
+
+    def _typical(self, near: list[float] | None) -> tuple[float | None, float]:
+        """The quality of a typical route near the query: the mean of the
+        routes' local means, each weighted by its confidence n / (n + K) (not
+        by n: a router plays the best route most, and a count-weighted mean
+        would make that route's quality everyone's prior); and the local count."""
+        if near is None:
+            return None, 0.0
+        k, width = PRIOR_STRENGTH, len(self.routes)
+        weighted = weights = local_n = 0.0
+        for c in range(width):
+            n = near[c]
+            if n > 0:
+                a = n / (n + k)
+                weighted += a * near[width + c] / n
+                weights += a
+                local_n += n
+        return (weighted / weights if weights > 0 else None), local_n
 
     def recommend(
         self,

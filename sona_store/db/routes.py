@@ -7,7 +7,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from sona_store.db.models import Pattern, PatternRoute
+from sona_store.db.models import PatternRoute
 from sona_store.learning.routes import RouteStatistic
 
 
@@ -51,14 +51,6 @@ def route_rows(
         .order_by(PatternRoute.pattern_id, PatternRoute.id)
     )
     return [tuple(row) for row in session.execute(statement)]
-
-
-def cycle_route_rows(
-    session: Session, cycle_id: int
-) -> list[tuple[int, str | None, int, float, float]]:
-    """The route statistics of every pattern a cycle extracted."""
-    ids = list(session.scalars(sa.select(Pattern.id).where(Pattern.cycle_id == cycle_id)))
-    return route_rows(session, ids)
 
 
 def route_matrices(

@@ -21,6 +21,9 @@ UNINFORMED_MEAN = 0.5
 UNINFORMED_VARIANCE = 1.0 / 12.0
 EXPLORE_MODES = ("ucb", "thompson")
 NORM_EPSILON = 1e-8
+# Thompson draws when the caller passes no generator (numpy's Generator locks
+# around each draw, so threads may share it).
+_DEFAULT_RNG = np.random.default_rng()
 
 
 @dataclass(frozen=True)
@@ -136,11 +139,6 @@ class RouteModel:
         self.prior_mean = prior_mean.tolist()
         self.prior_var = prior_var.tolist()
 
-    @classmethod
-    def empty(cls, dim: int = 0) -> RouteModel:
-        zeros = np.zeros((0, 0))
-        return cls(np.zeros((0, dim), dtype=np.float32), [], zeros, zeros, zeros)
-
     def _near(self, query: np.ndarray) -> list[float] | None:
         """Similarity-weighted (n, sum, sum of squares) of every route, as one
         list of 3 x routes; None without patterns or routes."""
@@ -219,7 +217,7 @@ class RouteModel:
         elif explore == "ucb":
             keys = [mean + Z * se for _, mean, _, se in rows]
         else:
-            rng = rng if rng is not None else np.random.default_rng()
+            rng = rng if rng is not None else _DEFAULT_RNG
             draws = rng.standard_normal(len(rows)).tolist()
             keys = [mean + se * z for (_, mean, _, se), z in zip(rows, draws, strict=True)]
         order = sorted(range(len(rows)), key=lambda i: (-keys[i], i))[:k]

@@ -413,7 +413,7 @@ class SonaStore:
     ) -> list[RouteRecommendation]:
         """The k routes with the best expected quality for `query`, best first,
         each with its support (similarity-weighted trajectories) and a ~95%
-        band (docs/learning.md, "Route recommendation"). `routes`: the
+        band (docs/learning.md, "Route statistics and recommendation"). `routes`: the
         candidates (default: every route the current patterns saw; one never
         seen gets the prior). `explore`: None (deterministic for a head),
         "thompson" (rank by a posterior draw, from `rng`) or "ucb" (rank by

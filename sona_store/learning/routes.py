@@ -1,6 +1,6 @@
 """Which model route does well near a query: per-pattern route statistics and
-the estimate a router ranks routes by (docs/learning.md, "Route
-recommendation"). Pure numpy; the store persists the statistics and serves
+the estimate a router ranks routes by (docs/learning.md, "Route statistics
+and recommendation"). Pure numpy; the store persists the statistics and serves
 the model from memory."""
 
 from __future__ import annotations

@@ -130,14 +130,12 @@ class RouteModel:
         route_var = np.divide(route_squares, total, out=np.zeros(len(routes)), where=seen)
         route_var = np.maximum(route_var - route_mean * route_mean, 0.0)
         k = PRIOR_STRENGTH
-        # Each route's prior, times k: its global mean (itself shrunk toward
-        # the overall one) and variance.
+        # Each route's prior: its global mean (itself shrunk toward the
+        # overall one), and its variance (times k, as the estimate adds it).
         prior_mean = (total * route_mean + k * overall) / (total + k)
         prior_var = (total * route_var + k * overall_var) / (total + k)
-        self.k_prior_mean = (k * prior_mean).tolist()
-        self.k_prior_var = (k * prior_var).tolist()
         self.prior_mean = prior_mean.tolist()
-        self.prior_var = prior_var.tolist()
+        self.k_prior_var = (k * prior_var).tolist()
 
     def _near(self, query: np.ndarray) -> list[float] | None:
         """Similarity-weighted (n, sum, sum of squares) of every route, as one
@@ -156,47 +154,39 @@ class RouteModel:
         self, query: np.ndarray, candidates: Sequence[str] | None = None
     ) -> list[tuple[str, float, float, float]]:
         """(route, expected quality, support, standard error) per candidate
-        (None: every route of the statistics), in candidate order."""
+        (None: every route of the statistics), in candidate order. Plain
+        Python floats: for a handful of routes, faster than numpy calls."""
         near = self._near(query)
         k = PRIOR_STRENGTH
         width = len(self.routes)
-        typical, local_n = self._typical(near)
+        if near is None:
+            counts = totals = within = [0.0] * width
+            typical, local_n = None, 0.0
+        else:
+            counts, totals, squares = near[:width], near[width : 2 * width], near[2 * width :]
+            within = [
+                max(sq - t * t / n, 0.0) if n > 0 else 0.0
+                for n, t, sq in zip(counts, totals, squares, strict=True)
+            ]
+            typical, local_n = _typical(counts, totals)
+        priors, unseen = self.prior_mean, self.unseen[0]
+        if typical is not None:  # near q, a route is a priori as good as a typical one here
+            shift, denominator = local_n * typical, local_n + k
+            priors = [(shift + k * p) / denominator for p in priors]
+            unseen = (shift + k * unseen) / denominator
         out = []
         for name in self.routes if candidates is None else candidates:
             c = self.column.get(name)
             if c is None:  # never seen: the overall mean (and variance) is its prior
-                prior, prior_var, n, total, within = *self.unseen, 0.0, 0.0, 0.0
+                denominator = k
+                mean, var, n = unseen, self.unseen[1], 0.0
             else:
-                prior, prior_var = self.prior_mean[c], self.prior_var[c]
-                if near is None:
-                    n = total = within = 0.0
-                else:
-                    n, total, squares = near[c], near[width + c], near[2 * width + c]
-                    within = max(squares - total * total / n, 0.0) if n > 0 else 0.0
-            if typical is not None:  # near q, a route is a priori as good as a typical one here
-                prior = (local_n * typical + k * prior) / (local_n + k)
-            mean = (total + k * prior) / (n + k)
-            var = (within + k * prior_var) / (n + k)
-            out.append((name, mean, n, math.sqrt(var / (n + k))))
+                n = counts[c]
+                denominator = n + k
+                mean = (totals[c] + k * priors[c]) / denominator
+                var = (within[c] + self.k_prior_var[c]) / denominator
+            out.append((name, mean, n, math.sqrt(var / denominator)))
         return out
-
-    def _typical(self, near: list[float] | None) -> tuple[float | None, float]:
-        """The quality of a typical route near the query: the mean of the
-        routes' local means, each weighted by its confidence n / (n + K) (not
-        by n: a router plays the best route most, and a count-weighted mean
-        would make that route's quality everyone's prior); and the local count."""
-        if near is None:
-            return None, 0.0
-        k, width = PRIOR_STRENGTH, len(self.routes)
-        weighted = weights = local_n = 0.0
-        for c in range(width):
-            n = near[c]
-            if n > 0:
-                a = n / (n + k)
-                weighted += a * near[width + c] / n
-                weights += a
-                local_n += n
-        return (weighted / weights if weights > 0 else None), local_n
 
     def recommend(
         self,
@@ -228,3 +218,19 @@ class RouteModel:
             high = min(max(mean + Z * se, 0.0), 1.0)
             out.append(RouteRecommendation(name, mean, n, low, high))
         return out
+
+
+def _typical(counts: list[float], totals: list[float]) -> tuple[float | None, float]:
+    """The quality of a typical route near the query: the mean of the routes'
+    local means, each weighted by its confidence n / (n + K) (not by n: a
+    router plays the best route most, and a count-weighted mean would make
+    that route's quality everyone's prior); and the local count."""
+    k = PRIOR_STRENGTH
+    weighted = weights = local_n = 0.0
+    for n, total in zip(counts, totals, strict=True):
+        if n > 0:
+            a = n / (n + k)
+            weighted += a * total / n
+            weights += a
+            local_n += n
+    return (weighted / weights if weights > 0 else None), local_n

@@ -11,7 +11,7 @@ from collections import Counter
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sona_store.db.engine import transaction
+from sona_store.db.engine import short_error, transaction
 from sona_store.db.models import Pattern
 from sona_store.db.types import utcnow
 
@@ -53,7 +53,7 @@ class AccessLog:
             try:
                 self.flush()
             except Exception as exc:  # the counts were kept for the next attempt
-                logger.warning("pattern access counts not written yet: %s", exc)
+                logger.warning("pattern access counts not written yet: %s", short_error(exc))
             finally:
                 with self._lock:
                     self._flushing = False

@@ -7,14 +7,26 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url
+from sona_store.console import (
+    URL_ENV,
+    error_line,
+    printable,
+    resolve_url,
+    url_password,
+    warn_about_exposed_password,
+)
+from sona_store.db.engine import (
+    DEFAULT_URL,
+    create_store_engine,
+    describe_database_error,
+    mask_url,
+)
 from sona_store.errors import SonaStoreError
 
 logger = logging.getLogger("sona_store")
@@ -22,7 +34,7 @@ EXIT_USER_ERROR = 1
 
 
 def _url(args: argparse.Namespace) -> str:
-    return args.url or os.environ.get("SONA_STORE_URL") or DEFAULT_URL
+    return resolve_url(args)
 
 
 def _open(args: argparse.Namespace):  # -> SonaStore (imported lazily: fast --help)
@@ -53,7 +65,7 @@ def _cell(value: Any) -> str:
         return f"{value:.4g}"
     if hasattr(value, "isoformat"):
         return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+    return printable(value)
 
 
 # -- commands -------------------------------------------------------------------
@@ -87,7 +99,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     store = _open(args)
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    # Bytes: each line is decoded on its own, so invalid UTF-8 names its line.
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
+    stream = stdin if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     show = sys.stderr.isatty() or args.progress
 
     def progress(count: int) -> None:
@@ -97,7 +111,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         ids = store.ingest(stream, progress=progress)
     finally:
-        if stream is not sys.stdin:
+        if stream is not stdin:
             stream.close()
         if show:
             print(file=sys.stderr)
@@ -112,7 +126,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     else:
         print(
             f"cycle {result.cycle_id}: {result.status}"
-            + (f" ({result.reason})" if result.reason else "")
+            + (f" ({printable(result.reason)})" if result.reason else "")
             + f"; {result.trajectories_processed} trajectories, "
             f"{result.patterns_extracted} patterns, {result.elapsed:.3f} s"
         )
@@ -203,7 +217,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         _print_json(stats)
     else:
         for key, value in stats.items():
-            print(f"{key}: {value}")
+            print(f"{key}: {printable(value)}")
     return 0
 
 
@@ -278,7 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
-        help=f"database URL (default: $SONA_STORE_URL, else {DEFAULT_URL})",
+        help=f"database URL (default: ${URL_ENV}, else {DEFAULT_URL}); a password here "
+        "is visible in ps: prefer --url-file, $SONA_STORE_URL or PGPASSFILE",
+    )
+    parser.add_argument(
+        "--url-file",
+        metavar="PATH",
+        help="read the database URL from the first line of this file (keep it mode 600)",
     )
     parser.add_argument("--actor", help="name recorded in the audit trail (default: OS user)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -375,14 +395,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # psycopg warns of an aborted pipeline the error line reports
+        logging.getLogger("psycopg").setLevel(logging.ERROR)
+    warn_about_exposed_password(args)
+    password = None
     try:
+        password = url_password(resolve_url(args))
         return args.func(args)
     except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
-        print(f"sona-store: error: {exc}", file=sys.stderr)
+        print(error_line(exc, password), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except SQLAlchemyError as exc:  # e.g. a full disk: what the database said, no SQL
+        logger.debug("database error", exc_info=True)
+        print(
+            error_line(f"database error: {describe_database_error(exc)}", password), file=sys.stderr
+        )
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sona-store: interrupted", file=sys.stderr)
         return 130
+    except (RecursionError, MemoryError) as exc:
+        print(error_line(f"{type(exc).__name__}: {exc}", password), file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

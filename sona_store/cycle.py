@@ -12,12 +12,12 @@ from typing import NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, routes, state, trajectories
-from sona_store.db.engine import mask_url, transaction
+from sona_store.db.engine import mask_url, short_error, transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Pattern
 from sona_store.db.types import utcnow
@@ -130,7 +130,9 @@ def fail_cycle(
         error=failure,
         elapsed=time.perf_counter() - clock,
     )
-    raise CycleFailedError(f"cycle failed and was rolled back: {failure}", cycle_id) from failure
+    raise CycleFailedError(
+        f"cycle failed and was rolled back: {short_error(failure)}", cycle_id
+    ) from failure
 
 
 def cycle_body(
@@ -278,11 +280,12 @@ def record_failed_cycle(
 ) -> int | None:
     """Write a `failed` cycle record in a transaction of its own. Returns its id,
     or None when the database cannot take it either (the caller may retry later)."""
-    text = (
-        error
-        if isinstance(error, str)
-        else "".join(traceback.format_exception_only(type(error), error)).strip()
-    )
+    if isinstance(error, str):
+        text = error
+    elif isinstance(error, SQLAlchemyError):  # never the SQL and its parameters
+        text = f"{type(error).__name__}: {short_error(error)}"
+    else:
+        text = "".join(traceback.format_exception_only(type(error), error)).strip()
     try:
         with transaction(engine, immediate=True) as session:
             head = state.get_head(session)
@@ -303,5 +306,9 @@ def record_failed_cycle(
             )
             return record.id
     except Exception as exc:  # the database is down too: report, do not mask the cause
-        logger.warning("could not record the failed cycle in %s: %s", mask_url(engine.url), exc)
+        # INFO: the caller reports the cycle's failure (cycle_id None says it
+        # went unrecorded); a second line would only repeat the cause.
+        logger.info(
+            "could not record the failed cycle in %s: %s", mask_url(engine.url), short_error(exc)
+        )
         return None

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from sona_store.config import SonaConfig
 from sona_store.db import state
 from sona_store.db.driver import Driver
-from sona_store.db.engine import connection_transaction, transaction
+from sona_store.db.engine import connection_transaction, short_error, transaction
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
@@ -38,6 +38,9 @@ from sona_store.learning.signal import batch_learning_signals
 from sona_store.validation import TrajectoryBatch
 
 logger = logging.getLogger("sona_store")
+
+# Unapplied trajectories `catch_up` reads at a time (~5 MB of 256-dim signals).
+CATCH_UP_CHUNK = 5000
 
 
 class Signal(NamedTuple):
@@ -148,7 +151,9 @@ class InstantLearner:
                 else:  # only this batch's: its columns as they are
                     inflight.applied = self._apply(connection, [], own=fresh.first(fresh_taken))
         except Exception as exc:
-            logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
             with self._lock:
                 self._pending[:0] = inflight.taken
             inflight.taken = []
@@ -177,29 +182,60 @@ class InstantLearner:
 
     def catch_up(self) -> int:
         """Pick up trajectories recorded without going through `record` (bulk
-        ingest) and apply whole groups of them."""
-        self._adopted = False
-        return self._flush(whole_groups_only=True)
+        ingest) and apply whole groups of them. The unapplied trajectories are
+        read CATCH_UP_CHUNK at a time and applied as they come (in the order
+        `flush` would take them), so memory does not grow with their number."""
+        threshold = self.config.micro_flush_threshold
+        chunk = max(threshold, CATCH_UP_CHUNK - CATCH_UP_CHUNK % threshold)
+        applied = 0
+        with self._flush_lock:
+            self._adopted = False
+            carry: list[Signal] = []  # orphans read, not yet applied
+            after = 0
+            while True:
+                with transaction(self.engine) as session:
+                    read = _unapplied_signals(session, self.config, after=after, limit=chunk)
+                with self._lock:
+                    known = {s.trajectory_id for s in self._pending}
+                carry.extend(s for s in read if s.trajectory_id not in known)
+                if len(read) < chunk:
+                    break
+                after = read[-1].trajectory_id
+                size = len(carry) - len(carry) % threshold
+                applied += self._apply_taken(carry[:size])  # raises: they stay orphans
+                carry = carry[size:]
+            with self._lock:  # the rest goes ahead of ours, as `_adopt_orphans` puts it
+                self._pending[:0] = carry
+            self._adopted = True
+            return applied + self._flush_pending(whole_groups_only=True)
 
     def _flush(self, *, whole_groups_only: bool) -> int:
-        threshold = self.config.micro_flush_threshold
         with self._flush_lock:
             if not self._adopted:
                 self._adopt_orphans()
-            with self._lock:
-                size = len(self._pending)
-                if whole_groups_only:
-                    size -= size % threshold
-                taken, self._pending = self._pending[:size], self._pending[size:]
-            if not taken:
-                return 0
-            try:
-                with connection_transaction(self.engine, immediate=True) as connection:
-                    applied = self._apply(connection, taken)
-            except BaseException:
-                with self._lock:  # never drop a signal
-                    self._pending[:0] = taken
-                raise
+            return self._flush_pending(whole_groups_only=whole_groups_only)
+
+    def _flush_pending(self, *, whole_groups_only: bool) -> int:
+        """Apply the queued signals (whole groups only, or all); `_flush_lock` held."""
+        threshold = self.config.micro_flush_threshold
+        with self._lock:
+            size = len(self._pending)
+            if whole_groups_only:
+                size -= size % threshold
+            taken, self._pending = self._pending[:size], self._pending[size:]
+        try:
+            return self._apply_taken(taken)
+        except BaseException:
+            with self._lock:  # never drop a signal
+                self._pending[:0] = taken
+            raise
+
+    def _apply_taken(self, taken: list[Signal]) -> int:
+        """Apply `taken` in a transaction of its own; the number applied."""
+        if not taken:
+            return 0
+        with connection_transaction(self.engine, immediate=True) as connection:
+            applied = self._apply(connection, taken)
         if applied is None:
             return 0
         self._committed(applied)
@@ -311,13 +347,18 @@ def _already_applied(connection: Connection, ids: list[int]) -> set[int]:
     return found
 
 
-def _unapplied_signals(session: Session, config: SonaConfig) -> list[Signal]:
+def _unapplied_signals(
+    session: Session, config: SonaConfig, *, after: int = 0, limit: int | None = None
+) -> list[Signal]:
+    """The signals of trajectories no micro-LoRA version applied, by id: the
+    first `limit` of those with an id above `after` (all of them by default)."""
     rows = session.execute(
         sa.select(Trajectory.id, TrajectoryVectors.query_embedding, Trajectory.quality)
         .join(TrajectoryVectors, TrajectoryVectors.trajectory_id == Trajectory.id)
         .outerjoin(MicroLoraSignal, MicroLoraSignal.trajectory_id == Trajectory.id)
-        .where(MicroLoraSignal.trajectory_id.is_(None))
+        .where(MicroLoraSignal.trajectory_id.is_(None), Trajectory.id > after)
         .order_by(Trajectory.id)
+        .limit(limit)
     ).all()
     if not rows:
         return []

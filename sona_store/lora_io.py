@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import LORA_TIERS, LoraVersion
 from sona_store.db.types import utcnow
 from sona_store.errors import SonaStoreError
+from sona_store.files import private_dir, write_private
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
@@ -57,6 +57,18 @@ _KEY = re.compile(
     r"(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$"
 )
 _HEAD_POINTER = {"base": "base_lora_version_id", "micro": "micro_lora_version_id"}
+
+# Limits checked before an adapter is read (its size follows from the store's
+# configuration, so a hostile file is refused before it costs memory).
+MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json
+MAX_TARGET_MODULES = 64
+HEADER_BYTES_PER_TENSOR = 512  # a safetensors header entry is ~150 bytes
+HEADER_BYTES_BASE = 64 * 1024  # plus the __metadata__ section
+# What a version may make current: its scale (lora_alpha / r) and each layer's
+# gain, scale * ||up||_F * ||down||_F, which bounds |delta| / |x|. Learned
+# adapters stay far below both (their gain is well under 1).
+MAX_LORA_SCALE = 1e3
+MAX_LORA_GAIN = 1e3
 
 
 class MissingExtraError(SonaStoreError, ImportError):
@@ -83,6 +95,12 @@ def _peft_alpha(tier: str, rank: int, alpha: float) -> float | int:
     """The `lora_alpha` that makes PEFT's lora_alpha / r equal the store's scale."""
     value = math.sqrt(rank) if tier == "micro" else float(alpha)
     return int(value) if value.is_integer() else value
+
+
+def _scale(tier: str, rank: int, alpha: float) -> float:
+    """The scale a stored version serves with (alpha / rank; the micro tier's
+    is fixed at 1/sqrt(rank))."""
+    return _peft_alpha(tier, rank, alpha) / rank
 
 
 def tensor_name(prefix: str, layer: int, module: str, ab: str) -> str:
@@ -155,27 +173,13 @@ def export_lora(
             "exported_at": utcnow().isoformat(),
         },
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = private_dir(out_dir)
     metadata = {"format": "pt", "sona_store_tier": arrays.tier}
     metadata["sona_store_version_id"] = str(arrays.version_id)
-    _write_atomic(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
+    write_private(out / WEIGHTS_NAME, lambda p: st.save_file(tensors, p, metadata=metadata))
     text = json.dumps(config, indent=2) + "\n"
-    _write_atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    write_private(out / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
     return out
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename, so a reader (or a crash) never
-    sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- reading and validating an adapter --------------------------------------------
@@ -203,20 +207,97 @@ def read_adapter(
     for path in (weights_path, config_path):
         if not path.is_file():
             raise ValueError(f"{path}: no such file (an adapter directory holds both files)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object")
+    config = _read_config(config_path)
     alpha = _check_config(config, config_path, rank=rank, tier=tier)
-    raw = weights_path.read_bytes()
+    modules = config.get("target_modules")
+    if modules is not None and (
+        not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules)
+    ):
+        raise ValueError(f"{config_path}: target_modules must be a list of module names")
+    if modules is not None and not 0 < len(modules) <= MAX_TARGET_MODULES:
+        raise ValueError(
+            f"{config_path}: target_modules must name 1 to {MAX_TARGET_MODULES} modules, "
+            f"got {len(modules)}"
+        )
+    tensors_expected = 2 * layers * (len(modules) if modules else MAX_TARGET_MODULES)
+    raw = _read_weights(weights_path, tensors_expected, tensor_bytes=4 * rank * dim)
     try:
         tensors = st.load(raw)
     except Exception as exc:  # safetensors raises its own error type
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+        raise ValueError(
+            f"{weights_path}: not a readable safetensors file ({_first_line(exc)})"
+        ) from None
     down, up = _collect(tensors, config, weights_path, rank=rank, dim=dim, layers=layers)
+    check_servable(down, up, _scale(tier, rank, alpha), f"{weights_path}:")
     return ImportedLora(tier, down, up, alpha, hashlib.sha256(raw).hexdigest())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """adapter_config.json as a dict, refusing a file too large or too deeply
+    nested to be a PEFT configuration."""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a huge integer
+        raise ValueError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return config
+
+
+def _read_weights(path: Path, tensors: int, *, tensor_bytes: int) -> bytes:
+    """The safetensors file's bytes, once its size and header length fit
+    `tensors` float32 tensors of `tensor_bytes` each (checked before reading)."""
+    header_limit = HEADER_BYTES_BASE + HEADER_BYTES_PER_TENSOR * tensors
+    size_limit = 8 + header_limit + tensors * tensor_bytes
+    size = path.stat().st_size
+    if size > size_limit:
+        raise ValueError(
+            f"{path}: {size} bytes is more than an adapter of this store's shape can take "
+            f"({size_limit} at most)"
+        )
+    with path.open("rb") as file:
+        raw = file.read(size_limit + 1)
+    if len(raw) > size_limit:
+        raise ValueError(f"{path}: grew while being read; refusing it")
+    header = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
+    if header > header_limit:
+        raise ValueError(
+            f"{path}: not a readable safetensors file (its header claims {header} bytes; "
+            f"{tensors} tensors need at most {header_limit})"
+        )
+    return raw
+
+
+def check_servable(down: np.ndarray, up: np.ndarray, scale: float, where: str) -> None:
+    """Refuse (ValueError) weights whose output could overflow: every layer's
+    gain scale * ||up||_F * ||down||_F (in float64) at most MAX_LORA_GAIN and
+    the scale at most MAX_LORA_SCALE, so a version made current cannot turn
+    reasonable inputs into infinities, nor can the cycles that learn from it."""
+    if not (math.isfinite(scale) and 0 < scale <= MAX_LORA_SCALE):
+        raise ValueError(
+            f"{where} its scale (lora_alpha / r) {scale:.6g} is not in (0, {MAX_LORA_SCALE:g}]"
+        )
+    layers = len(down)
+    norms_down = np.linalg.norm(down.reshape(layers, -1).astype(np.float64), axis=1)
+    norms_up = np.linalg.norm(up.reshape(layers, -1).astype(np.float64), axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gains = scale * norms_down * norms_up
+    bad = np.flatnonzero(~(gains <= MAX_LORA_GAIN))
+    if len(bad):
+        layer = int(bad[0])
+        raise ValueError(
+            f"{where} layer {layer}'s gain (scale * |up| * |down|) is {gains[layer]:.3g}, above "
+            f"{MAX_LORA_GAIN:g}: its output would overflow; refusing it"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_config(config: dict[str, Any], path: Path, *, rank: int, tier: str) -> float:
@@ -326,10 +407,10 @@ def _adapter_tier(in_dir: Path, tier: str | None) -> str:
     """The tier named in the adapter's `sona_store` section, checked against `tier`."""
     written = None
     try:
-        section = json.loads((in_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("sona_store")
+        section = _read_config(in_dir / CONFIG_NAME).get("sona_store")
         if isinstance(section, dict):
             written = section.get("tier")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         pass  # read_adapter reports the file's problem
     if written is not None and tier is not None and written != tier:
         raise ValueError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
@@ -430,6 +511,13 @@ def use_lora_version(
         row = session.get(LoraVersion, version_id)
         if row is None:
             raise LookupError(f"no LoRA version {version_id}")
+        arrays = state.load_lora(session, version_id)
+        check_servable(
+            arrays.down,
+            arrays.up,
+            _scale(arrays.tier, arrays.up.shape[1], arrays.alpha),
+            f"LoRA version {version_id}:",
+        )
         if row.tier == "base":
             acquire_cycle_lock(session, wait=True)
         pointer = _HEAD_POINTER[row.tier]

@@ -28,6 +28,7 @@ from sona_store.db.engine import mask_url, transaction
 from sona_store.db.models import AuditEvent, Cycle, LoraVersion, Pattern, VectorBlob
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.types import FLOAT32, utcnow
+from sona_store.files import private_dir, write_private
 from sona_store.lora_io import MissingExtraError
 
 if TYPE_CHECKING:
@@ -469,8 +470,7 @@ def write_report(store: SonaStore | Engine, out_dir: str | Path) -> list[Path]:
     mpl = _matplotlib()
     engine = store if isinstance(store, Engine) else store.engine
     data = load_report_data(engine)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = private_dir(out_dir)
     written: list[Path] = []
     # The default style: a user's matplotlibrc (a dark theme, say) must not
     # make the charts unreadable on the white page.
@@ -479,10 +479,11 @@ def write_report(store: SonaStore | Engine, out_dir: str | Path) -> list[Path]:
             fig = _DRAW[chart.filename](data, chart)
             fig.tight_layout()
             path = out / chart.filename
-            fig.savefig(path, format="png", facecolor="white")
+            write_private(path, lambda p, f=fig: f.savefig(p, format="png", facecolor="white"))
             written.append(path)
     page = out / "index.html"
-    page.write_text(render_html(data, CHARTS), encoding="utf-8")
+    text = render_html(data, CHARTS)
+    write_private(page, lambda p: Path(p).write_text(text, encoding="utf-8"))
     written.append(page)
     return written
 

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
@@ -33,7 +34,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sona_store.cycle import CycleFailedError, SlotTakenError, record_failed_cycle
-from sona_store.db.engine import DEFAULT_URL, create_store_engine, mask_url, transaction
+from sona_store.db.engine import create_store_engine, mask_url, transaction
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError
 from sona_store.scheduling import ScheduledRun, interval_delta, next_due, run_scheduled_cycle
@@ -46,6 +47,10 @@ logger = logging.getLogger("sona_store.scheduler")
 JOB_ID = "sona-store-cycle"
 DEFAULT_GRACE_S = 30.0
 MAX_UNRECORDED = 1000
+# `sona-store run` started while the database is down: first retry after 1 s,
+# then doubling, at most every 30 s.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
 # PostgreSQL: notice a dead server or a cut network within about 30 s instead of
 # waiting on a socket forever (connect_timeout is set by create_store_engine).
 PG_KEEPALIVES = {
@@ -365,18 +370,57 @@ def service_engine_options(url: str) -> dict[str, Any]:
     return {}
 
 
+def open_when_available(
+    open_store: Callable[[], SonaStore],
+    stop: threading.Event,
+    *,
+    first_delay: float = RETRY_FIRST_S,
+    max_delay: float = RETRY_MAX_S,
+    password: str | None = None,
+) -> SonaStore | None:
+    """`open_store()` once the database answers: while it is unavailable, log
+    each attempt and retry with doubling delays (up to `max_delay`). None if
+    `stop` is set first."""
+    delay, attempt = first_delay, 1
+    while not stop.is_set():
+        try:
+            return open_store()
+        except DatabaseUnavailableError as exc:
+            logger.warning(
+                "attempt %d: %s; retrying in %g s",
+                attempt,
+                scrub_password(str(exc), password),
+                delay,
+            )
+        if stop.wait(delay):
+            break
+        attempt, delay = attempt + 1, min(delay * 2, max_delay)
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from sona_store.console import resolve_url, url_password
     from sona_store.store import SonaStore
 
-    url = args.url or os.environ.get("SONA_STORE_URL") or DEFAULT_URL
+    url = resolve_url(args)
     if not args.verbose:
         logger.setLevel(logging.INFO)  # one line per cycle, even without -v
-    store = SonaStore(
-        url,
-        create=True,
-        actor=args.actor,
-        engine=create_store_engine(url, **service_engine_options(url)),
-    )
+
+    def open_store() -> SonaStore:
+        return SonaStore(
+            url,
+            create=True,
+            actor=args.actor,
+            engine=create_store_engine(url, **service_engine_options(url)),
+        )
+
+    if args.once:  # cron retries on its own schedule: an unavailable database is an error
+        store = open_store()
+    else:
+        store = _wait_for_database(open_store, url_password(url))
+        if store is None:
+            logger.info("stopped before the database answered")
+            return 0
     scheduler = SonaScheduler(store, args.interval, blocking=not args.once)
     if args.once:
         # Cron-style: a slot due within half an interval counts, so cron's own
@@ -394,6 +438,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_database(
+    open_store: Callable[[], SonaStore], password: str | None
+) -> SonaStore | None:
+    """`open_when_available`, stopped by SIGTERM or SIGINT while it waits."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("%s received while waiting for the database", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return open_when_available(open_store, stop, password=password)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def register_cli(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run",
@@ -406,7 +468,8 @@ def register_cli(subparsers: Any) -> None:
     run.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help="database URL (default: $SONA_STORE_URL, else sqlite:///sona.db)",
+        help="database URL (default: $SONA_STORE_URL, else sqlite:///sona.db); prefer "
+        "--url-file or $SONA_STORE_URL when it holds a password",
     )
     run.add_argument(
         "--interval",

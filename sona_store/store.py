@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -28,6 +29,7 @@ from sona_store.db.engine import (
     connection_transaction,
     create_store_engine,
     mask_url,
+    short_error,
     transaction,
 )
 from sona_store.db.locks import acquire_cycle_lock
@@ -183,7 +185,9 @@ class SonaStore:
         try:
             step(*args)
         except Exception as exc:
-            logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
 
     def begin_trajectory(self, query_embedding: Any) -> TrajectoryBuilder:
         """Start a trajectory; nothing is written until `end_trajectory`."""
@@ -337,7 +341,8 @@ class SonaStore:
         vector = np.asarray(x, dtype=np.float32)
         if vector.shape[-1:] != (weights.dim,) or not np.isfinite(vector).all():
             raise ValidationError(f"x must have {weights.dim} finite values", field="x")
-        return base_lora.forward(weights, layer_idx, vector)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _finite_output(base_lora.forward(weights, layer_idx, vector), "base")
 
     def history(self, limit: int | None = None) -> list[CycleResult]:
         with transaction(self.engine) as session:
@@ -455,10 +460,14 @@ class SonaStore:
 
     # -- instant loop ------------------------------------------------------------
 
-    def _micro_projector(self) -> MicroProjector:
-        def load(head: tuple[Any, ...]) -> MicroProjector:
+    def _micro_projector(self) -> tuple[MicroProjector, float]:
+        """The current micro-LoRA's projector and the largest |x| it is sure
+        to map to finite values (`_safe_input`)."""
+
+        def load(head: tuple[Any, ...]) -> tuple[MicroProjector, float]:
             with transaction(self.engine) as session:
-                return MicroProjector.of(state.load_micro_lora(session, head[2]))
+                projector = MicroProjector.of(state.load_micro_lora(session, head[2]))
+            return projector, _safe_input(projector.down, projector.lifted)
 
         return self._cache.get("micro_lora", load)
 
@@ -468,11 +477,17 @@ class SonaStore:
         vector = np.asarray(x, dtype=np.float32)
         if vector.shape[-1:] != (self.config.hidden_dim,) or vector.ndim > 2:
             raise ValidationError(f"x must have {self.config.hidden_dim} values", field="x")
-        if not np.isfinite(vector).all():
+        # One pass finds both a NaN or infinity and an x too large for the fast path.
+        peak = float(np.abs(vector).max()) if vector.size else 0.0
+        if not math.isfinite(peak):
             raise ValidationError("x contains NaN or infinity", field="x")
         if not self.enabled:
             return vector.copy()
-        return self._micro_projector()(vector)
+        projector, safe = self._micro_projector()
+        if peak > safe:
+            with np.errstate(over="ignore", invalid="ignore"):  # the rare, huge x
+                return _finite_output(projector(vector), "micro")
+        return projector(vector)
 
     def flush(self) -> int:
         """Apply every pending micro-LoRA signal and write counted pattern
@@ -544,6 +559,26 @@ def _route_names(routes: Iterable[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValidationError("routes has duplicates", field="routes")
     return names
+
+
+def _safe_input(down: np.ndarray, lifted: np.ndarray) -> float:
+    """A bound on max|x| under which x + lifted (down x) cannot overflow
+    float32: |down x| and |delta| are at most |down|_F and |lifted|_F |down|_F
+    times sqrt(dim) max|x|; a factor of 4 covers float32 rounding."""
+    dim = down.shape[-1]
+    d = float(np.linalg.norm(down.astype(np.float64)))
+    g = float(np.linalg.norm(lifted.astype(np.float64))) * d
+    return float(np.finfo(np.float32).max) / (4.0 * (1.0 + max(d, g, 1.0) * math.sqrt(dim)))
+
+
+def _finite_output(out: np.ndarray, tier: str) -> np.ndarray:
+    """Serving never returns a non-finite value: an x so large that the
+    adapter's output overflows float32 is refused instead."""
+    if not np.isfinite(out).all():
+        raise ValidationError(
+            f"x is too large: the {tier} LoRA's output overflows float32", field="x"
+        )
+    return out
 
 
 def _is_sqlite_file(engine: Engine) -> bool:

@@ -174,7 +174,32 @@ def _text(value: Any, *, index: int | None, name: str) -> str | None:
         )
     if len(value) > MAX_TEXT:
         raise ValidationError(f"is longer than {MAX_TEXT} characters", index=index, field=name)
+    problem = _text_problem(value)
+    if problem:
+        raise ValidationError(problem, index=index, field=name)
     return value
+
+
+def _text_problem(value: str) -> str | None:
+    """Why a string cannot be stored the same on both databases, or None:
+    PostgreSQL's text refuses NUL, and a lone surrogate (valid JSON, "\\ud800")
+    has no UTF-8 encoding."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not valid Unicode text)"
+    return None
+
+
+def _plain_text(value: Any) -> bool:
+    """Whether the bulk path may take `value` as text as it is (None or a
+    storable string); anything else goes through `_text`, which names it."""
+    return value is None or (
+        type(value) is str and len(value) <= MAX_TEXT and _text_problem(value) is None
+    )
 
 
 def _check_fields(
@@ -442,9 +467,9 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
             or not 0.0 <= quality <= 1.0
             or "query_embedding" not in item
             or (latency is not None and (type(latency) is not int or not 0 <= latency < 2**63))
-            or (route is not None and (type(route) is not str or len(route) > MAX_TEXT))
+            or not _plain_text(route)
             or type(context) is not list
-            or (context and any(type(c) is not str or len(c) > MAX_TEXT for c in context))
+            or (context and not all(c is not None and _plain_text(c) for c in context))
             or type(steps) is not list
         ):
             return None
@@ -467,7 +492,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
             if (
                 not (type(reward) is float or (type(reward) is int and abs(reward) < 2**53))
                 or not math.isfinite(reward)
-                or (layer is not None and (type(layer) is not str or len(layer) > MAX_TEXT))
+                or not _plain_text(layer)
             ):
                 return None
             if type(weights) is np.ndarray:
@@ -506,15 +531,34 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
     )
 
 
-def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; malformed JSON is a
-    ValidationError naming the line."""
+def read_jsonl(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line. Lines may be text
+    or bytes (decoded here as UTF-8, so a bad byte names its line). Anything
+    that is not one JSON value (malformed, invalid UTF-8, nested too deeply,
+    an integer too long to convert) is a ValidationError naming the line."""
     for number, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValidationError(
+                    f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})",
+                    line=number,
+                ) from None
         if not line.strip():
             continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValidationError(
-                f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})"
+                f"malformed JSON ({exc.msg} at column {exc.colno})", line=number
             ) from None
+        except RecursionError:
+            raise ValidationError("JSON nested too deeply", line=number) from None
+        except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+            raise ValidationError(f"malformed JSON ({_first_line(exc)})", line=number) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -47,7 +47,9 @@ class PgServer:
     """`start()`, `stop()`, `start()` again (same data directory and port),
     `cleanup()`. Usable as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """`password`: the postgres user needs it (scram-sha-256), else trust."""
+        self.password = password
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -72,13 +74,20 @@ class PgServer:
             raise
 
     def _initdb(self) -> None:
+        auth = ["-A", "trust"]
+        if self.password:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self._as_user:
+                entry = pwd.getpwnam(SERVER_USER)
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
         self._run(
             [
                 str(BIN_DIR / "initdb"),
                 "-D",
                 str(self.data),
-                "-A",
-                "trust",
+                *auth,
                 "-U",
                 "postgres",
                 "-E",
@@ -91,7 +100,8 @@ class PgServer:
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql+psycopg://postgres{secret}@127.0.0.1:{self.port}/postgres"
 
     def url(self, database: str, password: str | None = None) -> str:
         """A URL for `database`; trust authentication ignores the password, which

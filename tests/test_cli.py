@@ -361,8 +361,9 @@ def test_ingest_with_the_wrong_dimension_for_the_store(small_store, tmp_path, ca
     assert counts(small_store)["trajectories"] == 0
 
 
-def test_unreachable_database_is_one_line(capsys):
-    code, _, err = run(capsys, "--url", "postgresql://nobody:secret@127.0.0.1:1/none", "stats")
+def test_unreachable_database_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("SONA_STORE_URL", "postgresql://nobody:secret@127.0.0.1:1/none")
+    code, _, err = run(capsys, "stats")
     assert_one_line_error(code, err, "unavailable")
     assert "secret" not in err
 

@@ -19,11 +19,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
 from sona_store.errors import DatabaseUnavailableError
+from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
 
@@ -83,6 +84,15 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
     }
     engine = sa.create_engine(url, connect_args=connect_args, **options)
     in_memory = url.database in (None, "", ":memory:")
+    if not in_memory and not connect_args.get("uri"):
+
+        @event.listens_for(engine, "do_connect")
+        def _private_file(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> None:
+            # A new store is created 0600 before SQLite opens it (its -wal and
+            # -shm then get the same mode): trajectories are nobody else's.
+            path = cparams.get("database", cargs[0] if cargs else None)
+            if isinstance(path, str) and path and not path.startswith("file:"):
+                create_private_file(path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -169,6 +179,23 @@ def _is_connection_problem(exc: OperationalError) -> bool:
             "the database system is",
         )
     )
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """One line saying what the database refused, for messages and logs:
+    SQLAlchemy's own text carries the SQL statement and its parameters (a
+    trajectory's values, say) on later lines, the driver's error does not."""
+    orig = getattr(exc, "orig", None)
+    source = orig if orig is not None else exc
+    return f"{type(source).__name__}: {_first_line(source)}"
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for logs and messages: a database error as the database put
+    it (`describe_database_error`), anything else its first line."""
+    if isinstance(exc, SQLAlchemyError):
+        return describe_database_error(exc)
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import calls, cycle, ingest, reference, rollback
+from benchmarks import calls, cycle, forgetting, ingest, reference, rollback
 from benchmarks.backends import Backend, PostgresBackend, SqliteBackend
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import Figure, table, write_json
@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                 figures.extend(run_backend(backend, plan, ref, errors, reference_rate))
             finally:
                 backend.close()
+        progress(f"forgetting: {plan.forgetting_seeds} task draw(s)")
+        try:  # pure learning, no database: once, not per backend
+            figures.extend(forgetting.figures(plan.forgetting_cycles, plan.forgetting_seeds))
+        except Exception:
+            errors.append(f"forgetting: {traceback.format_exc().strip().splitlines()[-1]}")
 
     payload = {
         "generated_at": started.isoformat(),

@@ -26,7 +26,6 @@ def cycle_config(n: int) -> SonaConfig:
         hidden_dim=DIM,
         pattern_clusters=CLUSTERS,
         retention_window=max(n, 10_000),
-        trajectory_capacity=max(n, 10_000),
     )
 
 

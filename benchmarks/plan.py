@@ -20,6 +20,8 @@ class Plan:
     rollback_long: int = 100
     rollback_reps: int = 5
     reference_reps: int = 1
+    forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
+    forgetting_seeds: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,4 +55,6 @@ QUICK = Plan(
     rollback_long=100,
     rollback_reps=5,
     reference_reps=1,
+    forgetting_cycles=2_000,
+    forgetting_seeds=1,
 )

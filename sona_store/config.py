@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sona_store.errors import ConfigError
@@ -19,6 +19,12 @@ KMEANS_CONVERGENCE = 0.001
 MIN_CLUSTER_SIZE = 1
 PATTERN_QUALITY_THRESHOLD = 0.05
 RETENTION_WINDOW = 10_000
+
+# Fields earlier versions stored that no longer exist: a stored configuration holding
+# them still loads, and they are dropped. trajectory_capacity was the reference's
+# buffer size, past which it drops trajectories; sona_store never drops one (every
+# recorded trajectory is a row), so it had no meaning here.
+REMOVED_FIELDS = ("trajectory_capacity",)
 
 # Fields that decide the shape of stored vectors: a store cannot be reopened
 # with other values without corrupting what it holds.
@@ -37,8 +43,9 @@ class SonaConfig:
     base_lora_lr: float = 0.0001
     ewc_lambda: float = 2000.0
     pattern_clusters: int = 100
-    trajectory_capacity: int = 10_000
     background_interval_ms: int = 3_600_000
+    # The base LoRA's line between good and bad: a pattern whose avg_quality is above
+    # it pulls the adapter toward its centroid, below it pushes away (docs/learning.md).
     quality_threshold: float = 0.15
     # Loop constants, overridable for tests and benchmarks.
     min_trajectories: int = MIN_TRAJECTORIES
@@ -49,7 +56,6 @@ class SonaConfig:
     retention_window: int = RETENTION_WINDOW
     base_lora_layers: int = BASE_LORA_LAYERS
     micro_flush_threshold: int = MICRO_FLUSH_THRESHOLD
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.embedding_dim is None:
@@ -62,7 +68,6 @@ class SonaConfig:
             "embedding_dim",
             "base_lora_rank",
             "pattern_clusters",
-            "trajectory_capacity",
             "background_interval_ms",
             "min_trajectories",
             "min_cluster_size",
@@ -103,7 +108,6 @@ class SonaConfig:
             dict(
                 base_lora_rank=4,
                 micro_lora_lr=0.0005,
-                trajectory_capacity=5000,
                 background_interval_ms=7_200_000,
                 quality_threshold=0.4,
             ),
@@ -116,7 +120,6 @@ class SonaConfig:
             dict(
                 base_lora_rank=16,
                 base_lora_lr=0.001,
-                trajectory_capacity=20_000,
                 background_interval_ms=1_800_000,
                 quality_threshold=0.2,
             ),
@@ -132,7 +135,6 @@ class SonaConfig:
                 micro_lora_lr=0.001,
                 ewc_lambda=1000.0,
                 pattern_clusters=50,
-                trajectory_capacity=200,
                 quality_threshold=0.5,
             ),
             overrides,
@@ -149,7 +151,6 @@ class SonaConfig:
                 base_lora_rank=4,
                 ewc_lambda=1000.0,
                 pattern_clusters=50,
-                trajectory_capacity=500,
                 background_interval_ms=60_000,
                 quality_threshold=0.3,
             ),
@@ -164,7 +165,6 @@ class SonaConfig:
                 micro_lora_lr=0.001,
                 base_lora_lr=0.0005,
                 pattern_clusters=200,
-                trajectory_capacity=50_000,
                 background_interval_ms=300_000,
                 quality_threshold=0.4,
             ),
@@ -178,17 +178,17 @@ class SonaConfig:
     # -- serialisation -----------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SonaConfig:
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        unknown = sorted(set(data) - known)
+        """A configuration as stored; fields earlier versions stored and this one
+        removed (REMOVED_FIELDS) are dropped, so older stores still open."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - set(REMOVED_FIELDS))
         if unknown:
             raise ConfigError(f"unknown configuration fields: {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def replace(self, **changes: Any) -> SonaConfig:
         return dataclasses.replace(self, **changes)

@@ -23,7 +23,7 @@ from sona_store.db.models import Pattern
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
 from sona_store.learning.background import learn
-from sona_store.learning.patterns import ExtractedPattern, extract_patterns, pattern_gradient
+from sona_store.learning.patterns import ExtractedPattern, extract_patterns
 from sona_store.learning.routes import route_statistics
 
 logger = logging.getLogger("sona_store.cycle")
@@ -202,13 +202,15 @@ def cycle_body(
     record.window_size = len(qualities)
     record.patterns_extracted = len(extracted)
 
-    # 4-6. Pattern gradient -> EWC++ -> base LoRA, as new immutable versions.
+    # 4-6. Patterns -> signed targets -> EWC++-anchored base-LoRA step, as new
+    #      immutable versions.
     step = learn(
         state.load_base_lora(session, head.base_lora_version_id),
         state.load_ewc_state(session, head.ewc_state_id),
-        pattern_gradient(extracted, config.embedding_dim),
+        extracted,
         lr=config.base_lora_lr,
         ewc_lambda=config.ewc_lambda,
+        quality_threshold=config.quality_threshold,
     )
     if step is not None:
         record.base_lora_version_id = state.save_base_lora(

@@ -512,8 +512,10 @@ class SonaStore:
         with transaction(self.engine) as session:
             return {
                 **store_stats(session),
+                # set_enabled gates recording and apply_micro_lora (the instant
+                # loop's entry points), not cycles: the reference's
+                # background_enabled would always have been this same flag.
                 "instant_enabled": self.enabled,
-                "background_enabled": self.enabled,
                 "micro_signals_pending_here": self._instant.pending,
                 "database_url": mask_url(self.engine.url),
             }

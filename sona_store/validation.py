@@ -42,6 +42,11 @@ MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
 # Below this, no float32 operation of a pattern embedding can overflow (a
 # quarter of float32's largest value leaves room for every rounding).
 EMBEDDING_SAFE_BOUND = float(np.finfo(np.float32).max) / 4
+# Largest L2 norm of a micro-LoRA learning signal. Signals of trajectories with steps
+# are normalised (norm <= 1); a trajectory without steps teaches its query as it is
+# (the reference's rule, golden-tested), so its query's norm is bounded here: a flush
+# then adds at most lr * 1e6 to `up`, and a float32 sum of 1e32 such signals is finite.
+MICRO_SIGNAL_MAX_NORM = 1e6
 
 
 @dataclass
@@ -77,11 +82,22 @@ class TrajectoryBatch:
             ("steps.reward", self.step_owner[bad_reward]),  # ascending: steps are by owner
             ("steps.activations", self._overflowing_embeddings()),
             ("steps.activations", np.flatnonzero(~np.isfinite(self.signals).all(1))),
+            ("query_embedding", self._oversized_signals()),
         )
         found = [
             (int(rows[0]), order, name) for order, (name, rows) in enumerate(checks) if len(rows)
         ]
         return min(found)[::2] if found else None
+
+    def _oversized_signals(self) -> np.ndarray:
+        """Trajectories whose learning signal's norm exceeds MICRO_SIGNAL_MAX_NORM
+        (only a query without steps can: the others are normalised)."""
+        if not len(self.signals):
+            return np.zeros(0, dtype=np.int64)
+        if _max_abs(self.signals) * np.sqrt(self.signals.shape[1]) <= MICRO_SIGNAL_MAX_NORM:
+            return np.zeros(0, dtype=np.int64)
+        norms = np.linalg.norm(self.signals.astype(np.float64), axis=1)
+        return np.flatnonzero(~(norms <= MICRO_SIGNAL_MAX_NORM))
 
     def _overflowing_embeddings(self) -> np.ndarray:
         """Trajectories whose pattern embedding (computed by each cycle, not
@@ -356,7 +372,9 @@ def validate_batch(
     if overflow is not None:
         index, name = overflow
         raise ValidationError(
-            "values too large: they overflow float32 in the embedding or learning signal",
+            "values too large: they overflow float32 in the embedding or learning signal, "
+            f"or a query without steps (the micro-LoRA's signal as it is) has a norm "
+            f"above {MICRO_SIGNAL_MAX_NORM:g}",
             index=first_index + index,
             field=name,
         )

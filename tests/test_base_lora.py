@@ -1,4 +1,5 @@
-"""Base LoRA: fixed seeded down, learned up, Hebbian update (fix for defects 2 and 3)."""
+"""Base LoRA: fixed seeded down, learned up, sign-aware bounded proximal update (fix for
+defects 2 and 3; docs/learning.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import pytest
 from sona_store.learning.base_lora import (
     DEFAULT_SEED,
     BaseLoraWeights,
-    apply_update,
+    channel_activity,
+    channel_projection,
     fit_vector,
     flat_params,
     forward,
-    hebbian_gradient,
     initial_base_lora,
     merged_delta,
+    pattern_drive,
+    proximal_step,
+    with_params,
 )
 from sona_store.learning.ewc import EwcConfig, EwcState, ewc_step, with_weights
 
@@ -83,7 +87,7 @@ def test_forward_by_hand():
 def test_merged_delta_consistent_with_forward():
     rng = np.random.default_rng(7)
     w = initial_base_lora(layers=2, rank=3, dim=5, alpha=6.0)
-    w = apply_update(w, rng.standard_normal(w.param_count), 0.5)
+    w = with_params(w, 0.5 * rng.standard_normal(w.param_count))
     x = rng.standard_normal((4, 5)).astype(np.float32)
     for layer in range(2):
         m = merged_delta(w, layer)
@@ -92,45 +96,69 @@ def test_merged_delta_consistent_with_forward():
         np.testing.assert_allclose(forward(w, layer, x[1]), x[1] + m @ x[1], rtol=1e-5, atol=1e-5)
 
 
-def test_hebbian_gradient_by_hand():
-    # g = [1, 2, 3]: down_0 g = 1 + 0 + 6 = 7 -> 7 g = [7, 14, 21];
-    # down_1 g = 0 + 2 - 3 = -1 -> -g = [-1, -2, -3]; flattened (layer, rank, dim).
-    grad = hebbian_gradient(tiny(), f32(1, 2, 3))
-    assert grad.shape == (6,) and grad.dtype == np.float32
-    np.testing.assert_allclose(grad, [7, 14, 21, -1, -2, -3])
+def test_channel_projection_and_activity_by_hand():
+    # c = [1, 2, 3] (norm sqrt 14). Layer 0's row [1, 0, 2] (norm sqrt 5): 7; layer 1's
+    # row [0, 1, -1] (norm sqrt 2): -1. Cosines times sqrt(dim) = sqrt 3.
+    proj = channel_projection(tiny(), f32(1, 2, 3)[None, :])
+    expected = np.array([7 / np.sqrt(14 * 5), -1 / np.sqrt(14 * 2)]) * np.sqrt(3)
+    assert proj.shape == (1, 2, 1)
+    np.testing.assert_allclose(proj.reshape(-1), expected, rtol=1e-6)
+    act = channel_activity(tiny(), f32(1, 2, 3)[None, :])
+    np.testing.assert_allclose(act.reshape(-1), [expected[0], 0.0], rtol=1e-6)
 
 
-def test_apply_update_and_flat_params():
+def test_pattern_drive_by_hand():
     w = tiny()
-    new = apply_update(w, f32(1, 2, 3, 4, 5, 6), lr=0.5)
-    np.testing.assert_allclose(flat_params(new), [0.5, 1, 1.5, 2, 2.5, 3])
-    np.testing.assert_array_equal(flat_params(w), 0)  # the input is untouched
-    np.testing.assert_array_equal(new.down, w.down)
+    c1, c2 = f32(1, 2, 3), f32(0, 1, -1)
+    drive = pattern_drive(w, np.stack([c1, c2]), signs=f32(1.0, -0.5), shares=f32(0.75, 0.25))
+    proj = np.stack(
+        [
+            [
+                w.down[layer, 0] @ c / np.linalg.norm(w.down[layer, 0]) / np.linalg.norm(c)
+                for layer in range(2)
+            ]
+            for c in (c1, c2)
+        ]
+    ) * np.sqrt(3)  # (pattern, layer)
+    h = np.maximum(proj, 0)
+    units = np.stack([c1 / np.linalg.norm(c1), c2 / np.linalg.norm(c2)])
+    shares, signs = np.array([0.75, 0.25]), np.array([1.0, -0.5])
+    np.testing.assert_allclose(drive.activity[:, 0], shares @ h, rtol=1e-6)
+    np.testing.assert_allclose(drive.fisher[:, 0], shares @ proj**2, rtol=1e-6)
+    for layer in range(2):
+        want = sum(shares[p] * h[p, layer] * signs[p] * units[p] for p in range(2))
+        np.testing.assert_allclose(drive.drive[layer, 0], want, rtol=1e-6, atol=1e-7)
+    assert drive.flat_curvature().shape == drive.flat_fisher().shape == (w.param_count,)
 
 
-def test_update_moves_output_toward_g():
-    # After up += lr * hebbian(g): for x = g, delta = scale * up^T (down g)
-    # = lr * (down g)^2 * g. Layer 0: 0.1 * 49 * g = 4.9 g; layer 1: 0.1 * 1 * g.
-    w = tiny()
-    g = f32(1, 2, 3)
-    assert np.array_equal(forward(w, 0, g), g)
-    w = apply_update(w, hebbian_gradient(w, g), lr=0.1)
-    np.testing.assert_allclose(forward(w, 0, g) - g, 4.9 * g, rtol=1e-6)
-    np.testing.assert_allclose(forward(w, 1, g) - g, 0.1 * g, rtol=1e-6)
+def test_proximal_step_by_hand_and_with_params():
+    up, d, a = f32(1, 0, 2, 0), f32(2, 2, 0, 0), f32(4, 4, 0, 1)
+    out = proximal_step(up, d, a, 0.25)
+    np.testing.assert_allclose(out, [(1 + 0.5) / 2, 0.5 / 2, 2, 0], rtol=1e-6)
+    pull, weight = np.array([0, 0, 2.0, 0]), np.array([0, 0, 4.0, 0])
+    out = proximal_step(up, d, a, 0.25, anchor_pull=pull, anchor_weight=weight)
+    np.testing.assert_allclose(out[2], (2 + 0.5) / 2, rtol=1e-6)  # pulled toward 0.5
+    w = with_params(tiny(), f32(1, 2, 3, 4, 5, 6))
+    np.testing.assert_array_equal(flat_params(w), [1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(w.down, tiny().down)
+    with pytest.raises(ValueError, match="learning rate"):
+        proximal_step(up, d, a, float("nan"))
 
 
-def test_update_moves_output_toward_g_random_down():
+def test_step_moves_output_toward_a_pulling_pattern_and_away_from_a_pushing_one():
     w = initial_base_lora(layers=3, rank=4, dim=32)
     g = fit_vector(np.random.default_rng(1).standard_normal(20), 32)
     g /= np.linalg.norm(g)
-    w = apply_update(w, hebbian_gradient(w, g), lr=0.01)
-    for layer in range(3):
-        delta = forward(w, layer, g) - g
-        assert np.linalg.norm(delta) > 0
-        assert float(delta @ g) > 0
-        # Exactly along g: lr * |down_l g|^2 * g.
-        proj = w.down[layer] @ g
-        np.testing.assert_allclose(delta, 0.01 * (proj @ proj) * g, rtol=1e-4, atol=1e-7)
+    for sign in (1.0, -1.0):
+        drive = pattern_drive(w, g[None, :], f32(sign), f32(1.0))
+        moved = with_params(
+            w, proximal_step(flat_params(w), drive.flat_drive(), drive.flat_curvature(), 0.01)
+        )
+        for layer in range(3):
+            delta = forward(moved, layer, g) - g
+            # Each driven row moved lr*A/(1+lr*A) of the way to sign * g.
+            assert np.sign(float(delta @ g)) == sign
+            np.testing.assert_allclose(delta / np.linalg.norm(delta), sign * g, atol=1e-5)
 
 
 def test_fit_vector_pads_and_cuts():
@@ -142,31 +170,33 @@ def test_fit_vector_pads_and_cuts():
 
 def test_wrong_shapes_and_non_finite_raise():
     w = tiny()
-    with pytest.raises(ValueError, match="expected length 3"):
-        hebbian_gradient(w, f32(1, 2))
     with pytest.raises(ValueError, match="expected length 6"):
-        apply_update(w, f32(1, 2, 3), 0.1)
+        with_params(w, f32(1, 2, 3))
     with pytest.raises(ValueError):
-        apply_update(w, f32(1, 2, 3, 4, 5, np.inf), 0.1)
+        with_params(w, f32(1, 2, 3, 4, 5, np.inf))
     with pytest.raises(ValueError):
         forward(w, 0, f32(1, 2))
     with pytest.raises(ValueError):
         forward(w, 2, f32(1, 2, 3))
     with pytest.raises(ValueError):
-        hebbian_gradient(w, f32(np.nan, 0, 0))
+        channel_projection(w, f32(np.nan, 0, 0)[None, :])
+    with pytest.raises(ValueError):
+        channel_projection(w, f32(1, 2)[None, :])
+    with pytest.raises(ValueError, match="one sign"):
+        pattern_drive(w, f32(1, 2, 3)[None, :], f32(1, 1), f32(1))
 
 
-def test_ewc_engages_on_the_hebbian_gradient():
-    # Defect 2: the vector fed to EWC++ now has exactly param_count entries, so the
+def test_ewc_engages_on_the_drive():
+    # Defect 2: the vectors fed to EWC++ have exactly param_count entries, so the
     # Fisher actually moves (in the reference every call returned unchanged).
     w = tiny()
     cfg = EwcConfig(param_count=w.param_count, fisher_ema_decay=0.5)
     state = EwcState.initial(cfg)
-    raw = hebbian_gradient(w, f32(1, 2, 3))
-    state, constrained, boundary = ewc_step(state, raw, cfg)
+    drive = pattern_drive(w, f32(1, 2, 3)[None, :], f32(1), f32(1))
+    state, boundary = ewc_step(state, drive.flat_drive(), drive.flat_fisher(), cfg)
     assert not boundary
-    np.testing.assert_array_equal(constrained, raw)  # nothing remembered yet
-    np.testing.assert_allclose(state.fisher, 0.5 * raw**2)  # [24.5, 98, 220.5, 0.5, 2, 4.5]
-    w = apply_update(w, constrained, 0.1)
-    state = with_weights(state, flat_params(w))
-    np.testing.assert_allclose(state.weights, 0.1 * raw)
+    np.testing.assert_allclose(state.fisher, 0.5 * drive.flat_fisher())
+    assert state.fisher[3:].max() > 0  # layer 1 is not driven, but its outputs depend on it
+    up = proximal_step(flat_params(w), drive.flat_drive(), drive.flat_curvature(), 0.1)
+    state = with_weights(state, up)
+    np.testing.assert_array_equal(state.weights, up)

@@ -85,6 +85,13 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
             continue
         assert figure["status"] == "ok", figure
         assert isinstance(figure["ours"], (int, float)) and figure["ours"] > 0, figure
+    forgetting = {f["name"]: f for f in results["figures"] if f["backend"] == "numpy"}
+    assert set(forgetting) == {
+        "forgetting_lost_a_on_over_off",
+        "forgetting_drift_per_b_on",
+        "forgetting_drift_per_b_off",
+        "forgetting_retained_a_off_default",
+    }
     assert "figure" in done.stdout and "results:" in done.stdout
 
 

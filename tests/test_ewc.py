@@ -1,4 +1,4 @@
-"""EWC++ operations on 3-4 parameter vectors, each expectation worked out by hand."""
+"""EWC++ operations on 2-4 parameter vectors, each expectation worked out by hand."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from sona_store.learning.base_lora import proximal_step
 from sona_store.learning.ewc import (
     EwcConfig,
     EwcState,
     TaskMemory,
-    apply_constraints,
+    anchor_terms,
     consolidate_all_tasks,
     detect_task_boundary,
     ewc_step,
@@ -170,33 +171,68 @@ def test_lambda_formula_and_clamping():
     assert s.lambda_ == pytest.approx(1200.0)
 
 
-def test_apply_constraints():
+def test_anchor_terms():
     cfg = EwcConfig(param_count=4)
     s = state_with(
         cfg,
         lambda_=100.0,
-        fisher=f32(0, 0, 0.05, 0),
+        fisher=f32(0, 0, 0.05, 0),  # the running task's Fisher: not in the penalty
         tasks=(
-            task(0, [0, 0.01, 0.02, 1e-9], [0, 0, 0, 0]),
-            task(1, [0.01, 0, 0, 0], [0, 0, 0, 0], importance=2.0),
+            task(0, [0, 0.01, 0.02, 0], [0, 1, 2, 3]),
+            task(1, [0.01, 0, 0.02, 0], [4, 5, 6, 7], importance=2.0),
         ),
     )
     before = snapshot(s)
-    g = f32(1, 1, 1, 1)
-    out = apply_constraints(s, g, cfg)
-    # p0: task 1 only, 100*0.01*2 = 2 -> 1/3.
-    # p1: task 0, 100*0.01 = 1 -> 1/2.
-    # p2: task 0, 100*0.02 = 2 -> 1/3; current 100*0.05*0.1 = 0.5 -> (1/3)/1.5 = 2/9.
-    # p3: F = 1e-9 is not above 1e-8 -> untouched.
-    np.testing.assert_allclose(out, [1 / 3, 1 / 2, 2 / 9, 1.0], rtol=1e-6)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(g, [1, 1, 1, 1])
+    pull, weight = anchor_terms(s, cfg)
+    # weight = 100 * sum_t importance_t F_t; pull = 100 * sum_t importance_t F_t w*_t.
+    np.testing.assert_allclose(weight, [2, 1, 2 + 4, 0], rtol=1e-6)
+    np.testing.assert_allclose(pull, [2 * 4, 1 * 1, 2 * 2 + 4 * 6, 0], rtol=1e-6)
     assert_unchanged(s, before)
+    zero_pull, zero_weight = anchor_terms(EwcState.initial(CFG3), CFG3)
+    assert not zero_pull.any() and not zero_weight.any()
 
 
-def test_apply_constraints_without_fisher_is_identity():
-    g = f32(0.5, -2, 3)
-    np.testing.assert_array_equal(apply_constraints(EwcState.initial(CFG3), g, CFG3), g)
+def test_penalty_pulls_a_two_parameter_toy_back_to_its_anchor():
+    # Two parameters, one remembered task whose optimum is (0, 0) and whose Fisher is
+    # (1, 0): only parameter 0 mattered to it. lambda = 1. With no task drive, each
+    # proximal step of rate lr solves w' = argmin |w' - w|^2 / (2 lr) + F (w' - 0)^2 / 2:
+    # w0' = w0 / (1 + lr), w1' = w1. After n steps w0 = (1 + lr)^-n exactly, w1 = 1.
+    cfg = EwcConfig(param_count=2, initial_lambda=1.0, min_lambda=0.5)
+    s = state_with(cfg, lambda_=1.0, tasks=(task(0, [1, 0], [0, 0]),))
+    pull, weight = anchor_terms(s, cfg)
+    w = f32(1, 1)
+    zero = np.zeros(2, np.float32)
+    for _ in range(10):
+        w = proximal_step(w, zero, zero, 0.5, anchor_pull=pull, anchor_weight=weight)
+    np.testing.assert_allclose(w, [1.5**-10, 1.0], rtol=1e-5)
+    # With a drive toward (2, 2) at curvature 1, the fixed point minimises
+    # (w - 2)^2 / 2 + F (w - 0)^2 / 2: (2 / (1 + 1), 2) = (1, 2).
+    drive, curvature = f32(2, 2), f32(1, 1)
+    for _ in range(200):
+        w = proximal_step(w, drive, curvature, 0.5, anchor_pull=pull, anchor_weight=weight)
+    np.testing.assert_allclose(w, [1.0, 2.0], rtol=1e-5)
+
+
+def test_boundary_then_anchor_pulls_back():
+    # A toy run through ewc_step: task A holds w at (1, 1) with Fisher samples (1, 0);
+    # the boundary remembers that anchor; a step that drives both toward (-1, -1) moves
+    # parameter 0 (A relied on it) less than parameter 1 (it did not).
+    cfg = EwcConfig(param_count=2, fisher_ema_decay=0.5, initial_lambda=10.0)
+    s = EwcState.initial(cfg)
+    for i in range(60):
+        s, boundary = ewc_step(s, f32(1 + 0.01 * (i % 2), 1), f32(1, 0), cfg)
+        assert not boundary
+    s = with_weights(s, f32(1, 1))
+    s, boundary = ewc_step(s, f32(-5, -5), f32(0, 0), cfg)
+    assert boundary and len(s.tasks) == 1
+    np.testing.assert_array_equal(s.tasks[0].optimal_weights, [1, 1])
+    pull, weight = anchor_terms(s, cfg)
+    w = proximal_step(
+        f32(1, 1), f32(-1, -1), f32(1, 1), 0.5, anchor_pull=pull, anchor_weight=weight
+    )
+    lam_f = s.lambda_ * s.tasks[0].fisher[0]  # 11 * (1 - 0.5^60)
+    np.testing.assert_allclose(w, [(1 - 0.5 + 0.5 * lam_f) / (1.5 + 0.5 * lam_f), 1 / 3], atol=1e-6)
+    assert abs(w[0] - 1) < abs(w[1] - 1) / 10
 
 
 def test_regularization_loss():
@@ -246,10 +282,10 @@ def test_with_weights_copies():
     [
         lambda s, v: update_fisher(s, v, CFG3),
         lambda s, v: detect_task_boundary(s, v, CFG3),
-        lambda s, v: apply_constraints(s, v, CFG3),
         lambda s, v: regularization_loss(s, v, CFG3),
         lambda s, v: with_weights(s, v),
-        lambda s, v: ewc_step(s, v, CFG3),
+        lambda s, v: ewc_step(s, v, np.ones(3, np.float32), CFG3),
+        lambda s, v: ewc_step(s, np.ones(3, np.float32), v, CFG3),
     ],
 )
 def test_wrong_length_and_non_finite_raise(call):
@@ -283,41 +319,22 @@ def test_update_fisher_does_not_mutate():
 
 
 def test_ewc_step_order():
-    # 60 samples of 0.1 (mean 0.1, M2 1), current Fisher cleared, one remembered task
-    # with F = [0, 0.01, 0], lambda 100: the raw gradient [10, 10, 10] is constrained to
-    # [10, 5, 10] using the old state; it is a boundary (z ~ 76.7); the new task's Fisher
-    # is then 0.5 * [10, 5, 10]^2 = [50, 12.5, 50]; its Welford mean is that of the raw
-    # gradient (the one boundary detection tests; the reference used the constrained one).
+    # 60 samples of 0.1 (mean 0.1, M2 1): the signal [10, 10, 10] is a boundary
+    # (z ~ 76.7) tested against the old task's statistics; the new task starts from it:
+    # Fisher 0.5 * the given sample, Welford mean the signal.
     s = feed(EwcState.initial(CFG3), f32(0.1, 0.1, 0.1), 60, CFG3)
-    s = dataclasses.replace(
-        s, fisher=f32(0, 0, 0), lambda_=100.0, tasks=(task(0, [0, 0.01, 0], [0, 0, 0]),)
-    )
+    s = dataclasses.replace(s, lambda_=100.0, tasks=(task(0, [0, 0.01, 0], [0, 0, 0]),))
     before = snapshot(s)
-    new, constrained, boundary = ewc_step(s, f32(10, 10, 10), CFG3)
+    new, boundary = ewc_step(s, f32(10, 10, 10), f32(2, 4, 6), CFG3)
     assert_unchanged(s, before)
     assert boundary
-    np.testing.assert_allclose(constrained, [10, 5, 10], rtol=1e-6)
     assert len(new.tasks) == 2 and new.task_id == s.task_id + 1
+    np.testing.assert_array_equal(new.tasks[-1].fisher, s.fisher)
     assert new.samples_seen == 1
-    np.testing.assert_allclose(new.fisher, [50, 12.5, 50], rtol=1e-6)
+    np.testing.assert_allclose(new.fisher, [1, 2, 3], rtol=1e-6)
     np.testing.assert_allclose(new.grad_mean, [10, 10, 10], rtol=1e-6)
-    # No boundary: same task, Fisher folds in the constrained gradient.
-    same, _, boundary = ewc_step(s, f32(0.1, 0.1, 0.1), CFG3)
+    # No boundary: same task, the Fisher folds in the sample.
+    same, boundary = ewc_step(s, f32(0.1, 0.1, 0.1), f32(2, 2, 2), CFG3)
     assert not boundary and same.samples_seen == 61 and len(same.tasks) == 1
-
-
-def test_remembered_fisher_protects_its_parameters():
-    # Task A trains parameters 0 and 1 (decay 0.5, 10 samples: F = 1 - 0.5^10 ~ 0.999).
-    # After the boundary, lambda = 2200 and the same step moves them by ~1/2199 of what
-    # it moves the parameters task A never touched.
-    cfg = EwcConfig(param_count=4, fisher_ema_decay=0.5)
-    s = feed(EwcState.initial(cfg), f32(1, 1, 0, 0), 10, cfg)
-    s = start_new_task(s, cfg)
-    g = f32(1, 1, 1, 1)
-    w0 = f32(0, 0, 0, 0)
-    w1 = w0 + 0.1 * apply_constraints(s, g, cfg)
-    moved = np.abs(w1 - w0)
-    expected_protected = 0.1 / (1 + 2200 * (1 - 0.5**10))
-    np.testing.assert_allclose(moved, [expected_protected] * 2 + [0.1, 0.1], rtol=1e-4)
-    assert moved[:2].max() < moved[2:].min() / 1000
-    assert regularization_loss(s, w1, cfg) > 0.0
+    with pytest.raises(ValueError, match=">= 0"):
+        ewc_step(s, f32(0.1, 0.1, 0.1), f32(-1, 0, 0), CFG3)

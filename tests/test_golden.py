@@ -1,5 +1,12 @@
 """Parity with the reference: every golden case replays to the same patterns,
-on SQLite and on PostgreSQL (tests/data/golden/README.md says how to compare)."""
+on SQLite and on PostgreSQL (tests/data/golden/README.md says how to compare).
+
+Tolerances, as they are (docs/learning.md, "Parity tolerances"): centroids and
+avg_quality within 1e-5 absolute (measured on these cases: 1.8e-7 and 9e-8);
+total_weight within 1e-5 *relative*, because it is a sum of up to cluster-size
+qualities, taken in float64 here and sequentially in float32 by the reference
+(measured on these cases: 1.9e-7 relative; on random 1,000-member clusters the two
+sums differ by up to 1.3e-6 relative, 6.7e-4 absolute)."""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from sona_store import SonaConfig, SonaStore
 from .conftest import GOLDEN
 
 CASES = sorted(GOLDEN.glob("*.json"))
+TOTAL_WEIGHT_RTOL = 1e-5
 
 
 def _match(expected: list[dict], actual: list) -> list[str]:
@@ -28,7 +36,7 @@ def _match(expected: list[dict], actual: list) -> list[str]:
                 np.abs(p.centroid - centroid).max() <= 1e-5
                 and p.cluster_size == e["cluster_size"]
                 and abs(p.avg_quality - e["avg_quality"]) <= 1e-5
-                and abs(p.total_weight - e["total_weight"]) <= 1e-5
+                and abs(p.total_weight - e["total_weight"]) <= TOTAL_WEIGHT_RTOL * e["total_weight"]
             ):
                 found = p
                 break

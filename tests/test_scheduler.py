@@ -257,7 +257,10 @@ def test_restart_neither_runs_an_extra_cycle_nor_skips_one(db_url, procs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("grace", [30.0, 0.2], ids=["finish", "abandon"])
+# "finish" gives the cycle a grace no loaded machine exhausts (the cycle takes
+# seconds on a quiet one, and overran 30 s under load): the test asserts that a
+# granted grace is used to finish, not how fast the cycle is.
+@pytest.mark.parametrize("grace", [600.0, 0.2], ids=["finish", "abandon"])
 def test_sigterm_during_a_cycle_leaves_it_completed_or_absent(db_url, procs, grace):
     with SonaStore(db_url, SLOW) as store:
         store.record_trajectories(make_trajectories(SLOW_TRAJECTORIES, 256))
@@ -283,7 +286,7 @@ def test_sigterm_during_a_cycle_leaves_it_completed_or_absent(db_url, procs, gra
         assert after == before
     if grace >= 30:
         assert rc == 0, log
-        assert rows, "a cycle given 30 s to finish should have finished"
+        assert rows, "a cycle given its grace to finish should have finished"
     else:
         assert rc == 1, log
         assert "abandoning it" in log

@@ -19,12 +19,11 @@ def _count(session: Session, model: type, *where: Any) -> int:
 def store_stats(session: Session) -> dict[str, Any]:
     head = state.get_head(session)
     return {
-        # The reference's keys. Nothing is ever dropped here: "buffered" means
-        # recorded and waiting for a cycle (pending).
+        # The reference's keys. "buffered" means recorded and waiting for a cycle
+        # (pending). Its trajectories_dropped and buffer_success_rate are not kept:
+        # nothing is ever dropped here, so they could only be constants.
         "trajectories_recorded": trajectories.count_all(session),
         "trajectories_buffered": trajectories.count_pending(session),
-        "trajectories_dropped": 0,
-        "buffer_success_rate": 1.0,
         "patterns_stored": _count(
             session, Pattern, Pattern.cycle_id == head.cycle_id, Pattern.pruned_at.is_(None)
         ),

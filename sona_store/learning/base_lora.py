@@ -3,12 +3,11 @@
 The reference starts every layer's `down` at zero, so `up` never reaches the output, and
 its update writes only the first dim/12 entries of each layer (SEED.md, defect 3). Here
 each layer's `down` (rank x dim) is a fixed, seeded random projection, and only `up`
-(rank x dim, starting at zero) is learned, by a Hebbian update driven by the cycle's
-pattern gradient g:
+(rank x dim, starting at zero) is learned, by a sign-aware, bounded rule: each of a
+cycle's patterns is a signed target (`pattern_drive`) for the rows its direction drives,
+and `proximal_step` moves every row part of the way to its target (and to EWC++'s
+anchors), so no row ever grows past norm max(1, its own). docs/learning.md has the math.
 
-    up_l[k, :] += lr * (down_l g)_k * g
-
-For an input x near g the output delta `scale * up_l^T (down_l x)` then points toward g.
 The learned parameters are every layer's `up`, flattened in (layer, rank, dim) order:
 that vector, of layers * rank * dim entries, is what EWC++ tracks (fixing defect 2).
 
@@ -152,36 +151,129 @@ def merged_delta(weights: BaseLoraWeights, layer_idx: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def hebbian_gradient(weights: BaseLoraWeights, g: np.ndarray) -> np.ndarray:
-    """Per-parameter gradient of `up`, shape (layers * rank * dim,): entry (l, k, i) is
-    (down_l g)_k * g_i. g must have exactly dim entries (use fit_vector first)."""
-    arr = np.asarray(g)
-    if arr.ndim != 1 or arr.shape[0] != weights.dim:
+def channel_projection(weights: BaseLoraWeights, directions: np.ndarray) -> np.ndarray:
+    """Each channel's response to each direction, shape (P, layers, rank):
+    cos(down_l[k], c_p) * sqrt(dim). The cosine of two random directions has a spread
+    of 1/sqrt(dim), so the factor puts a chance-level projection at about 1 at any dim."""
+    arr = np.asarray(directions, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != weights.dim:
         raise ValidationError(
-            f"expected length {weights.dim} (dim), got shape {arr.shape}", field="gradient"
+            f"expected (n, {weights.dim}) directions, got shape {arr.shape}", field="directions"
         )
-    arr = arr.astype(np.float32)
-    _finite(arr, "gradient")
-    projected = weights.down @ arr  # (layers, rank)
-    grad = projected[:, :, None] * arr[None, None, :]
-    return grad.reshape(-1).astype(np.float32)
+    _finite(arr, "directions")
+    norms = np.linalg.norm(arr, axis=1)
+    unit = arr / np.where(norms > 0, norms, 1.0)[:, None]
+    row_norms = np.linalg.norm(weights.down, axis=2)  # (layers, rank)
+    cos = np.einsum("lkd,pd->plk", weights.down, unit) / np.where(row_norms > 0, row_norms, 1.0)
+    return (cos * np.sqrt(weights.dim)).astype(np.float32)
 
 
-def apply_update(weights: BaseLoraWeights, flat_update: np.ndarray, lr: float) -> BaseLoraWeights:
-    """A new adapter with up += lr * flat_update (reshaped to up's shape); down unchanged.
-    flat_update is usually the EWC-constrained Hebbian gradient."""
-    arr = np.asarray(flat_update)
+def channel_activity(weights: BaseLoraWeights, directions: np.ndarray) -> np.ndarray:
+    """How strongly each direction drives each channel: relu(channel_projection).
+    The relu is what makes the rule sign-aware: c and -c drive disjoint channels, so
+    what is learned from one is not learned, bit for bit, from the other."""
+    return np.maximum(channel_projection(weights, directions), np.float32(0.0))
+
+
+@dataclass(frozen=True)
+class Drive:
+    """What one cycle's patterns ask of the adapter, per channel (layer l, rank row k):
+    `activity` A (layers, rank) and `drive` D (layers, rank, dim), so that the target
+    row is T = D / A, an activity-weighted mean of the signed unit directions
+    (norm <= 1). The surrogate loss is sum_lk A_lk / 2 * |up_lk - T_lk|^2: its gradient
+    is A * up - D and its curvature (diagonal Hessian, = Fisher of the matching
+    Gaussian) is A, constant along each row."""
+
+    activity: np.ndarray  # (layers, rank) float32, >= 0
+    drive: np.ndarray  # (layers, rank, dim) float32
+    # (layers, rank): sum_p w_p * projection_p^2, the Fisher of the adapter's output
+    # (unit Gaussian noise) on the cycle's inputs, for every entry of the row: how much
+    # the outputs on these inputs depend on that row, whatever the projection's sign.
+    fisher: np.ndarray
+
+    def flat_drive(self) -> np.ndarray:
+        return self.drive.reshape(-1).astype(np.float32)
+
+    def flat_curvature(self) -> np.ndarray:
+        """A broadcast over dim, in flat_params order: the proximal step's curvature."""
+        return np.repeat(self.activity.reshape(-1), self.drive.shape[2]).astype(np.float32)
+
+    def flat_fisher(self) -> np.ndarray:
+        """`fisher` broadcast over dim, in flat_params order: what EWC++ folds in."""
+        return np.repeat(self.fisher.reshape(-1), self.drive.shape[2]).astype(np.float32)
+
+
+def pattern_drive(
+    weights: BaseLoraWeights, directions: np.ndarray, signs: np.ndarray, shares: np.ndarray
+) -> Drive:
+    """The Drive of P patterns: unit directions c_p (padded to dim), signed strengths
+    s_p in [-1, 1] (quality above the threshold pulls, below pushes) and shares w_p
+    (cluster size / window size). A = sum_p w_p h_p, D = sum_p w_p h_p s_p c_p, with
+    h = channel_activity, and fisher = sum_p w_p channel_projection_p^2."""
+    signs = np.asarray(signs, dtype=np.float64)
+    shares = np.asarray(shares, dtype=np.float64)
+    arr = np.asarray(directions, dtype=np.float64)
+    if not (signs.shape == shares.shape == (arr.shape[0],)):
+        raise ValidationError("need one sign and one share per direction", field="signs")
+    if not (np.isfinite(signs).all() and np.isfinite(shares).all()) or (shares < 0).any():
+        raise ValidationError("signs and shares must be finite, shares >= 0", field="shares")
+    norms = np.linalg.norm(arr, axis=1)
+    unit = arr / np.where(norms > 0, norms, 1.0)[:, None]
+    projection = channel_projection(weights, unit).astype(np.float64)  # (P, layers, rank)
+    weighted = np.maximum(projection, 0.0) * shares[:, None, None]
+    activity = weighted.sum(axis=0)
+    signed = weighted * np.clip(signs, -1.0, 1.0)[:, None, None]
+    # (P, layers*rank)^T @ (P, dim): one matrix product instead of a 3-operand einsum.
+    layers, rank = activity.shape
+    drive = (signed.reshape(len(unit), -1).T @ unit).reshape(layers, rank, -1)
+    fisher = np.tensordot(shares, projection * projection, axes=1)
+    return Drive(
+        activity=activity.astype(np.float32),
+        drive=drive.astype(np.float32),
+        fisher=fisher.astype(np.float32),
+    )
+
+
+def proximal_step(
+    up: np.ndarray,
+    drive: np.ndarray,
+    curvature: np.ndarray,
+    lr: float,
+    anchor_pull: np.ndarray | None = None,
+    anchor_weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """One implicit (proximal) step of rate lr on the surrogate loss plus EWC++'s
+    anchored penalty, all flat (layers * rank * dim,) float32:
+
+        up' = (up + lr * D + lr * P) / (1 + lr * A + lr * W)
+
+    with P = lambda * sum_t F_t * anchor_t and W = lambda * sum_t F_t (zeros when
+    no task is remembered). up' is a convex combination of up, the target row
+    T = D / A and the anchors, so no row's norm ever exceeds the largest of its
+    own, 1 and the anchors': the adapter is bounded whatever the rate or the
+    number of cycles, and a gradient step's overshoot cannot happen."""
+    if not (np.isfinite(lr) and lr >= 0):
+        raise ValidationError(f"learning rate must be finite and >= 0, got {lr}", field="lr")
+    lr64 = float(lr)
+    num = up.astype(np.float64) + lr64 * drive.astype(np.float64)
+    den = 1.0 + lr64 * curvature.astype(np.float64)
+    if anchor_pull is not None and anchor_weight is not None:
+        num = num + lr64 * anchor_pull.astype(np.float64)
+        den = den + lr64 * anchor_weight.astype(np.float64)
+    out = (num / den).astype(np.float32)
+    _finite(out, "update")
+    return out
+
+
+def with_params(weights: BaseLoraWeights, flat: np.ndarray) -> BaseLoraWeights:
+    """A new adapter whose up is `flat` (flat_params order); down and alpha kept."""
+    arr = np.asarray(flat)
     if arr.ndim != 1 or arr.shape[0] != weights.param_count:
         raise ValidationError(
             f"expected length {weights.param_count} (layers*rank*dim), got shape {arr.shape}",
             field="update",
         )
-    arr = arr.astype(np.float32)
-    _finite(arr, "update")
-    if not np.isfinite(lr):
-        raise ValidationError(f"learning rate must be finite, got {lr}", field="lr")
-    up = weights.up + arr.reshape(weights.up.shape) * np.float32(lr)
-    return BaseLoraWeights(down=weights.down, up=up, alpha=weights.alpha)
+    return BaseLoraWeights(down=weights.down, up=arr.reshape(weights.up.shape), alpha=weights.alpha)
 
 
 def flat_params(weights: BaseLoraWeights) -> np.ndarray:

@@ -23,7 +23,6 @@ from sona_store.errors import ConfigError, ValidationError
 BOUNDARY_MIN_SAMPLES = 50  # boundary detection needs this many samples of the current task
 IMPORTANCE_EPS = np.float32(1e-8)  # a Fisher value at or below this is treated as zero
 VARIANCE_EPS = np.float32(1e-8)  # parameters with var/samples at or below this are skipped
-CURRENT_TASK_WEIGHT = np.float32(0.1)  # the running task's Fisher constrains at a tenth
 LAMBDA_GROWTH_PER_TASK = np.float32(0.1)
 
 
@@ -132,19 +131,45 @@ def validate_state(state: EwcState, config: EwcConfig) -> None:
         raise ValidationError(f"negative samples_seen {state.samples_seen}", field="samples_seen")
 
 
+def check_finite(state: EwcState) -> None:
+    """Raise ValidationError if any array of `state` holds NaN or an infinity: run on
+    every state before it is stored."""
+    arrays = {"fisher": state.fisher, "weights": state.weights}
+    arrays |= {"grad_mean": state.grad_mean, "grad_var": state.grad_var}
+    for i, task in enumerate(state.tasks):
+        arrays[f"tasks[{i}].fisher"] = task.fisher
+        arrays[f"tasks[{i}].optimal_weights"] = task.optimal_weights
+    for name, arr in arrays.items():
+        if not np.isfinite(arr).all():
+            raise ValidationError("contains NaN or infinite values", field=name)
+    if not np.isfinite(state.lambda_):
+        raise ValidationError("is not finite", field="lambda")
+
+
 def update_fisher(
-    state: EwcState, g: np.ndarray, config: EwcConfig, *, statistics_of: np.ndarray | None = None
+    state: EwcState,
+    g: np.ndarray,
+    config: EwcConfig,
+    *,
+    statistics_of: np.ndarray | None = None,
+    fisher_sample: np.ndarray | None = None,
 ) -> EwcState:
     """Fold one gradient into the Fisher EMA, F = decay * F + (1 - decay) * g^2, and into
     the Welford mean and M2 (n = samples_seen + 1; mean += delta / n;
     var += delta * (g - new mean)) that boundary detection compares against.
-    `statistics_of` gives the Welford update another gradient than the Fisher's (see
+    `statistics_of` gives the Welford update another gradient than the Fisher's, and
+    `fisher_sample` folds a given per-parameter importance (>= 0) instead of g^2 (see
     `ewc_step`); by default both use g, as the reference does."""
     validate_state(state, config)
     g = _check_vector(g, config.param_count, "gradient")
     s = g if statistics_of is None else _check_vector(statistics_of, config.param_count, "gradient")
+    sample = g * g
+    if fisher_sample is not None:
+        sample = _check_vector(fisher_sample, config.param_count, "fisher_sample")
+        if (sample < 0).any():
+            raise ValidationError("must be >= 0", field="fisher_sample")
     decay = np.float32(config.fisher_ema_decay)
-    fisher = decay * state.fisher + (np.float32(1.0) - decay) * (g * g)
+    fisher = decay * state.fisher + (np.float32(1.0) - decay) * sample
     n = np.float32(state.samples_seen + 1)
     delta = s - state.grad_mean
     mean = state.grad_mean + delta / n
@@ -208,24 +233,24 @@ def start_new_task(state: EwcState, config: EwcConfig) -> EwcState:
     )
 
 
-def apply_constraints(state: EwcState, g: np.ndarray, config: EwcConfig) -> np.ndarray:
-    """Shrink g where it would move parameters earlier tasks rely on: for each remembered
-    task, where F_task * importance > 1e-8, g /= 1 + lambda * F_task * importance; then,
-    where the current F > 1e-8, g /= 1 + lambda * F * 0.1. Returns a new array."""
+def anchor_terms(state: EwcState, config: EwcConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The anchored penalty lambda / 2 * sum_t importance_t * F_t * (w - w*_t)^2 of the
+    remembered tasks (Kirkpatrick et al. 2017; online form, Schwarz et al. 2018), as
+    the two arrays a proximal step needs: pull = lambda * sum_t importance_t * F_t * w*_t
+    and weight = lambda * sum_t importance_t * F_t (float64). Its gradient at w is
+    weight * w - pull: it pulls w back toward each task's optimum, hardest where that
+    task's Fisher is largest. The running task's own Fisher is not in it, so the task
+    being learned is never damped. Zeros with no remembered task."""
     validate_state(state, config)
-    out = _check_vector(g, config.param_count, "gradient").astype(np.float32, copy=True)
-    lam = np.float32(state.lambda_)
-    one = np.float32(1.0)
-    # One pass per remembered task (at most max_tasks), each vectorised over parameters,
-    # so the factors multiply in the reference's order.
+    n = config.param_count
+    pull = np.zeros(n, dtype=np.float64)
+    weight = np.zeros(n, dtype=np.float64)
+    lam = float(np.float32(state.lambda_))
     for task in state.tasks:
-        importance = task.fisher * np.float32(task.importance)
-        out = np.where(importance > IMPORTANCE_EPS, out * (one / (one + lam * importance)), out)
-    current = state.fisher
-    out = np.where(
-        current > IMPORTANCE_EPS, out * (one / (one + lam * current * CURRENT_TASK_WEIGHT)), out
-    )
-    return out.astype(np.float32, copy=False)
+        f = task.fisher.astype(np.float64) * float(np.float32(task.importance))
+        weight += f
+        pull += f * task.optimal_weights.astype(np.float64)
+    return lam * pull, lam * weight
 
 
 def regularization_loss(state: EwcState, w: np.ndarray, config: EwcConfig) -> float:
@@ -274,21 +299,17 @@ def with_weights(state: EwcState, w: np.ndarray) -> EwcState:
 
 
 def ewc_step(
-    state: EwcState, raw_gradient: np.ndarray, config: EwcConfig
-) -> tuple[EwcState, np.ndarray, bool]:
-    """One background cycle's EWC++ work, in the reference's order: constrain the raw
-    gradient (with the state as it was), test the raw gradient for a task boundary, start
-    a new task if so, then fold the constrained gradient into the Fisher.
-
-    One difference: the Welford statistics the boundary test compares against are kept
-    of the raw gradients, the ones it tests. The reference keeps them of the constrained
-    gradients, so once the current Fisher damps the updates, every raw gradient looks
-    far from the (damped) mean and a spurious boundary fires at the 50th sample (it never
-    showed, because its EWC++ never engaged: defect 2).
-    Returns (new state, constrained gradient, boundary detected)."""
-    constrained = apply_constraints(state, raw_gradient, config)
-    boundary = detect_task_boundary(state, raw_gradient, config)
+    state: EwcState, signal: np.ndarray, fisher_sample: np.ndarray, config: EwcConfig
+) -> tuple[EwcState, bool]:
+    """One background cycle's EWC++ bookkeeping: test `signal` (this cycle's raw
+    per-parameter drive, in RMS units) for a task boundary against the running task's
+    statistics; on a boundary, remember the running task (its Fisher and the weights it
+    ended at become an anchor) and start a new one; then fold `fisher_sample` (the
+    cycle's curvature) into the Fisher and `signal` into the Welford statistics.
+    The caller then takes a proximal step with `anchor_terms` of the returned state.
+    Returns (new state, boundary detected)."""
+    boundary = detect_task_boundary(state, signal, config)
     if boundary:
         state = start_new_task(state, config)
-    state = update_fisher(state, constrained, config, statistics_of=raw_gradient)
-    return state, constrained, boundary
+    state = update_fisher(state, signal, config, fisher_sample=fisher_sample)
+    return state, boundary

@@ -59,6 +59,9 @@ class MicroLoraWeights:
             )
         if not MIN_RANK <= down.shape[0] <= MAX_RANK or down.shape[1] < 1:
             raise ValueError(f"micro-LoRA rank must be 1 or 2 and dim >= 1; got {down.shape}")
+        if not (np.isfinite(down).all() and np.isfinite(up).all()):
+            # No version with NaN or an infinity is ever built, so none is stored.
+            raise ValueError("micro-LoRA weights contain NaN or infinite values")
         object.__setattr__(self, "down", down)
         object.__setattr__(self, "up", up)
 
@@ -140,7 +143,10 @@ class MicroAccumulator:
             raise ValueError(f"gradient must have shape ({self._dim},), got {g.shape}")
         if not (np.isfinite(q) and np.isfinite(g).all()):
             raise ValueError("gradient and quality must be finite")
-        self.grad_up += (g * q)[None, :]
+        with np.errstate(over="ignore", invalid="ignore"):
+            grad_up = self.grad_up + (g * q)[None, :]
+        _check_sum(grad_up)
+        self.grad_up = grad_up
         self.count += 1
 
     def take(self) -> tuple[np.ndarray, int]:
@@ -258,8 +264,15 @@ def accumulate(gradients: np.ndarray, qualities: np.ndarray, rank: int) -> tuple
         raise ValueError("gradient and quality must be finite")
     if len(g) == 0:
         return np.zeros((rank, g.shape[1]), dtype=np.float32), 0
-    total = np.cumsum(g * q[:, None], axis=0, dtype=np.float32)[-1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.cumsum(g * q[:, None], axis=0, dtype=np.float32)[-1]
+    _check_sum(total)
     return np.repeat(total[None, :], rank, axis=0), len(g)
+
+
+def _check_sum(total: np.ndarray) -> None:
+    if not np.isfinite(total).all():
+        raise ValueError("the accumulated micro-LoRA gradient overflows float32")
 
 
 MIN_REDUCE_WIDTH = 8  # narrower signals are summed run by run with cumsum
@@ -285,7 +298,9 @@ def accumulate_groups(
         # one accumulator per column (numpy sums pairwise only along the
         # contiguous axis), so this is each run's sequential float32 sum;
         # tests/test_micro_lora_core.py checks it against `accumulate`.
-        totals = np.add.reduce(runs, axis=1, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            totals = np.add.reduce(runs, axis=1, dtype=np.float32)
+        _check_sum(totals)
         sums += [(np.repeat(total[None, :], rank, axis=0), group) for total in totals]
     elif full:  # a single column is the contiguous axis: numpy would pair it
         starts = range(0, full * group, group)

@@ -1,5 +1,5 @@
 """Learned patterns from clustered trajectory embeddings (SEED.md, "Patterns"),
-and the quality-weighted pattern gradient the background cycle learns from."""
+which the background cycle learns from (sona_store.learning.background)."""
 
 from __future__ import annotations
 
@@ -68,16 +68,3 @@ def extract_patterns(
             )
         )
     return patterns
-
-
-def pattern_gradient(patterns: list[ExtractedPattern], dim: int) -> np.ndarray:
-    """Average of the centroids weighted by avg_quality * cluster_size (zeros when
-    there is nothing to average)."""
-    if not patterns:
-        return np.zeros(dim, dtype=np.float32)
-    centroids = np.stack([p.centroid for p in patterns]).astype(np.float64)
-    weights = np.array([p.avg_quality * p.cluster_size for p in patterns], dtype=np.float64)
-    total = weights.sum()
-    if total <= 0:
-        return np.zeros(dim, dtype=np.float32)
-    return (weights @ centroids / total).astype(np.float32)

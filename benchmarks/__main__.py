@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import calls, cycle, forgetting, ingest, reference, rollback
+from benchmarks import calls, cycle, forgetting, ingest, reference, rollback, storage
 from benchmarks.backends import Backend, PostgresBackend, SqliteBackend
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import Figure, table, write_json
@@ -132,6 +132,12 @@ def run_backend(
         "rollback",
         lambda: rollback.bench_rollback(
             backend, plan.rollback_short, plan.rollback_long, plan.rollback_reps
+        ),
+    )
+    section(
+        "storage",
+        lambda: storage.bench_storage(
+            backend, plan.storage_n, plan.storage_cycles, window=plan.storage_n // 10
         ),
     )
     return figures

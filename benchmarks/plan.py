@@ -20,6 +20,8 @@ class Plan:
     rollback_long: int = 100
     rollback_reps: int = 5
     reference_reps: int = 1
+    storage_n: int = 5_000  # trajectories of the storage benchmark
+    storage_cycles: int = 5
     forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
     forgetting_seeds: int = 3
 
@@ -40,6 +42,8 @@ FULL = Plan(
     rollback_long=1_000,
     rollback_reps=20,
     reference_reps=3,
+    storage_n=20_000,
+    storage_cycles=10,
 )
 
 QUICK = Plan(

@@ -12,7 +12,9 @@ from sona_store.errors import (
     SchemaVersionError,
     SonaStoreError,
     ValidationError,
+    VectorsDroppedError,
 )
+from sona_store.retention import GcResult, Policy
 from sona_store.store import Pattern, RouteRecommendation, ScoredPattern, SonaStore
 
 __version__ = "0.1.0"
@@ -23,7 +25,9 @@ __all__ = [
     "CycleNotFoundError",
     "CycleResult",
     "DatabaseUnavailableError",
+    "GcResult",
     "Pattern",
+    "Policy",
     "RollbackError",
     "RouteRecommendation",
     "SchemaVersionError",
@@ -32,4 +36,5 @@ __all__ = [
     "SonaStore",
     "SonaStoreError",
     "ValidationError",
+    "VectorsDroppedError",
 ]

@@ -79,6 +79,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         if args.db_command == "upgrade":
             schema.upgrade(engine, args.revision)
             print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
+        elif args.db_command == "vacuum":
+            from sona_store.retention import vacuum
+
+            before, after = vacuum(engine)
+            print(f"{mask_url(engine.url)}: {before} -> {after} bytes")
         elif args.db_command == "downgrade":
             schema.downgrade(engine, args.revision)
             print(f"{mask_url(engine.url)} is at revision {schema.database_revision(engine)}")
@@ -98,10 +103,20 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from sona_store.retention import open_jsonl
+
     store = _open(args)
     # Bytes: each line is decoded on its own, so invalid UTF-8 names its line.
     stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
-    stream = stdin if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    stream = stdin if args.file == "-" else open_jsonl(args.file)  # gzip or plain
+    if args.restore:
+        try:
+            restored = store.restore_vectors(stream)
+        finally:
+            if stream is not stdin:
+                stream.close()
+        print(f"restored the vectors of {restored} trajectories")
+        return 0
     show = sys.stderr.isatty() or args.progress
 
     def progress(count: int) -> None:
@@ -311,11 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     down = db_sub.add_parser("downgrade", help="downgrade the schema (destroys data)")
     down.add_argument("revision")
     db_sub.add_parser("current", help="show the schema revision")
+    db_sub.add_parser(
+        "vacuum",
+        help="give free space back (SQLite: converts older files to incremental auto-vacuum)",
+    )
     db.set_defaults(func=cmd_db)
 
-    ingest = sub.add_parser("ingest", help="record trajectories from a JSONL file (or -)")
+    ingest = sub.add_parser(
+        "ingest", help="record trajectories from a JSONL file, gzip or plain (or -)"
+    )
     ingest.add_argument("file")
     ingest.add_argument("--progress", action="store_true", help="show progress even when piped")
+    ingest.add_argument(
+        "--restore",
+        action="store_true",
+        help="put back the vectors gc deleted, from a gc archive of this store (by id)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     cycle = sub.add_parser("cycle", help="run one learning cycle now")
@@ -369,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         move.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         move.set_defaults(func=func)
 
-    audit = sub.add_parser("audit", help="rollbacks, restores and imports, newest first")
+    audit = sub.add_parser(
+        "audit", help="rollbacks, restores, imports, gc and policy changes, newest first"
+    )
     audit.add_argument("--limit", type=int)
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
@@ -385,6 +413,7 @@ COMMAND_MODULES = (
     "sona_store.lora_io",  # export-lora, import-lora, lora-use
     "sona_store.report",  # report
     "sona_store.demo",  # demo
+    "sona_store.gc_cli",  # gc, retention
 )
 
 

@@ -49,6 +49,11 @@ class RollbackError(SonaStoreError, ValueError):
     """A rollback or restore was asked for a cycle that cannot take it."""
 
 
+class VectorsDroppedError(RollbackError):
+    """An operation needs trajectory vectors that gc deleted under the
+    retention policy (they can be put back from a gc archive)."""
+
+
 class CycleInProgressError(SonaStoreError):
     """Another cycle (or rollback) holds the store's cycle lock."""
 

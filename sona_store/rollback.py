@@ -18,11 +18,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from sona_store.db import cycles, state, trajectories
+from sona_store.db import retention as retention_db
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, LoraVersion, StoreHead, Trajectory
 from sona_store.db.models import EwcState as EwcStateRow
-from sona_store.errors import RollbackError
+from sona_store.errors import RollbackError, VectorsDroppedError
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,26 @@ def _refuse_if_requeued(session: Session, chain: list[Cycle]) -> None:
             )
 
 
+def refuse_if_vectors_dropped(session: Session, cycle_ids: list[int], action: str) -> None:
+    """Requeued trajectories feed the next cycle, which needs their vectors:
+    refuse, naming the retention policy, when gc deleted some of them."""
+    dropped = retention_db.dropped_count(session, cycle_ids)
+    if not dropped:
+        return
+    gc = retention_db.last_gc(session)
+    policy = retention_db.Policy(**{**(gc.details.get("policy") or {}), "archive_dir": None})
+    where = (
+        f"gc audit #{gc.id} ran under the retention policy: {policy.describe()}"
+        if gc is not None
+        else "gc deleted them"
+    )
+    raise VectorsDroppedError(
+        f"cannot {action} the trajectories of cycle(s) {', '.join(map(str, cycle_ids))}: "
+        f"{dropped} of them no longer have their vectors ({where}). Roll back without "
+        "--requeue, or put the vectors back first: sona-store ingest --restore ARCHIVE"
+    )
+
+
 def rollback(
     engine: Engine,
     cycle_id: int,
@@ -174,6 +195,8 @@ def rollback(
         _refuse_unless(cycle, "completed", "roll back")
         head = state.get_head(session, for_update=True)
         cut = _completed_from(session, cycle.id)
+        if requeue:
+            refuse_if_vectors_dropped(session, cut, "requeue")
         _set_status(session, cut, "rolled_back")
         requeued = trajectories.requeue(session, cut) if requeue else None
         lora_id, ewc_id = _state_before(session, cycle)

@@ -268,8 +268,27 @@ class SonaScheduler:
                 self._remember(started_at, clock, error)
                 logger.error("scheduled attempt raised unexpectedly:\n%s", error)
                 return TickReport("failed", error=error)
-        self._log(run)
+            self._log(run)
+            if run.ran and run.result.status == "completed":
+                self._apply_retention()
         return TickReport("ran" if run.ran else "not_due", run=run)
+
+    def _apply_retention(self) -> None:
+        """gc under the stored retention policy after each completed cycle
+        (a no-op without one). A failing gc is logged; the cycle stands."""
+        try:
+            result = self.store.gc()
+        except Exception as exc:
+            logger.error("gc after the cycle failed (retried after the next): %s", self._scrub(exc))
+            return
+        if result.trajectories:
+            logger.info(
+                "gc: vectors of %d trajectories deleted under %s%s (audit #%d)",
+                result.trajectories,
+                result.policy.describe(),
+                f", archived to {result.archive}" if result.archive else "",
+                result.audit_id,
+            )
 
     def _log(self, run: ScheduledRun) -> None:
         result = run.result

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from sona_store import cycle as cycle_module
+from sona_store import retention
 from sona_store import rollback as rollback_module
 from sona_store.access_log import AccessLog
 from sona_store.config import SonaConfig
@@ -51,6 +53,7 @@ from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
 from sona_store.learning.routes import EXPLORE_MODES, RouteModel, RouteRecommendation
 from sona_store.pattern_index import Pattern, PatternIndex, ScoredPattern
 from sona_store.recording import TrajectoryBuilder
+from sona_store.retention import GcResult, Policy
 from sona_store.rollback import HeadMove
 from sona_store.validation import read_jsonl, validate_batch
 
@@ -302,6 +305,54 @@ class SonaStore:
                 }
                 for e in session.scalars(statement)
             ]
+
+    # -- retention ----------------------------------------------------------------
+
+    def gc(
+        self,
+        *,
+        older_than: float | dt.timedelta | None = None,
+        horizon_cycles: int | None = None,
+        archive: str | os.PathLike[str] | None = None,
+    ) -> GcResult:
+        """Delete the vectors of consumed trajectories the retention policy
+        lets go (each argument None: the stored policy's value; `older_than`
+        in seconds or a timedelta), archiving them first to `archive`; one
+        audit row. Their metadata rows stay. See docs/operations.md."""
+        return retention.gc(
+            self.engine,
+            self.config,
+            older_than=older_than,
+            horizon_cycles=horizon_cycles,
+            archive=archive,
+            actor=self.actor,
+        )
+
+    def retention_policy(self) -> Policy:
+        """The stored policy (Policy() when none: every vector is kept)."""
+        return retention.read_policy(self.engine)
+
+    def set_retention_policy(
+        self,
+        *,
+        older_than: float | dt.timedelta | None = None,
+        horizon_cycles: int | None = None,
+        archive_dir: str | os.PathLike[str] | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """Store the policy gc and the scheduled service apply (all None:
+        remove it); returns the audit id of the change."""
+        policy = Policy(
+            retention.as_seconds(older_than) if older_than is not None else None,
+            horizon_cycles,
+            os.fspath(archive_dir) if archive_dir is not None else None,
+        )
+        return retention.set_policy(self.engine, policy, actor=self.actor, reason=reason)
+
+    def restore_vectors(self, lines: Iterable[str]) -> int:
+        """Put back, from a gc archive, the vectors of this store's
+        trajectories (all or nothing); returns how many."""
+        return retention.restore_vectors(self.engine, self.config, lines, actor=self.actor)
 
     # -- learned state --------------------------------------------------------------
 
@@ -595,6 +646,7 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 __all__ = [
     "CycleNotFoundError",
     "CycleResult",
+    "GcResult",
     "Pattern",
     "RouteRecommendation",
     "ScoredPattern",

@@ -33,6 +33,9 @@ TRAJECTORY_FIELDS = {
     "context_ids",
     "latency_us",
 }
+# A gc archive line (`retention`) also carries the trajectory's id in the
+# store it came from: checked here, used only by `ingest --restore`.
+ARCHIVED_FIELDS = TRAJECTORY_FIELDS | {"id"}
 REQUIRED_TRAJECTORY_FIELDS = ("query_embedding", "quality")
 STEP_FIELDS = {"activations", "attention_weights", "reward", "layer_name", "step_idx"}
 REQUIRED_STEP_FIELDS = ("activations", "reward")
@@ -196,6 +199,16 @@ def _text(value: Any, *, index: int | None, name: str) -> str | None:
     return value
 
 
+def archived_id(item: Mapping[str, Any], *, index: int | None) -> int | None:
+    """The `id` a gc archive line carries (None when absent): a positive integer."""
+    value = item.get("id")
+    if value is None:
+        return None
+    if type(value) in _BOOL_TYPES or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValidationError(f"must be a positive integer, got {value!r}", index=index, field="id")
+    return int(value)
+
+
 def _text_problem(value: str) -> str | None:
     """Why a string cannot be stored the same on both databases, or None:
     PostgreSQL's text refuses NUL, and a lone surrogate (valid JSON, "\\ud800")
@@ -258,7 +271,8 @@ class _BatchBuilder:
 
     def add(self, item: Any, index: int) -> None:
         cfg = self.config
-        _check_fields(item, TRAJECTORY_FIELDS, REQUIRED_TRAJECTORY_FIELDS, index=index, prefix="")
+        _check_fields(item, ARCHIVED_FIELDS, REQUIRED_TRAJECTORY_FIELDS, index=index, prefix="")
+        archived_id(item, index=index)
         query = _vector(
             item["query_embedding"], index=index, name="query_embedding", dim=cfg.embedding_dim
         )

@@ -43,6 +43,14 @@ FIGURES = [
     "rollback_long_ms",
     "restore_long_ms",
     "rollback_growth_x",
+    "storage_whole_bytes",
+    "storage_gc_freed_bytes",
+    "storage_metadata_bytes",
+    "storage_month_today_gb",
+    "storage_month_policy_gb",
+    "storage_day_today_gb",
+    "storage_day_policy_gb",
+    "storage_policy_bytes_per_trajectory",
 ]
 # Figures measured only once the store has the method (else "n/a (not implemented)").
 NEEDS_METHOD = {

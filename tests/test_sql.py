@@ -419,7 +419,7 @@ def test_a_database_at_0001_is_refused_then_upgraded_with_its_data(db_url):
             assert "db upgrade" in message
         schema.upgrade(engine, "0002_sql_views")
         assert schema.database_revision(engine) == "0002_sql_views"
-        views_0002 = VIEWS - {"current_pattern_routes"}  # 0004's
+        views_0002 = VIEWS - {"current_pattern_routes"}  # 0005's
         expected = views_0002 | (PG_FUNCTIONS if engine.dialect.name == "postgresql" else set())
         assert view_and_function_names(engine) == expected
     finally:

@@ -110,6 +110,10 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
             # so 4 KiB pages hold one row each, half empty: 16 KiB pages cut
             # the bytes written per trajectory by about a third.
             cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+            # Likewise only before the first table: pages gc frees can then be
+            # given back to the file system (`retention.reclaim`). An older
+            # file gets it from `sona-store db vacuum`.
+            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")

@@ -187,6 +187,9 @@ class Trajectory(Base):
     context_ids: Mapped[list[str]]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     consumed_by_cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
+    # Set by gc when it deleted this trajectory's vectors and steps (the
+    # retention policy, `retention`); NULL while they are stored.
+    vectors_dropped_at: Mapped[dt.datetime | None]
     __table_args__ = (
         CheckConstraint("quality >= 0 AND quality <= 1", name="quality_range"),
         # The retention window reads trajectories in (cycle, id) order.
@@ -285,6 +288,27 @@ class StoreHead(Base):
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
 
+class RetentionPolicy(Base):
+    """One row, or none (keep every vector): what gc may delete. A trajectory's
+    vectors go once it is consumed, outside the retention window, and, for each
+    limit set, older than `max_age_seconds` and consumed by a cycle beyond the
+    last `horizon_cycles` completed ones. Changes are audit rows."""
+
+    __tablename__ = "retention_policy"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    max_age_seconds: Mapped[float | None] = mapped_column(Float)
+    horizon_cycles: Mapped[int | None] = mapped_column(Integer)
+    archive_dir: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(200))
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("max_age_seconds >= 0", name="max_age"),
+        CheckConstraint("horizon_cycles >= 0", name="horizon"),
+    )
+
+
 class AuditEvent(Base):
     """Who moved the head, when, from where to where, and why (rollbacks,
     restores, imports). Cycles are audit records of their own."""
@@ -312,6 +336,7 @@ __all__ = [
     "MicroLoraSignal",
     "Pattern",
     "PatternRoute",
+    "RetentionPolicy",
     "StoreHead",
     "StoreSettings",
     "Trajectory",

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from sona_store.db import state, trajectories
+from sona_store.db import retention, state, trajectories
 from sona_store.db.models import Cycle, EwcTaskMemory, LoraVersion, Pattern, Trajectory
 
 
@@ -35,6 +35,7 @@ def store_stats(session: Session) -> dict[str, Any]:
         "trajectories_consumed": _count(
             session, Trajectory, Trajectory.consumed_by_cycle_id.is_not(None)
         ),
+        "trajectories_vectors_dropped": retention.count_dropped(session),
         "cycles": _count(session, Cycle),
         "head_cycle_id": head.cycle_id,
         "base_lora_version_id": head.base_lora_version_id,

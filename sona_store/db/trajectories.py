@@ -56,6 +56,13 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
             "created_at": [created] * n,
         },
     )
+    insert_vectors(driver, ids, batch)
+    return ids
+
+
+def insert_vectors(driver: Driver, ids: list[int], batch: TrajectoryBatch) -> None:
+    """The vectors and steps of `batch`, as trajectories `ids` (also how
+    `ingest --restore` puts back what gc deleted)."""
     driver.insert_columns(
         TrajectoryVectors.__table__,
         {
@@ -75,7 +82,6 @@ def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
                 "layer_name": batch.layer_names,
             },
         )
-    return ids
 
 
 def _row_bytes(matrix: np.ndarray) -> list[bytes]:
@@ -119,6 +125,9 @@ _WINDOW = (
     "SELECT t.id, t.quality, t.model_route FROM trajectories t"
     " JOIN cycles c ON c.id = t.consumed_by_cycle_id"
     " WHERE c.status = 'completed'"
+    # Trajectories whose vectors gc deleted are out of every window (the
+    # retention policy keeps the windows a rollback within its horizon needs).
+    " AND t.vectors_dropped_at IS NULL"
     # The cycle's id (equal to consumed_by_cycle_id here) lets SQLite walk the
     # indexes backwards instead of sorting the whole history.
     " ORDER BY c.id DESC, t.id DESC LIMIT ?"

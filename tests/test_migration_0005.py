@@ -1,4 +1,4 @@
-"""Migration 0004 (route statistics per pattern): a populated store at the
+"""Migration 0005 (route statistics per pattern): a populated store at the
 previous revision upgrades without losing anything, its next cycle writes
 route statistics, and downgrading drops exactly the new table and view."""
 
@@ -20,8 +20,8 @@ TABLES = sorted(set(Base.metadata.tables) - {"pattern_routes"})
 
 
 def _migration():
-    path = schema.migrations_dir() / "versions" / "0004_pattern_routes.py"
-    spec = importlib.util.spec_from_file_location("migration_0004", path)
+    path = schema.migrations_dir() / "versions" / "0005_pattern_routes.py"
+    spec = importlib.util.spec_from_file_location("migration_0005", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

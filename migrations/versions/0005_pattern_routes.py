@@ -11,8 +11,8 @@ The view names `patterns` and `store_head`: like 0002's views, a later
 revision that batch-alters those tables on SQLite must drop it first and
 create it again afterwards (`drop_view()` / `create_view()` below).
 
-Revision ID: 0004
-Revises: 0003_derived_pattern_embeddings
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003_derived_pattern_embeddings"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -20,7 +20,7 @@ from sona_store.errors import (
 )
 from sona_store.quarantine import QuarantineResult, ReleaseResult
 from sona_store.retention import GcResult, Policy
-from sona_store.store import Pattern, SonaStore
+from sona_store.store import Pattern, RouteRecommendation, ScoredPattern, SonaStore
 
 try:  # one source: pyproject.toml, as installed
     __version__ = version("sona-store")
@@ -41,7 +41,9 @@ __all__ = [
     "QuarantineResult",
     "ReleaseResult",
     "RollbackError",
+    "RouteRecommendation",
     "SchemaVersionError",
+    "ScoredPattern",
     "SonaConfig",
     "SonaStore",
     "SonaStoreError",

@@ -283,7 +283,37 @@ def parse_since(text: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
+def _vector(text: str) -> list[float]:
+    """A query vector from FILE_OR_JSON: a JSON array, an object with a
+    `query_embedding` (one trajectory line), or a file holding either."""
+    source = text.strip()
+    if not source.startswith(("[", "{")):
+        with open(text, encoding="utf-8") as f:
+            source = f.read().strip()
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--near: not a JSON array or object: {exc}") from None
+    if isinstance(value, dict):
+        value = value.get("query_embedding")
+    if not isinstance(value, list):
+        raise ValueError("--near: expected a JSON array of numbers or {'query_embedding': [...]}")
+    return value
+
+
 def cmd_patterns(args: argparse.Namespace) -> int:
+    if args.near is not None:
+        if args.cycle is not None:
+            raise ValueError("--near searches the current patterns: it takes no --cycle")
+        found = _open(args).find_patterns(_vector(args.near), k=args.k)
+        if args.json:
+            _print_json([p.to_dict(with_centroid=False) for p in found])
+        else:
+            _table(
+                [p.to_dict(with_centroid=False) for p in found],
+                ["id", "cycle_id", "score", "cluster_size", "avg_quality", "access_count"],
+            )
+        return 0
     patterns = _open(args).patterns(cycle_id=args.cycle)
     if args.json:
         _print_json([p.to_dict() for p in patterns])
@@ -292,6 +322,21 @@ def cmd_patterns(args: argparse.Namespace) -> int:
             [p.to_dict(with_centroid=False) for p in patterns],
             ["id", "cycle_id", "cluster_size", "avg_quality", "total_weight", "access_count"],
         )
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    routes = [r.strip() for r in args.routes.split(",")] if args.routes else None
+    found = _open(args).recommend_routes(
+        _vector(args.near), k=args.k, routes=routes, explore=args.explore
+    )
+    rows = [r.to_dict() for r in found]
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("(no routes: the current patterns saw none; name candidates with --routes)")
+    else:
+        _table(rows, ["route", "expected_quality", "support", "low", "high"])
     return 0
 
 
@@ -564,8 +609,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     patterns = sub.add_parser("patterns", help="current patterns, or a cycle's")
     patterns.add_argument("--cycle", type=int, metavar="CYCLE", help="the patterns of this cycle")
+    patterns.add_argument(
+        "--near",
+        metavar="FILE_OR_JSON",
+        help="the current patterns nearest this query (JSON array, or a file), with scores",
+    )
+    patterns.add_argument("-k", type=int, default=5, help="with --near: how many (default 5)")
     patterns.add_argument("--json", action="store_true", help=JSON_HELP)
     patterns.set_defaults(func=cmd_patterns)
+
+    recommend = sub.add_parser("recommend", help="model routes ranked for a query")
+    recommend.add_argument(
+        "--near", metavar="FILE_OR_JSON", required=True, help="the query (JSON array, or a file)"
+    )
+    recommend.add_argument("-k", type=int, default=5, help="how many routes (default 5)")
+    recommend.add_argument("--routes", help="candidate routes, comma-separated (default: all seen)")
+    recommend.add_argument(
+        "--explore", choices=["thompson", "ucb"], help="rank by a posterior draw or upper bound"
+    )
+    recommend.add_argument("--json", action="store_true", help=JSON_HELP)
+    recommend.set_defaults(func=cmd_recommend)
 
     stats = sub.add_parser("stats", help="counters of the store")
     stats.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -603,17 +666,19 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--context", help="context_ids holding this id")
     quarantine.add_argument("--reason", required=True, help="why, for the audit trail")
     quarantine.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    quarantine.add_argument("--json", action="store_true")
+    quarantine.add_argument("--json", action="store_true", help=JSON_HELP)
     quarantine.set_defaults(func=cmd_quarantine)
 
     release = sub.add_parser("release", help="end a quarantine: its trajectories learn again")
-    release.add_argument("quarantine_id", type=int, metavar="QID")
+    release.add_argument(
+        "quarantine_id", type=int, metavar="QID", help="the quarantine to end (see: quarantines)"
+    )
     release.add_argument("--reason", help="why, for the audit trail")
     release.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     release.set_defaults(func=cmd_release)
 
     quarantines = sub.add_parser("quarantines", help="every quarantine, newest first")
-    quarantines.add_argument("--json", action="store_true")
+    quarantines.add_argument("--json", action="store_true", help=JSON_HELP)
     quarantines.set_defaults(func=cmd_quarantines)
 
     audit = sub.add_parser(

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
-from sona_store.db import cycles, state, trajectories
+from sona_store.db import cycles, routes, state, trajectories
 from sona_store.db.engine import mask_url, short_error, transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, Pattern
@@ -24,6 +24,7 @@ from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
 from sona_store.learning.background import learn
 from sona_store.learning.patterns import ExtractedPattern, extract_patterns
+from sona_store.learning.routes import route_statistics
 
 logger = logging.getLogger("sona_store.cycle")
 
@@ -183,7 +184,7 @@ def cycle_body(
 
     # 2. Consume the batch; 3. cluster the retention window (batch included).
     record.trajectories_processed = trajectories.claim_pending(session, record.id)
-    _ids, embeddings, qualities = trajectories.load_window(
+    _ids, embeddings, qualities, window_routes = trajectories.load_window_with_routes(
         session, config.retention_window, config.embedding_size
     )
     extracted = extract_patterns(
@@ -195,7 +196,13 @@ def cycle_body(
         min_cluster_size=config.min_cluster_size,
         quality_threshold=config.pattern_quality_threshold,
     )
-    _insert_patterns(session, record.id, extracted)
+    pattern_ids = _insert_patterns(session, record.id, extracted)
+    # What each pattern's members did per model route (the router's statistics).
+    routes.insert_route_statistics(
+        session,
+        pattern_ids,
+        route_statistics([p.members for p in extracted], window_routes, qualities),
+    )
     record.window_size = len(qualities)
     record.patterns_extracted = len(extracted)
 
@@ -258,12 +265,15 @@ def _finish(record: Cycle, clock: float) -> None:
     record.elapsed_seconds = time.perf_counter() - clock
 
 
-def _insert_patterns(session: Session, cycle_id: int, extracted: list[ExtractedPattern]) -> None:
+def _insert_patterns(
+    session: Session, cycle_id: int, extracted: list[ExtractedPattern]
+) -> list[int]:
+    """Insert the patterns; their ids, in order."""
     if not extracted:
-        return
+        return []
     now = utcnow()
-    session.execute(
-        sa.insert(Pattern),
+    inserted = session.execute(
+        sa.insert(Pattern).returning(Pattern.id, sort_by_parameter_order=True),
         [
             {
                 "cycle_id": cycle_id,
@@ -278,6 +288,7 @@ def _insert_patterns(session: Session, cycle_id: int, extracted: list[ExtractedP
             for p in extracted
         ],
     )
+    return list(inserted.scalars())
 
 
 def record_failed_cycle(

@@ -86,6 +86,26 @@ class Pattern:
         return out
 
 
+@dataclass(frozen=True)
+class ScoredPattern(Pattern):
+    """A `find_patterns` result: the pattern and its cosine similarity to the
+    query (computed in float32 by the index's matrix product)."""
+
+    score: float
+
+    @classmethod
+    def of(cls, pattern: Pattern, score: float) -> ScoredPattern:
+        # Copies the fields without re-running the dataclass __init__ (a
+        # hot call: ~0.3 us a result against ~2 us).
+        scored = object.__new__(cls)
+        scored.__dict__.update(pattern.__dict__)
+        scored.__dict__["score"] = score
+        return scored
+
+    def to_dict(self, *, with_centroid: bool = True) -> dict[str, Any]:
+        return {**super().to_dict(with_centroid=with_centroid), "score": self.score}
+
+
 class PatternIndex:
     """Immutable: built once per head, shared by every thread."""
 
@@ -101,7 +121,7 @@ class PatternIndex:
             matrix = np.zeros((0, 0), dtype=np.float32)
         self.unit = matrix
 
-    def search(self, query: np.ndarray, k: int) -> list[Pattern]:
+    def search(self, query: np.ndarray, k: int) -> list[ScoredPattern]:
         if not self.patterns or k <= 0:
             return []
         norm = float(np.linalg.norm(query))
@@ -114,4 +134,10 @@ class PatternIndex:
             top = top[np.lexsort((top, -scores[top]))]  # best first, lowest id on ties
         else:
             top = np.lexsort((np.arange(len(scores)), -scores))
-        return [self.patterns[i] for i in top]
+        # Python ints and floats in one conversion each: faster than indexing
+        # with numpy integers and converting scores one by one.
+        patterns, of = self.patterns, ScoredPattern.of
+        return [
+            of(patterns[i], score)
+            for i, score in zip(top.tolist(), scores[top].tolist(), strict=True)
+        ]

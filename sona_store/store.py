@@ -25,7 +25,7 @@ from sona_store import retention
 from sona_store import rollback as rollback_module
 from sona_store.access_log import AccessLog
 from sona_store.config import SonaConfig
-from sona_store.db import cycles, state, trajectories
+from sona_store.db import cycles, routes, state, trajectories
 from sona_store.db import quarantines as quarantine_rows
 from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.cycles import CycleResult
@@ -61,7 +61,8 @@ from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
 from sona_store.learning.embedding import fit_width
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
-from sona_store.pattern_index import Pattern, PatternIndex
+from sona_store.learning.routes import EXPLORE_MODES, RouteModel, RouteRecommendation
+from sona_store.pattern_index import Pattern, PatternIndex, ScoredPattern
 from sona_store.quarantine import QuarantineResult, ReleaseResult
 from sona_store.recording import TrajectoryBuilder
 from sona_store.retention import GcResult, Policy
@@ -507,32 +508,81 @@ class SonaStore:
         """The patterns a cycle created (all of them, pruned or not); None: the
         current ones (the head cycle's, less the pruned)."""
         with transaction(self.engine) as session:
-            statement = sa.select(PatternRow).order_by(PatternRow.id)
-            if cycle_id is None:
-                cycle_id = state.get_head(session).cycle_id
-                if cycle_id is None:
-                    return []
-                statement = statement.where(PatternRow.pruned_at.is_(None))
-            else:
-                cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
-            rows = session.scalars(statement.where(PatternRow.cycle_id == cycle_id))
-            return [Pattern.from_row(row) for row in rows]
+            return _patterns(session, cycle_id)
+
+    def pattern_routes(self, cycle_id: int | None = None) -> list[dict[str, Any]]:
+        """Route statistics of a cycle's patterns (None: of the current ones):
+        per pattern and `model_route` (None: recorded without one) the
+        trajectory count, mean quality and sum of squared deviations."""
+        with transaction(self.engine) as session:
+            ids = [p.id for p in _patterns(session, cycle_id)]
+            rows = routes.route_rows(session, ids)
+        keys = ("pattern_id", "model_route", "trajectory_count", "mean_quality")
+        return [
+            {**dict(zip(keys, row[:4], strict=True)), "sum_squared_deviations": row[4]}
+            for row in rows
+        ]
+
+    def _learned(self) -> tuple[PatternIndex, RouteModel]:
+        """The current patterns' search index and route model, read together
+        (one head) and kept in memory until the head moves."""
+
+        def load(_head: tuple[Any, ...]) -> tuple[PatternIndex, RouteModel]:
+            with transaction(self.engine) as session:
+                patterns = _patterns(session, None)
+                ids = [p.id for p in patterns]
+                rows = routes.route_rows(session, ids)
+            index = PatternIndex(patterns)
+            return index, RouteModel(index.unit, *routes.route_matrices(ids, rows))
+
+        return self._cache.get("patterns", load)
 
     def _pattern_index(self) -> PatternIndex:
-        return self._cache.get("patterns", lambda _head: PatternIndex(self.patterns()))
+        return self._learned()[0]
 
-    def find_patterns(self, query: Any, k: int = 5) -> list[Pattern]:
-        """The k current patterns most similar (cosine) to `query`, best first.
-        Served from memory; accesses are counted and written in batches."""
+    def _query(self, query: Any) -> np.ndarray:
         q = np.asarray(query, dtype=np.float32)
         if q.shape != (self.config.embedding_dim,) or not np.isfinite(q).all():
             raise ValidationError(
                 f"query must be {self.config.embedding_dim} finite numbers", field="query"
             )
-        found = self._pattern_index().search(q, k)
+        return q
+
+    def find_patterns(self, query: Any, k: int = 5) -> list[ScoredPattern]:
+        """The k current patterns most similar (cosine) to `query`, best first,
+        each with its `score` (that similarity). Served from memory; accesses
+        are counted and written in batches."""
+        found = self._pattern_index().search(self._query(query), k)
         if found:
             self._accesses.touch([p.id for p in found])
         return found
+
+    def recommend_routes(
+        self,
+        query: Any,
+        k: int = 5,
+        routes: Iterable[str] | None = None,
+        explore: str | None = None,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> list[RouteRecommendation]:
+        """The k routes with the best expected quality for `query`, best first,
+        each with its support (similarity-weighted trajectories) and a ~95%
+        band (docs/learning.md, "Route statistics and recommendation"). `routes`: the
+        candidates (default: every route the current patterns saw; one never
+        seen gets the prior). `explore`: None (deterministic for a head),
+        "thompson" (rank by a posterior draw, from `rng`) or "ucb" (rank by
+        the band's upper end). No patterns or no routes: the prior for each
+        candidate given, else an empty list."""
+        q = self._query(query)
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValidationError(f"k must be an integer, got {k!r}", field="k")
+        if explore is not None and explore not in EXPLORE_MODES:
+            raise ValidationError(
+                f"explore must be None, 'thompson' or 'ucb', got {explore!r}", field="explore"
+            )
+        candidates = None if routes is None else _route_names(routes)
+        return self._learned()[1].recommend(q, k, candidates, explore, rng)
 
     def prune_patterns(self, min_quality: float, min_accesses: int, max_age_seconds: float) -> int:
         """Stop serving current patterns with avg_quality < min_quality, fewer
@@ -633,6 +683,38 @@ class SonaStore:
             }
 
 
+def _patterns(session: Session, cycle_id: int | None) -> list[Pattern]:
+    """A cycle's patterns, or (None) the current ones, by id."""
+    statement = sa.select(PatternRow).order_by(PatternRow.id)
+    if cycle_id is None:
+        cycle_id = state.get_head(session).cycle_id
+        if cycle_id is None:
+            return []
+        statement = statement.where(PatternRow.pruned_at.is_(None))
+    else:
+        cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
+    rows = session.scalars(statement.where(PatternRow.cycle_id == cycle_id))
+    return [Pattern.from_row(row) for row in rows]
+
+
+def _route_names(routes: Iterable[str]) -> list[str]:
+    """Candidate routes, checked: distinct non-empty strings (as recorded)."""
+    if isinstance(routes, str):
+        raise ValidationError(
+            "routes must be a list of route names, not one string", field="routes"
+        )
+    names = list(routes)
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ValidationError(
+                f"each route must be a non-empty string of at most 200 characters, got {name!r}",
+                field="routes",
+            )
+    if len(set(names)) != len(names):
+        raise ValidationError("routes has duplicates", field="routes")
+    return names
+
+
 def _safe_input(down: np.ndarray, lifted: np.ndarray) -> float:
     """A bound on max|x| under which x + lifted (down x) cannot overflow
     float32: |down x| and |delta| are at most |down|_F and |lifted|_F |down|_F
@@ -662,4 +744,12 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-__all__ = ["CycleNotFoundError", "CycleResult", "GcResult", "Pattern", "SonaStore"]
+__all__ = [
+    "CycleNotFoundError",
+    "CycleResult",
+    "GcResult",
+    "Pattern",
+    "RouteRecommendation",
+    "ScoredPattern",
+    "SonaStore",
+]

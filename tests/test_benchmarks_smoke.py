@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sona_store import SonaStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,7 @@ FIGURES = [
     "micro_lora_us",
     "find_patterns_us",
     "base_lora_us",
+    "recommend_routes_us",
     "rollback_short_ms",
     "restore_short_ms",
     "rollback_long_ms",
@@ -55,6 +58,7 @@ NEEDS_METHOD = {
     "micro_lora_us": "apply_micro_lora",
     "find_patterns_us": "find_patterns",
     "base_lora_us": "apply_base_lora",
+    "recommend_routes_us": "recommend_routes",
     "rollback_short_ms": "rollback",
     "restore_short_ms": "restore",
     "rollback_long_ms": "rollback",
@@ -99,6 +103,32 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
         "forgetting_retained_a_off_default",
     }
     assert "figure" in done.stdout and "results:" in done.stdout
+
+
+@pytest.mark.slow
+def test_quick_routing_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    """`python -m benchmarks.routing --quick`: every policy at both points,
+    every target with a figure per seed, and the regret chart."""
+    output, chart = tmp_path / "routing.json", tmp_path / "regret.png"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.routing", "--quick", "--output", str(output),
+         "--chart", str(chart)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    rows = results["summary"]["rows"]
+    policies = {"sona_store", "kNN over logs", "best single route", "random route"}
+    for when in ("after warm-up", "after the shift"):
+        assert {r["policy"] for r in rows if r["when"] == when} == policies
+    for r in rows:
+        assert 0 < r["share_mean"] <= 1 and r["decision_us_median"] > 0
+    for target in results["summary"]["targets"]:
+        assert len(target["per_seed"]) == len(results["plan"]["seeds"])
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    assert "after warm-up" in done.stdout
 
 
 def test_paired_ratios_follow_a_drifting_machine():

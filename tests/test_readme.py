@@ -106,6 +106,7 @@ def test_cli_tour_runs(tmp_path):
         item["model_route"] = "model-b"
     lines = [json.dumps(item) for item in items]
     (tmp_path / "trajectories.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "query.json").write_text(json.dumps(make_trajectories(1, 256, seed=98)[0]))
     block = next(b for b in _blocks("bash") if "db upgrade" in b and "sqlite" in b)
     commands = _commands(block)
     assert len(commands) >= 10

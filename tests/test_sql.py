@@ -25,7 +25,7 @@ from .conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database
 from .helpers import make_trajectories
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
-VIEWS = {"current_patterns", "pattern_history", "cycle_audit"}
+VIEWS = {"current_patterns", "pattern_history", "cycle_audit", "current_pattern_routes"}
 PG_FUNCTIONS = {"sona_vector", "sona_vector_length", "sona_bytes", "sona_cosine"}
 CONFIG = SonaConfig(hidden_dim=8, pattern_clusters=4)
 BACKENDS = ["sqlite", "postgresql"]
@@ -81,17 +81,25 @@ def test_the_document_describes_every_table_view_and_column(tmp_path):
 # -- a populated store on each backend ---------------------------------------------
 
 
+def routed(n: int, seed: int) -> list[dict[str, Any]]:
+    """make_trajectories with model routes: small, large and none in turn."""
+    items = make_trajectories(n, 8, seed=seed)
+    for i, item in enumerate(items):
+        item["model_route"] = ("small", "large", None)[i % 3]
+    return items
+
+
 def populate(store: SonaStore) -> None:
     """Cycles 1-2, cycle 3 rolled back, cycles 4-5, a skipped cycle 6, cycle 5
     rolled back with its trajectories requeued, more pending trajectories, a
     quarantined batch, pattern accesses, one pruned pattern and a micro-LoRA
-    flush."""
+    flush. Trajectories carry routes (small, large, none)."""
     for seed in range(3):
-        store.record_trajectories(make_trajectories(12, 8, seed=seed))
+        store.record_trajectories(routed(12, seed))
         store.run_cycle(force=True)
     store.rollback(3, reason="bad batch", actor="tester")
     for seed in (3, 4):
-        store.record_trajectories(make_trajectories(12, 8, seed=seed))
+        store.record_trajectories(routed(12, seed))
         store.run_cycle(force=True)
     assert store.run_cycle().status == "skipped"
     store.rollback(5, requeue=True, reason="regression", actor="tester")
@@ -210,6 +218,34 @@ def test_current_patterns_are_the_stores_patterns(populated):
         assert row.avg_quality == pattern.avg_quality
         assert row.access_count == pattern.access_count
         assert 0 <= row.age_days < 1
+
+
+def test_current_pattern_routes_are_the_stores(populated):
+    _, store, _ = populated
+    rows = query(
+        store,
+        "SELECT pattern_id, model_route, trajectory_count, mean_quality,"
+        " sum_squared_deviations, cycle_id FROM current_pattern_routes",
+    )
+    key = lambda r: (r[0], r[1] or "")  # noqa: E731
+    api = sorted(
+        (
+            (
+                r["pattern_id"],
+                r["model_route"],
+                r["trajectory_count"],
+                r["mean_quality"],
+                r["sum_squared_deviations"],
+            )
+            for r in store.pattern_routes()
+        ),
+        key=key,
+    )
+    assert sorted((tuple(r[:5]) for r in rows), key=key) == api
+    assert {r.cycle_id for r in rows} == {store.head()["cycle_id"]}
+    served = {p.id for p in store.patterns()}
+    assert {r[0] for r in rows} == served  # every served pattern, none pruned
+    assert {r[1] for r in rows} == {"small", "large", None}
 
 
 def test_pattern_history_and_cycle_audit(populated):
@@ -392,7 +428,8 @@ def test_a_database_at_0001_is_refused_then_upgraded_with_its_data(db_url):
             assert "db upgrade" in message
         schema.upgrade(engine, "0002_sql_views")
         assert schema.database_revision(engine) == "0002_sql_views"
-        expected = VIEWS | (PG_FUNCTIONS if engine.dialect.name == "postgresql" else set())
+        views_0002 = VIEWS - {"current_pattern_routes"}  # 0005's
+        expected = views_0002 | (PG_FUNCTIONS if engine.dialect.name == "postgresql" else set())
         assert view_and_function_names(engine) == expected
     finally:
         engine.dispose()

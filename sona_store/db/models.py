@@ -247,6 +247,24 @@ class Pattern(Base):
     pruned_at: Mapped[dt.datetime | None]
 
 
+class PatternRoute(Base):
+    """A pattern's member trajectories of one `model_route` (NULL: recorded
+    without one), as the cycle that extracted the pattern aggregated them:
+    how many, their mean quality and the sum of squared deviations from it
+    (variance = sum_squared_deviations / (trajectory_count - 1)). Written with
+    the pattern, never changed: they are current exactly when it is."""
+
+    __tablename__ = "pattern_routes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pattern_id: Mapped[int] = mapped_column(ForeignKey("patterns.id"), index=True)
+    model_route: Mapped[str | None] = mapped_column(String(200))
+    trajectory_count: Mapped[int] = mapped_column(Integer)
+    mean_quality: Mapped[float] = mapped_column(Float)
+    sum_squared_deviations: Mapped[float] = mapped_column(Float)
+    __table_args__ = (CheckConstraint("trajectory_count > 0", name="trajectory_count"),)
+
+
 class MicroLoraSignal(Base):
     """Which micro-LoRA version absorbed each trajectory's learning signal. A row
     is written once per trajectory, under the head lock, so a signal is applied
@@ -370,6 +388,7 @@ __all__ = [
     "MicroLoraReplay",
     "MicroLoraSignal",
     "Pattern",
+    "PatternRoute",
     "Quarantine",
     "QuarantinedTrajectory",
     "RetentionPolicy",

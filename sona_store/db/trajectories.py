@@ -123,7 +123,7 @@ def claim_pending(session: Session, cycle_id: int) -> int:
 WINDOW_FETCH = 1024  # trajectories a read: ~2 MB of vectors, embedded while in cache
 
 _WINDOW = (
-    "SELECT t.id, t.quality FROM trajectories t"
+    "SELECT t.id, t.quality, t.model_route FROM trajectories t"
     " JOIN cycles c ON c.id = t.consumed_by_cycle_id"
     " WHERE c.status = 'completed'"
     # Trajectories whose vectors gc deleted are out of every window (the
@@ -146,9 +146,17 @@ _STEPS = (
 def load_window(
     session: Session, limit: int, dim: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`load_window_with_routes` without the routes."""
+    ids, embeddings, qualities, _routes = load_window_with_routes(session, limit, dim)
+    return ids, embeddings, qualities
+
+
+def load_window_with_routes(
+    session: Session, limit: int, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
     """The retention window: the `limit` most recently consumed trajectories of
     completed cycles, oldest first (the reference's pattern-bank order).
-    Returns (ids, pattern embeddings (n, dim), qualities).
+    Returns (ids, pattern embeddings (n, dim), qualities, model routes).
 
     The embeddings are derived, not stored (storing them cost recording ~15%
     of its time): computed here from each query and its steps by the function
@@ -157,7 +165,7 @@ def load_window(
     their steps, read through the driver's cursor (SQLAlchemy rows took 2.5x
     the driver's time at 100k and held every row's bytes at once)."""
     driver = Driver(session.connection())
-    ids, qualities = _window_ids(driver, limit)
+    ids, qualities, routes = _window_ids(driver, limit)
     embeddings = np.empty((len(ids), dim), dtype=FLOAT32)
     by_id = np.argsort(ids, kind="stable")  # read in id order: primary-key walks
     for start in range(0, len(ids), WINDOW_FETCH):
@@ -167,7 +175,7 @@ def load_window(
         if [r[0] for r in queries] != chunk:  # the foreign keys make this impossible
             raise RuntimeError("a trajectory of the retention window has no stored vectors")
         embeddings[positions] = _embedded(queries, _rows_of(driver, _STEPS, chunk), chunk, dim)
-    return ids, embeddings, qualities
+    return ids, embeddings, qualities, routes
 
 
 def _rows_of(driver: Driver, template: str, ids: list[int]) -> list[tuple[Any, ...]]:
@@ -188,15 +196,22 @@ def _rows_of(driver: Driver, template: str, ids: list[int]) -> list[tuple[Any, .
     return driver.rows(template.format(ids=f"IN ({markers})"), ids, binary=True)
 
 
-def _window_ids(driver: Driver, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """The window's ids and qualities, oldest first (the rows come newest first)."""
+def _window_ids(driver: Driver, limit: int) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """The window's ids, qualities and routes, oldest first (the rows come
+    newest first)."""
     ids: list[int] = []
     qualities: list[float] = []
+    routes: list[str | None] = []
     cursor = driver.execute(_WINDOW, (limit,))
     while rows := cursor.fetchmany(10 * WINDOW_FETCH):
         ids.extend(r[0] for r in rows)
         qualities.extend(r[1] for r in rows)
-    return np.array(ids[::-1], dtype=np.int64), np.array(qualities[::-1], dtype=np.float64)
+        routes.extend(r[2] for r in rows)
+    return (
+        np.array(ids[::-1], dtype=np.int64),
+        np.array(qualities[::-1], dtype=np.float64),
+        routes[::-1],
+    )
 
 
 def _embedded(

@@ -3,7 +3,7 @@ which the background cycle learns from (sona_store.learning.background)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,11 @@ class ExtractedPattern:
     cluster_size: int
     total_weight: float  # sum of member qualities
     avg_quality: float
+    # Positions (in the clustered window) of the member trajectories: what the
+    # route statistics aggregate. Not part of the pattern's identity.
+    members: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64), compare=False, repr=False
+    )
 
 
 def extract_patterns(
@@ -44,6 +49,8 @@ def extract_patterns(
     centroids, sizes = cluster_means(embeddings, result.assignments, k)  # float64 sums
     total = np.bincount(result.assignments, weights=qualities.astype(np.float64), minlength=k)
     patterns = []
+    order = np.argsort(result.assignments, kind="stable")
+    ends = np.cumsum(sizes)
     for c in range(k):
         size = int(sizes[c])
         if size < min_cluster_size or size == 0:
@@ -57,6 +64,7 @@ def extract_patterns(
                 cluster_size=size,
                 total_weight=float(np.float32(total[c])),
                 avg_quality=float(np.float32(avg)),
+                members=order[ends[c] - size : ends[c]],
             )
         )
     return patterns

@@ -107,3 +107,19 @@ def procs(tmp_path: Path) -> Iterator[Any]:
         yield processes
     finally:
         processes.cleanup()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[Any]:
+    """A private PostgreSQL server this test may stop and start (never the shared one)."""
+    from . import pgserver
+
+    reason = pgserver.available()
+    if reason:
+        pytest.skip(f"cannot start a private PostgreSQL: {reason}")
+    server = pgserver.PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

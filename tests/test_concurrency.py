@@ -14,7 +14,6 @@ import pytest
 from sona_store import SonaConfig, SonaStore
 from sona_store.db.types import utcnow
 
-from . import pgserver
 from .helpers import make_trajectories
 from .service_helpers import (
     cycle_lock_held,
@@ -182,19 +181,6 @@ def test_sigkill_mid_cycle_leaves_the_store_as_before_and_a_replica_finishes(db_
     assert after["lora_versions"] == before["lora_versions"] + 1
     assert after["ewc_states"] == before["ewc_states"] + 1
     assert after["head"][0]["cycle_id"] == record["id"]
-
-
-@pytest.fixture
-def private_pg():
-    reason = pgserver.available()
-    if reason:
-        pytest.skip(f"cannot start a private PostgreSQL: {reason}")
-    server = pgserver.PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
 
 
 def test_postgresql_outage_is_survived_and_recorded(private_pg, procs):

@@ -122,6 +122,27 @@ def counts_now(store: SonaStore) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(300)
+def kill_when_paused(child: subprocess.Popen[Any], marker: Path, log_path: Path) -> None:
+    """SIGKILL `child` once it has written `marker` (it pauses right after);
+    fails the test if it exits first or never gets there."""
+    try:
+        deadline = time.monotonic() + MARKER_WAIT_S
+        while not marker.exists():
+            if child.poll() is not None:
+                pytest.fail(
+                    f"child exited ({child.returncode}) before pausing:\n" + log_path.read_text()
+                )
+            if time.monotonic() > deadline:
+                pytest.fail("child did not reach the pause in time")
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
 @pytest.mark.parametrize("pause_at", ["extract_patterns", "move_head"])
 def test_sigkill_during_a_cycle_leaves_the_database_as_before(db_url, tmp_path, pause_at):
     store = SonaStore(db_url, SonaConfig(hidden_dim=DIM, pattern_clusters=4))
@@ -144,22 +165,8 @@ def test_sigkill_during_a_cycle_leaves_the_database_as_before(db_url, tmp_path, 
             cwd=tmp_path,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + MARKER_WAIT_S
-            while not marker.exists():
-                if child.poll() is not None:
-                    pytest.fail(
-                        f"child exited ({child.returncode}) before pausing:\n"
-                        + (tmp_path / "child.log").read_text()
-                    )
-                if time.monotonic() > deadline:
-                    pytest.fail("child did not reach the pause in time")
-                time.sleep(0.05)
-            os.kill(child.pid, signal.SIGKILL)
-            assert child.wait(timeout=30) == -signal.SIGKILL
+            kill_when_paused(child, marker, tmp_path / "child.log")
         finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=30)
             log.close()
 
         recorded = json.loads(before_path.read_text())

@@ -23,7 +23,6 @@ from sona_store.health import ServiceHealth
 from sona_store.metrics import DURATION_BUCKETS, StoreCollector
 from sona_store.scheduler import SonaScheduler
 
-from . import pgserver
 from .helpers import make_trajectories
 from .service_helpers import inspector, scalar, wait_for
 
@@ -239,19 +238,6 @@ def test_metrics_port_with_once_is_refused(tmp_path, capsys):
     code = main(["--url", f"sqlite:///{tmp_path / 's.db'}", "run", "--once", "--metrics-port", "0"])
     assert code == 1
     assert "--once" in capsys.readouterr().err
-
-
-@pytest.fixture
-def private_pg():
-    reason = pgserver.available()
-    if reason:
-        pytest.skip(f"cannot start a private PostgreSQL: {reason}")
-    server = pgserver.PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.mark.slow

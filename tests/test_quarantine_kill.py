@@ -9,21 +9,17 @@ audit row) or just after the commit; the parent kills it there and checks.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from sona_store import QuarantineError, SonaStore
 
-from .test_kill import ROOT, counts_now
+from .test_kill import ROOT, counts_now, kill_when_paused
 from .test_quarantine import CONFIG, bad, good, learned
-
-MARKER_WAIT_S = 120.0
 
 pytestmark = [
     pytest.mark.slow,
@@ -103,22 +99,8 @@ def test_sigkill_during_a_quarantine_leaves_before_or_after(db_url, tmp_path, pa
             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + MARKER_WAIT_S
-            while not marker.exists():
-                if child.poll() is not None:
-                    pytest.fail(
-                        f"child exited ({child.returncode}) before pausing:\n"
-                        + (tmp_path / "child.log").read_text()
-                    )
-                if time.monotonic() > deadline:
-                    pytest.fail("child did not reach the pause in time")
-                time.sleep(0.05)
-            os.kill(child.pid, signal.SIGKILL)
-            assert child.wait(timeout=30) == -signal.SIGKILL
+            kill_when_paused(child, marker, tmp_path / "child.log")
         finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=30)
             log.close()
 
         inside = json.loads(marker.read_text())["inside"]

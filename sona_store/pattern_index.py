@@ -42,12 +42,15 @@ class Pattern:
     created_at: dt.datetime
 
     def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()})"
+
+    def _describe(self) -> str:
         # The centroid is hundreds of floats: its shape says enough here.
         return (
-            f"Pattern(id={self.id}, cycle_id={self.cycle_id}, "
+            f"id={self.id}, cycle_id={self.cycle_id}, "
             f"centroid=<{self.centroid.shape[0]} floats>, cluster_size={self.cluster_size}, "
             f"avg_quality={self.avg_quality:.4g}, total_weight={self.total_weight:.4g}, "
-            f"access_count={self.access_count})"
+            f"access_count={self.access_count}"
         )
 
     @classmethod
@@ -86,7 +89,7 @@ class Pattern:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # Pattern's repr, without the centroid's floats
 class ScoredPattern(Pattern):
     """A `find_patterns` result: the pattern and its cosine similarity to the
     query (computed in float32 by the index's matrix product)."""
@@ -101,6 +104,9 @@ class ScoredPattern(Pattern):
         scored.__dict__.update(pattern.__dict__)
         scored.__dict__["score"] = score
         return scored
+
+    def _describe(self) -> str:
+        return f"{super()._describe()}, score={self.score:.4g}"
 
     def to_dict(self, *, with_centroid: bool = True) -> dict[str, Any]:
         return {**super().to_dict(with_centroid=with_centroid), "score": self.score}

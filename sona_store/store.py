@@ -34,6 +34,7 @@ from sona_store.db.engine import (
     create_store_engine,
     engine_schema,
     mask_url,
+    normalise_url,
     resolve_url,
     short_error,
     store_label,
@@ -46,6 +47,7 @@ from sona_store.db.quarantines import Selection
 from sona_store.db.schema import ensure_schema, require_existing_file
 from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
+from sona_store.db.stores import refuse_on_sqlite
 from sona_store.db.types import utcnow
 from sona_store.errors import (
     ConfigError,
@@ -104,6 +106,8 @@ class SonaStore:
                 f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
             )
         if engine is None and not create:
+            # A schema on SQLite is the mistake to name, before a missing file.
+            refuse_on_sqlite(schema, normalise_url(self.url).get_backend_name())
             require_existing_file(self.url)
         self.engine = engine or create_store_engine(self.url, schema=schema)
         self.schema = schema

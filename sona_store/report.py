@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -132,10 +132,12 @@ def load_report_data(engine: Engine) -> ReportData:
                 .execution_options(yield_per=64)
             )
         ]
-        rolled_back = {
-            c["base_lora_version_id"]
+        rolled_back: set[int] = {
+            cast(int, c["base_lora_version_id"])
             for c in cycle_list
-            if c["status"] == "rolled_back" and c["ewc_updated"]
+            if c["status"] == "rolled_back"
+            and c["ewc_updated"]
+            and c["base_lora_version_id"] is not None
         }
         events = [
             (e.at, e.action, e.reason)

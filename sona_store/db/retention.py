@@ -142,7 +142,7 @@ def window_edge(session: Session, window: int, below: int | None) -> tuple[int, 
     if below is not None:
         statement = statement.where(Cycle.id < below)
     row = session.execute(statement).first()
-    return None if row is None else (row[0], row[1])
+    return None if row is None or row[0] is None else (row[0], row[1])
 
 
 def droppable_ids(

@@ -50,7 +50,7 @@ def route_rows(
         .where(PatternRoute.pattern_id.in_(pattern_ids))
         .order_by(PatternRoute.pattern_id, PatternRoute.id)
     )
-    return [tuple(row) for row in session.execute(statement)]
+    return list(session.execute(statement).tuples())
 
 
 def route_matrices(

@@ -129,15 +129,12 @@ def _ledger_versions(session: Session, ids: list[int]) -> dict[int, int]:
     """{trajectory id: the flush version that applied its signal}."""
     out: dict[int, int] = {}
     for chunk in chunks(ids):
-        out.update(
-            session.execute(
-                sa.select(
-                    MicroLoraSignal.trajectory_id, MicroLoraSignal.micro_lora_version_id
-                ).where(MicroLoraSignal.trajectory_id.in_(chunk))
+        for trajectory_id, version_id in session.execute(
+            sa.select(MicroLoraSignal.trajectory_id, MicroLoraSignal.micro_lora_version_id).where(
+                MicroLoraSignal.trajectory_id.in_(chunk)
             )
-            .tuples()
-            .all()
-        )
+        ):
+            out[trajectory_id] = version_id
     return out
 
 
@@ -150,15 +147,14 @@ def _line_from(session: Session, head_version_id: int, lowest: int) -> list[_Ver
         )
     ).all()
     by_id = {r.id: r for r in rows}
-    replays: dict[int, int] = dict(
-        session.execute(
+    replays: dict[int, int] = {
+        version_id: replay_of
+        for version_id, replay_of in session.execute(
             sa.select(MicroLoraReplay.lora_version_id, MicroLoraReplay.replay_of_id).where(
                 MicroLoraReplay.lora_version_id >= lowest
             )
         )
-        .tuples()
-        .all()
-    )
+    }
     line: list[_Version] = []
     version: int | None = head_version_id
     while version is not None and version in by_id:

@@ -50,7 +50,10 @@ def route_rows(
         .where(PatternRoute.pattern_id.in_(pattern_ids))
         .order_by(PatternRoute.pattern_id, PatternRoute.id)
     )
-    return list(session.execute(statement).tuples())
+    return [
+        (pattern_id, route, count, mean, squares)
+        for pattern_id, route, count, mean, squares in session.execute(statement)
+    ]
 
 
 def route_matrices(

@@ -45,6 +45,7 @@ from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
 from sona_store.db.stores import refuse_on_sqlite
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleTrigger, LoraTier, parse
 from sona_store.errors import (
     ConfigError,
     CycleNotFoundError,
@@ -281,7 +282,13 @@ class SonaStore:
 
     # -- cycles -----------------------------------------------------------------
 
-    def run_cycle(self, force: bool = False, *, trigger: str | None = None) -> CycleResult:
+    def run_cycle(
+        self, force: bool = False, *, trigger: CycleTrigger | str | None = None
+    ) -> CycleResult:
+        """One learning cycle now. `trigger` (default: forced or manual, by
+        `force`) is recorded with it; an unknown one is a ValidationError."""
+        if trigger is not None:
+            trigger = parse(CycleTrigger, trigger, "trigger")
         try:
             return cycle_module.run_cycle(
                 self.engine, self.config, force=force, trigger=trigger, actor=self.actor
@@ -454,14 +461,20 @@ class SonaStore:
             h = state.get_head(session)
             return (h.cycle_id, h.base_lora_version_id, h.micro_lora_version_id, h.ewc_state_id)
 
-    def lora_state(self, version: int | None = None, tier: str = "base") -> LoraArrays:
+    def lora_state(
+        self, version: int | None = None, tier: LoraTier | str = LoraTier.BASE
+    ) -> LoraArrays:
         """A LoRA version's weights as numpy arrays ((layers, rank, dim) down and
-        up); None: the current version of `tier`."""
+        up); None: the current version of `tier` ("base" or "micro"; another
+        value is a ValidationError)."""
+        tier = parse(LoraTier, tier, "tier")
         with transaction(self.engine) as session:
             if version is None:
                 head = state.get_head(session)
                 version = (
-                    head.base_lora_version_id if tier == "base" else head.micro_lora_version_id
+                    head.base_lora_version_id
+                    if tier is LoraTier.BASE
+                    else head.micro_lora_version_id
                 )
             return state.load_lora(session, version)
 
@@ -486,7 +499,7 @@ class SonaStore:
         if vector.shape[-1:] != (weights.dim,) or not np.isfinite(vector).all():
             raise ValidationError(f"x must have {weights.dim} finite values", field="x")
         with np.errstate(over="ignore", invalid="ignore"):
-            return _finite_output(base_lora.forward(weights, layer_idx, vector), "base")
+            return _finite_output(base_lora.forward(weights, layer_idx, vector), LoraTier.BASE)
 
     def history(
         self,
@@ -641,7 +654,7 @@ class SonaStore:
         projector, safe = self._micro_projector()
         if peak > safe:
             with np.errstate(over="ignore", invalid="ignore"):  # the rare, huge x
-                return _finite_output(projector(vector), "micro")
+                return _finite_output(projector(vector), LoraTier.MICRO)
         return projector(vector)
 
     def flush(self) -> int:
@@ -729,7 +742,7 @@ def _safe_input(down: np.ndarray, lifted: np.ndarray) -> float:
     return float(np.finfo(np.float32).max) / (4.0 * (1.0 + max(d, g, 1.0) * math.sqrt(dim)))
 
 
-def _finite_output(out: np.ndarray, tier: str) -> np.ndarray:
+def _finite_output(out: np.ndarray, tier: LoraTier) -> np.ndarray:
     """Serving never returns a non-finite value: an x so large that the
     adapter's output overflows float32 is refused instead."""
     if not np.isfinite(out).all():

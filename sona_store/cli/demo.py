@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from sona_store.config import SonaConfig
 from sona_store.db.engine import mask_url
+from sona_store.enums import CycleStatus, LoraTier
 from sona_store.scheduler.service import SonaScheduler
 from sona_store.store import SonaStore
 
@@ -101,7 +102,7 @@ def _learned(store: SonaStore) -> dict[str, Any]:
         for p in store.patterns()
     )
     return {
-        "micro-LoRA": store.lora_state(tier="micro").up.copy(),
+        "micro-LoRA": store.lora_state(tier=LoraTier.MICRO).up.copy(),
         "base LoRA": store.lora_state().up.copy(),
         "EWC++": np.concatenate([ewc.fisher, ewc.weights, ewc.grad_mean, ewc.grad_var]),
         "patterns": patterns,
@@ -126,7 +127,7 @@ def _twin(
     try:
         taken = 0
         for record in reversed(store.history()):
-            if record.status == "skipped":
+            if record.status == CycleStatus.SKIPPED:
                 continue
             batch = live[taken : taken + record.trajectories_processed]
             taken += len(batch)

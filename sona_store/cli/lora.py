@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from sona_store.cli.common import open_store
-from sona_store.db.models import LORA_TIERS
+from sona_store.enums import LoraTier
 from sona_store.services.lora_io import (
     DEFAULT_LAYER_PREFIX,
     DEFAULT_TARGET_MODULES,
@@ -16,6 +16,8 @@ from sona_store.services.lora_io import (
     import_lora_move,
     use_lora_version,
 )
+
+TIERS = [tier.value for tier in LoraTier]
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
@@ -74,7 +76,7 @@ def register_cli(subparsers: Any) -> None:
         "out_dir", metavar="OUT_DIR", help="folder for the adapter files (created if missing)"
     )
     export.add_argument("--version", type=int, help="LoRA version id (default: the current one)")
-    export.add_argument("--tier", choices=LORA_TIERS, help="base or micro (default: base)")
+    export.add_argument("--tier", choices=TIERS, help="base or micro (default: base)")
     export.add_argument(
         "--target-modules",
         help=f"comma-separated module names (default: {','.join(DEFAULT_TARGET_MODULES)})",
@@ -92,7 +94,7 @@ def register_cli(subparsers: Any) -> None:
     imp.add_argument("dir", metavar="DIR", help="PEFT adapter folder (adapter_config.json ...)")
     imp.add_argument("--reason", required=True, help="why, for the audit trail")
     imp.add_argument(
-        "--tier", choices=LORA_TIERS, help="default: the adapter's sona_store metadata, else base"
+        "--tier", choices=TIERS, help="default: the adapter's sona_store metadata, else base"
     )
     imp.set_defaults(func=cmd_import_lora)
 

@@ -42,7 +42,7 @@ from sona_store.db.engine import (
     mask_url,
     store_label,
 )
-from sona_store.db.models import CYCLE_STATUSES
+from sona_store.enums import CycleStatus
 from sona_store.errors import SonaStoreError
 
 if TYPE_CHECKING:
@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--status",
         action="append",
-        choices=CYCLE_STATUSES,
+        choices=[status.value for status in CycleStatus],
         help="only cycles with this status (repeat for several)",
     )
     history.add_argument(

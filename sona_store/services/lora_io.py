@@ -39,8 +39,9 @@ import numpy as np
 from sona_store.db import cycles, state
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
-from sona_store.db.models import LORA_TIERS, LoraVersion
+from sona_store.db.models import LoraVersion
 from sona_store.db.types import utcnow
+from sona_store.enums import LoraTier, parse
 from sona_store.errors import MissingExtraError
 from sona_store.files import private_dir, write_private
 
@@ -84,9 +85,7 @@ def _safetensors_numpy() -> Any:
 
 
 def _check_tier(tier: str) -> str:
-    if tier not in LORA_TIERS:
-        raise ValueError(f"tier must be one of {', '.join(LORA_TIERS)}, got {tier!r}")
-    return tier
+    return parse(LoraTier, tier, "tier")
 
 
 def _peft_alpha(tier: str, rank: int, alpha: float) -> float | int:

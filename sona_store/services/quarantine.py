@@ -30,6 +30,7 @@ from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, StoreHead, Trajectory
 from sona_store.db.quarantines import Selection, format_ranges, id_ranges
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleStatus
 from sona_store.errors import QuarantineError
 from sona_store.services.micro_replay import replay_without_quarantined
 from sona_store.services.rollback import cut_from, refuse_if_vectors_dropped
@@ -93,7 +94,7 @@ def _roll_back_base(
     consumed_by = quarantines.consumers(session, ids)
     first = session.scalar(
         sa.select(sa.func.min(Cycle.id)).where(
-            Cycle.id.in_(set(consumed_by.values())), Cycle.status == "completed"
+            Cycle.id.in_(set(consumed_by.values())), Cycle.status == CycleStatus.COMPLETED
         )
     )
     if first is None:

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, cast
 
@@ -25,9 +25,9 @@ from sona_store.db import quarantines as quarantine_rows
 from sona_store.db.access_log import AccessLog
 from sona_store.db.checkpoint import WalCheckpointer
 from sona_store.db.engine import (
+    configure_engine,
     connection_transaction,
     create_store_engine,
-    engine_schema,
     mask_url,
     normalise_url,
     resolve_url,
@@ -49,7 +49,6 @@ from sona_store.enums import CycleTrigger, LoraTier, parse
 from sona_store.errors import (
     ConfigError,
     CycleNotFoundError,
-    StoreSchemaError,
     ValidationError,
 )
 from sona_store.learning import base_lora
@@ -87,6 +86,14 @@ class SonaStore:
     with the defaults). `schema` (PostgreSQL only) keeps the store in that
     schema of the database, apart from any other store there
     (`sona_store.db.stores`); SQLite keeps one store per file.
+
+    The store makes its own engine; `engine_options` go to
+    `sqlalchemy.create_engine` (pool size, `connect_args`, ...). An `engine`
+    of the caller's is used instead (`url` then omitted, or naming the same
+    database): the store gives it its per-dialect settings
+    (`db.engine.configure_engine`: on SQLite foreign keys, WAL and the BEGIN
+    that id reservation and the cycle lock rely on), and `close()` leaves it
+    open, as the caller's to dispose.
     """
 
     def __init__(
@@ -98,23 +105,40 @@ class SonaStore:
         create: bool = True,
         actor: str | None = None,
         engine: Engine | None = None,
+        engine_options: Mapping[str, Any] | None = None,
         head_refresh_seconds: float = 0.5,
     ):
-        self.url = resolve_url(url) if engine is None else engine.url
-        if engine is not None and engine_schema(engine) != schema:
-            raise StoreSchemaError(
-                f"schema={schema!r} but the engine was created for schema "
-                f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
-            )
-        if engine is None and not create:
+        if engine is None:
+            self.url: str | sa.URL = resolve_url(url)
+        else:
+            if engine_options is not None:
+                raise ConfigError("engine_options are for the store's own engine, not engine=")
+            given = engine.url.render_as_string(hide_password=False)
+            if url is not None and normalise_url(url).render_as_string(
+                hide_password=False
+            ) != normalise_url(given).render_as_string(hide_password=False):
+                raise ConfigError(
+                    f"url {mask_url(url)} and the engine's {mask_url(engine.url)} differ: "
+                    "pass one of them"
+                )
+            self.url = given
+        if not create:
             # A schema on SQLite is the mistake to name, before a missing file.
             refuse_on_sqlite(schema, normalise_url(self.url).get_backend_name())
             require_existing_file(self.url)
-        self.engine = engine or create_store_engine(self.url, schema=schema)
+        self._owns_engine = engine is None
+        if engine is None:
+            self.engine = create_store_engine(self.url, schema=schema, **(engine_options or {}))
+        else:
+            self.engine = configure_engine(engine, schema=schema)
         self.schema = schema
         self.actor = actor or cycles.default_actor()
-        ensure_schema(self.engine, create=create)
-        self.config = self._load_or_init_config(config)
+        try:
+            ensure_schema(self.engine, create=create)
+            self.config = self._load_or_init_config(config)
+        except BaseException:
+            self._release_engine()
+            raise
         self.enabled = True
         self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
         self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
@@ -179,6 +203,11 @@ class SonaStore:
         finally:
             if self._checkpointer is not None:
                 self._checkpointer.close()
+            self._release_engine()
+
+    def _release_engine(self) -> None:
+        """Dispose the engine if the store made it; a caller's stays usable."""
+        if self._owns_engine:
             self.engine.dispose()
 
     def __enter__(self) -> SonaStore:

@@ -12,7 +12,6 @@ from typing import Any
 
 from sona_store.cli.common import schema_of
 from sona_store.cli.console import resolve_url, url_password
-from sona_store.db.engine import create_store_engine
 from sona_store.scheduler.service import (
     DEFAULT_GRACE_S,
     SonaScheduler,
@@ -42,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             schema=schema,
             create=True,
             actor=args.actor,
-            engine=create_store_engine(url, schema=schema, **service_engine_options(url)),
+            engine_options=service_engine_options(url),
         )
 
     # cron retries on its own schedule: for --once an unavailable database is an error

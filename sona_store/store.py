@@ -35,7 +35,7 @@ from sona_store.db.engine import (
     store_label,
     transaction,
 )
-from sona_store.db.head_cache import HeadCache
+from sona_store.db.head_cache import Head, HeadCache, read_head
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
@@ -140,7 +140,7 @@ class SonaStore:
             self._release_engine()
             raise
         self.enabled = True
-        self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
+        self._cache = HeadCache(self._read_head, head_refresh_seconds)
         self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
         self._accesses = AccessLog(self.engine)
         self._checkpointer = WalCheckpointer(self.engine) if _is_sqlite_file(self.engine) else None
@@ -485,10 +485,9 @@ class SonaStore:
 
     # -- learned state --------------------------------------------------------------
 
-    def _read_head_pointers(self) -> tuple[int | None, int, int, int]:
+    def _read_head(self) -> Head:
         with transaction(self.engine) as session:
-            h = state.get_head(session)
-            return (h.cycle_id, h.base_lora_version_id, h.micro_lora_version_id, h.ewc_state_id)
+            return read_head(session)
 
     def lora_state(
         self, version: int | None = None, tier: LoraTier | str = LoraTier.BASE
@@ -515,11 +514,11 @@ class SonaStore:
             return state.load_ewc_state(session, state_id)
 
     def _current_base_lora(self) -> BaseLoraWeights:
-        def load(head: tuple[Any, ...]) -> BaseLoraWeights:
+        def load(head: Head) -> BaseLoraWeights:
             with transaction(self.engine) as session:
-                return state.load_base_lora(session, head[1])
+                return state.load_base_lora(session, head.base_lora_version_id)
 
-        return self._cache.get("base_lora", load)
+        return self._cache.get("base_lora", lambda head: head.base_lora_version_id, load)
 
     def apply_base_lora(self, layer_idx: int, x: Any) -> np.ndarray:
         """x + delta through base-LoRA layer `layer_idx` of the current version."""
@@ -571,17 +570,17 @@ class SonaStore:
 
     def _learned(self) -> tuple[PatternIndex, RouteModel]:
         """The current patterns' search index and route model, read together
-        (one head) and kept in memory until the head moves."""
+        (one head cycle) and kept in memory until that cycle or its prunes change."""
 
-        def load(_head: tuple[Any, ...]) -> tuple[PatternIndex, RouteModel]:
+        def load(head: Head) -> tuple[PatternIndex, RouteModel]:
             with transaction(self.engine) as session:
-                patterns = _patterns(session, None)
+                patterns = _serving(session, head.cycle_id)
                 ids = [p.id for p in patterns]
                 rows = routes.route_rows(session, ids)
             index = PatternIndex(patterns)
             return index, RouteModel(index.unit, *routes.route_matrices(ids, rows))
 
-        return self._cache.get("patterns", load)
+        return self._cache.get("patterns", lambda head: head.patterns, load)
 
     def _pattern_index(self) -> PatternIndex:
         return self._learned()[0]
@@ -660,12 +659,13 @@ class SonaStore:
         """The current micro-LoRA's projector and the largest |x| it is sure
         to map to finite values (`_safe_input`)."""
 
-        def load(head: tuple[Any, ...]) -> tuple[MicroProjector, float]:
+        def load(head: Head) -> tuple[MicroProjector, float]:
             with transaction(self.engine) as session:
-                projector = MicroProjector.of(state.load_micro_lora(session, head[2]))
+                version = state.load_micro_lora(session, head.micro_lora_version_id)
+            projector = MicroProjector.of(version)
             return projector, _safe_input(projector.down, projector.lifted)
 
-        return self._cache.get("micro_lora", load)
+        return self._cache.get("micro_lora", lambda head: head.micro_lora_version_id, load)
 
     def apply_micro_lora(self, x: Any) -> np.ndarray:
         """x + delta through the current micro-LoRA (x itself when disabled);
@@ -731,15 +731,24 @@ class SonaStore:
 
 def _patterns(session: Session, cycle_id: int | None) -> list[Pattern]:
     """A cycle's patterns, or (None) the current ones, by id."""
-    statement = sa.select(PatternRow).order_by(PatternRow.id)
     if cycle_id is None:
-        cycle_id = state.get_head(session).cycle_id
-        if cycle_id is None:
-            return []
-        statement = statement.where(PatternRow.pruned_at.is_(None))
-    else:
-        cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
-    rows = session.scalars(statement.where(PatternRow.cycle_id == cycle_id))
+        return _serving(session, state.get_head(session).cycle_id)
+    cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
+    rows = session.scalars(
+        sa.select(PatternRow).where(PatternRow.cycle_id == cycle_id).order_by(PatternRow.id)
+    )
+    return [Pattern.from_row(row) for row in rows]
+
+
+def _serving(session: Session, head_cycle_id: int | None) -> list[Pattern]:
+    """The patterns served while `head_cycle_id` is the head: its unpruned ones."""
+    if head_cycle_id is None:
+        return []
+    rows = session.scalars(
+        sa.select(PatternRow)
+        .where(PatternRow.cycle_id == head_cycle_id, PatternRow.pruned_at.is_(None))
+        .order_by(PatternRow.id)
+    )
     return [Pattern.from_row(row) for row in rows]
 
 

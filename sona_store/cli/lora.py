@@ -8,22 +8,20 @@ from typing import Any
 
 from sona_store.cli.common import open_store
 from sona_store.enums import LoraTier
-from sona_store.services.lora_io import (
+from sona_store.services.lora_format import (
     DEFAULT_LAYER_PREFIX,
     DEFAULT_TARGET_MODULES,
     METADATA_NAME,
-    export_lora,
-    import_lora_move,
-    use_lora_version,
 )
 
 TIERS = [tier.value for tier in LoraTier]
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
+    from sona_store.services.lora_io import export_lora  # lazily: fast --help
+
     modules = [m.strip() for m in args.target_modules.split(",")] if args.target_modules else None
-    store = open_store(args)
-    try:
+    with open_store(args) as store:
         out = export_lora(
             store,
             args.out_dir,
@@ -33,8 +31,6 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
             layer_prefix=args.layer_prefix,
         )
         written = json.loads((out / METADATA_NAME).read_text(encoding="utf-8"))
-    finally:
-        store.close()
     print(
         f"exported {written['tier']} LoRA version {written['version_id']} "
         f"(layers {written['layers']}, r {written['rank']}, dim {written['dim']}) to {out}"
@@ -43,11 +39,10 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_import_lora(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    from sona_store.services.lora_io import import_lora_move  # lazily: fast --help
+
+    with open_store(args) as store:
         move = import_lora_move(store, args.dir, args.reason, tier=args.tier)
-    finally:
-        store.close()
     print(
         f"imported {move.tier} LoRA as version {move.to_version_id} "
         f"(was {move.from_version_id}); it is current (audit #{move.audit_id})"
@@ -56,11 +51,10 @@ def cmd_import_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_use(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    from sona_store.services.lora_io import use_lora_version  # lazily: fast --help
+
+    with open_store(args) as store:
         move = use_lora_version(store, args.version, args.reason)
-    finally:
-        store.close()
     print(
         f"{move.tier} LoRA is now version {move.to_version_id} "
         f"(was {move.from_version_id}; audit #{move.audit_id})"

@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from sona_store.cli.common import open_store
-from sona_store.services.report import write_report
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    from sona_store.services.report import write_report  # lazily: fast --help
+
+    with open_store(args) as store:
         files = write_report(store, args.out)
-    finally:
-        store.close()
     print(f"wrote {len(files)} files to {Path(args.out)}; open {files[-1]}")
     return 0
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from sona_store.config import DEFAULT_URL, URL_ENV
 from sona_store.db.driver import Driver
 from sona_store.db.stores import refuse_on_sqlite, validate_schema_name
 from sona_store.errors import ConfigError, DatabaseUnavailableError, StoreSchemaError
@@ -32,8 +33,6 @@ from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
 
-DEFAULT_URL = "sqlite:///sona.db"
-URL_ENV = "SONA_STORE_URL"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN

@@ -35,6 +35,7 @@ from sona_store.db.engine import engine_schema, mask_url, transaction
 from sona_store.db.types import utcnow
 from sona_store.enums import CycleStatus, CycleTrigger
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError
+from sona_store.scheduler import DEFAULT_GRACE_S
 from sona_store.services.cycle import CycleFailedError, SlotTakenError, record_failed_cycle
 from sona_store.services.scheduling import (
     ScheduledRun,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sona_store.scheduler")
 
 JOB_ID = "sona-store-cycle"
-DEFAULT_GRACE_S = 30.0
 MAX_UNRECORDED = 1000
 # `sona-store run` started while the database is down: first retry after 1 s,
 # then doubling, at most every 30 s.

@@ -44,15 +44,17 @@ from sona_store.db.types import utcnow
 from sona_store.enums import LoraTier, parse
 from sona_store.errors import MissingExtraError
 from sona_store.files import private_dir, write_private
+from sona_store.services.lora_format import (
+    CONFIG_NAME,
+    DEFAULT_LAYER_PREFIX,
+    DEFAULT_TARGET_MODULES,
+    METADATA_NAME,
+    WEIGHTS_NAME,
+)
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
-METADATA_NAME = "sona_store.json"  # tier, version, dim...: not PEFT's to read
-DEFAULT_TARGET_MODULES = ("sona_adapter",)
-DEFAULT_LAYER_PREFIX = "model"
 FORMAT_VERSION = 1
 
 _KEY = re.compile(

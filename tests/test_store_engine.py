@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 import sqlalchemy as sa
 
-from sona_store import SonaStore
+from sona_store import SonaConfig, SonaStore
 from sona_store.db.engine import normalise_url, transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.errors import ConfigError, CycleInProgressError
@@ -103,3 +103,18 @@ def test_an_engine_of_another_driver_is_refused(tmp_path):
             SonaStore(engine=engine)
     finally:
         engine.dispose()
+
+
+def test_a_plain_postgresql_engine_keeps_the_store_in_its_schema(db_url, plain_engine):
+    """search_path is set on the connection the engine pooled before it was
+    given, and on every new one: the store's tables go in its schema only."""
+    if plain_engine.dialect.name != "postgresql":
+        pytest.skip("schemas are PostgreSQL's")
+    config = SonaConfig(hidden_dim=8, pattern_clusters=4)
+    with SonaStore(engine=plain_engine, config=config, schema="router_eu") as store:
+        store.record_trajectories(make_trajectories(3, config.embedding_dim))
+    inspector = sa.inspect(plain_engine)
+    assert "trajectories" in inspector.get_table_names(schema="router_eu")
+    assert "trajectories" not in inspector.get_table_names(schema="public")
+    with SonaStore(db_url, schema="router_eu") as again:
+        assert again.pending_count() == 3

@@ -10,13 +10,14 @@ from sona_store import SonaConfig, SonaStore
 from sona_store.errors import ValidationError
 from sona_store.learning.ewc import EwcConfig, EwcState, check_finite
 from sona_store.learning.micro_lora import (
-    MicroAccumulator,
     MicroLoraWeights,
     accumulate,
     accumulate_groups,
     initial_micro_lora,
 )
 from sona_store.services.validation import MICRO_SIGNAL_MAX_NORM
+
+from .oracles.micro_lora import MicroAccumulator
 
 DIM = 8
 

@@ -132,8 +132,10 @@ store.close()
 
 
 def _expected_delta(items: list[dict], config: SonaConfig) -> np.ndarray:
-    from sona_store.learning.micro_lora import MicroAccumulator, update_delta
+    from sona_store.learning.micro_lora import update_delta
     from sona_store.learning.signal import learning_signal
+
+    from .oracles.micro_lora import MicroAccumulator
 
     acc = MicroAccumulator.empty(config.micro_lora_rank, config.hidden_dim)
     for t in items:

@@ -205,13 +205,21 @@ def test_concurrent_flushes_from_two_processes_add_up(db_url, tmp_path):
         store.close()
 
 
-def test_recording_api_and_latency(store):
+def test_recording_api_and_latency(store, monkeypatch):
+    from types import SimpleNamespace
+
+    from sona_store import recording
+
+    # The builder's clock, stepped by hand: begin reads 10.0 s, every later
+    # read 10.25 s, so the latency is exactly 250,000 µs however busy the machine.
+    readings = iter([10.0])
+    clock = SimpleNamespace(perf_counter=lambda: next(readings, 10.25))
+    monkeypatch.setattr(recording, "time", clock)
     q = np.linspace(-1, 1, 8)
     with store.trajectory(q) as t:
         t.add_step(np.ones(8), [0.5, 0.5], 0.7, layer_name="layer-3")
         t.set_route("model-a")
         t.add_context("doc-17")
-        time.sleep(0.002)
         t.quality = 0.9
     with store.engine.connect() as conn:
         row = conn.execute(
@@ -219,7 +227,7 @@ def test_recording_api_and_latency(store):
         ).one()
         step = conn.execute(sa.text("SELECT reward, layer_name FROM trajectory_steps")).one()
     assert row.quality == pytest.approx(0.9)
-    assert row.latency_us >= 2000
+    assert row.latency_us == 250_000
     assert row.model_route == "model-a"
     assert json.loads(row.context_ids) if isinstance(row.context_ids, str) else row.context_ids
     assert step.layer_name == "layer-3"

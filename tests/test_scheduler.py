@@ -115,6 +115,7 @@ def test_a_slot_key_is_unique(store):
         run_cycle(store.engine, store.config, trigger="scheduled", scheduled_for=slot)
 
 
+@pytest.mark.slow
 def test_two_replicas_firing_together_make_one_cycle_per_slot(db_url):
     replicas = [SonaStore(db_url, SMALL) for _ in range(2)]
     try:
@@ -200,6 +201,7 @@ def test_failed_attempts_are_recorded_once_the_database_answers(db_url, tmp_path
         live.close()
 
 
+@pytest.mark.slow
 def test_cli_never_prints_the_password_of_an_unreachable_database(db_url, tmp_path, procs):
     if make_url(db_url).get_backend_name() == "sqlite":
         pytest.skip("SQLite URLs carry no password")
@@ -214,6 +216,7 @@ def test_cli_never_prints_the_password_of_an_unreachable_database(db_url, tmp_pa
 # -- the service process --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_once_runs_the_due_slot_then_nothing(db_url, procs):
     with SonaStore(db_url, SMALL) as store:
         store.record_trajectories(make_trajectories(12, 8))
@@ -230,6 +233,7 @@ def test_run_once_runs_the_due_slot_then_nothing(db_url, procs):
     assert "completed for slot" in procs.log(first)
 
 
+@pytest.mark.slow
 def test_restart_neither_runs_an_extra_cycle_nor_skips_one(db_url, procs):
     """Stopped right after a cycle and restarted at once, the service runs its
     next cycle for exactly the next slot of the database's schedule."""

@@ -42,24 +42,23 @@ class Head(NamedTuple):
         return self.cycle_id, self.patterns_pruned
 
 
+# The head, in one statement (the prune count through the index on
+# patterns.cycle_id: a cycle's few dozen patterns). Built once: it has no
+# parameters, and constructing it is most of what a read costs.
+_READ_HEAD = sa.select(
+    StoreHead.cycle_id,
+    StoreHead.base_lora_version_id,
+    StoreHead.micro_lora_version_id,
+    StoreHead.ewc_state_id,
+    sa.select(sa.func.count())
+    .select_from(Pattern)
+    .where(Pattern.cycle_id == StoreHead.cycle_id, Pattern.pruned_at.is_not(None))
+    .scalar_subquery(),
+).where(StoreHead.id == 1)
+
+
 def read_head(session: Session) -> Head:
-    """The head, in one statement (the prune count through the index on
-    patterns.cycle_id: a cycle's few dozen patterns)."""
-    pruned = (
-        sa.select(sa.func.count())
-        .select_from(Pattern)
-        .where(Pattern.cycle_id == StoreHead.cycle_id, Pattern.pruned_at.is_not(None))
-        .scalar_subquery()
-    )
-    row = session.execute(
-        sa.select(
-            StoreHead.cycle_id,
-            StoreHead.base_lora_version_id,
-            StoreHead.micro_lora_version_id,
-            StoreHead.ewc_state_id,
-            pruned,
-        ).where(StoreHead.id == 1)
-    ).one_or_none()
+    row = session.execute(_READ_HEAD).one_or_none()
     if row is None:
         raise LookupError("the store has no head row: it was not initialised")
     return Head(row[0], row[1], row[2], row[3], int(row[4] or 0))

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db.models import CYCLE_STATUSES, AuditEvent, Cycle, StoreHead
 from sona_store.db.types import utcnow
-from sona_store.errors import CycleNotFoundError
+from sona_store.errors import CycleNotFoundError, InvalidInputError
 from sona_store.results import CycleResult
 
 
@@ -110,13 +110,13 @@ def history(
         wanted = sorted(set(status))
         unknown = [s for s in wanted if s not in CYCLE_STATUSES]
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown cycle status {unknown[0]!r}: one of {', '.join(CYCLE_STATUSES)}"
             )
         statement = statement.where(Cycle.status.in_(wanted))
     if since is not None:
         if since.tzinfo is None:
-            raise ValueError("since must be a timezone-aware datetime")
+            raise InvalidInputError("since must be a timezone-aware datetime")
         statement = statement.where(
             sa.func.coalesce(Cycle.last_attempt_at, Cycle.started_at) >= since
         )

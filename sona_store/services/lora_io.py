@@ -219,7 +219,7 @@ def read_adapter(
     in_dir: str | os.PathLike[str], *, rank: int, dim: int, layers: int, tier: str
 ) -> ImportedLora:
     """Read and check a PEFT LoRA directory against the expected shape; every
-    problem is a ValueError that names it."""
+    problem is an AdapterError (a ValueError) that names it."""
     st = _safetensors_numpy()
     folder = Path(in_dir)
     weights_path, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
@@ -307,7 +307,7 @@ def _read_weights(path: Path, tensors: int, *, tensor_bytes: int) -> bytes:
 
 
 def check_servable(down: np.ndarray, up: np.ndarray, scale: float, where: str) -> None:
-    """Refuse (ValueError) weights whose output could overflow: every layer's
+    """Refuse (AdapterError) weights whose output could overflow: every layer's
     gain scale * ||up||_F * ||down||_F (in float64) at most MAX_LORA_GAIN and
     the scale at most MAX_LORA_SCALE, so a version made current cannot turn
     reasonable inputs into infinities, nor can the cycles that learn from it."""

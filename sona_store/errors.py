@@ -83,6 +83,18 @@ class CycleInProgressError(SonaStoreError):
     """Another cycle (or rollback) holds the store's cycle lock."""
 
 
+class SlotTakenError(SonaStoreError):
+    """Another replica already ran (or is running) the cycle for this slot."""
+
+
+class CycleFailedError(SonaStoreError):
+    """The cycle raised; its work was rolled back and a `failed` record written."""
+
+    def __init__(self, message: str, cycle_id: int | None):
+        super().__init__(message)
+        self.cycle_id = cycle_id
+
+
 class DatabaseError(SonaStoreError):
     """The database could not do what was asked, for a reason of its own (see
     the subclasses); the driver's error is the `__cause__`."""

@@ -23,25 +23,19 @@ from sona_store.db.failures import is_unique_violation
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, Pattern
 from sona_store.db.types import utcnow
-from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
+from sona_store.errors import (
+    CycleFailedError,
+    CycleInProgressError,
+    DatabaseUnavailableError,
+    SlotTakenError,
+    SonaStoreError,
+)
 from sona_store.learning.background import learn
 from sona_store.learning.patterns import ExtractedPattern, extract_patterns
 from sona_store.learning.routes import route_statistics
 from sona_store.results import CycleResult
 
 logger = logging.getLogger("sona_store.cycle")
-
-
-class SlotTakenError(SonaStoreError):
-    """Another replica already ran (or is running) the cycle for this slot."""
-
-
-class CycleFailedError(SonaStoreError):
-    """The cycle raised; its work was rolled back and a `failed` record written."""
-
-    def __init__(self, message: str, cycle_id: int | None):
-        super().__init__(message)
-        self.cycle_id = cycle_id
 
 
 class SlotPolicy(Protocol):
@@ -421,3 +415,15 @@ def record_failed_cycle(
             "could not record the failed cycle in %s: %s", mask_url(engine.url), short_error(exc)
         )
         return None
+
+
+__all__ = [
+    "CycleAttempt",
+    "CycleFailedError",
+    "GivenSlot",
+    "SlotPolicy",
+    "SlotTakenError",
+    "attempt_cycle",
+    "record_failed_cycle",
+    "run_cycle",
+]

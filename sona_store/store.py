@@ -1,7 +1,10 @@
 """SonaStore: the library's front door. It opens (and if empty, creates) a
-store at a database URL and delegates each operation to one module: recording
-to `db.trajectories`, cycles to `cycle`, rollback to `rollback`, quarantine
-to `quarantine`."""
+store at a database URL and delegates each operation to one service, handing
+it the engine, configuration and actor it needs (never itself): recording to
+`db.trajectories`, cycles to `services.cycle`, rollback to `services.rollback`,
+quarantine to `services.quarantine`, LoRA export and import to
+`services.lora_io`, the report to `services.report`. Whatever moves the head
+is followed by invalidating the store's own cache, here and nowhere else."""
 
 from __future__ import annotations
 

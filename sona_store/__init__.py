@@ -7,15 +7,23 @@ from typing import TYPE_CHECKING, Any
 
 from sona_store.config import SonaConfig
 from sona_store.errors import (
+    AdapterError,
     ConfigError,
     CycleInProgressError,
     CycleNotFoundError,
+    DatabaseBusyError,
+    DatabaseError,
     DatabaseUnavailableError,
+    FileAccessError,
+    InvalidInputError,
+    LoraVersionNotFoundError,
+    NotFoundError,
     QuarantineError,
     QuarantineNotFoundError,
     RollbackError,
     SchemaVersionError,
     SonaStoreError,
+    TransactionConflictError,
     ValidationError,
     VectorsDroppedError,
 )
@@ -60,12 +68,19 @@ except PackageNotFoundError:  # a checkout on sys.path without an install
     __version__ = "0+unknown"
 
 __all__ = [
+    "AdapterError",
     "ConfigError",
     "CycleInProgressError",
     "CycleNotFoundError",
     "CycleResult",
+    "DatabaseBusyError",
+    "DatabaseError",
     "DatabaseUnavailableError",
+    "FileAccessError",
     "GcResult",
+    "InvalidInputError",
+    "LoraVersionNotFoundError",
+    "NotFoundError",
     "Pattern",
     "Policy",
     "QuarantineError",
@@ -79,6 +94,7 @@ __all__ = [
     "SonaConfig",
     "SonaStore",
     "SonaStoreError",
+    "TransactionConflictError",
     "ValidationError",
     "VectorsDroppedError",
     "__version__",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sona_store.config import URL_ENV
+from sona_store.errors import FileAccessError, InvalidInputError
 
 MAX_URL_FILE_BYTES = 64 * 1024
 # C0 controls, DEL and C1 controls: ESC sequences, OSC titles, bells, CR, ...
@@ -30,7 +31,7 @@ def resolve_url(args: Any) -> str:
     the default SQLite file."""
     url, path = getattr(args, "url", None), getattr(args, "url_file", None)
     if url and path:
-        raise ValueError("give --url or --url-file, not both")
+        raise InvalidInputError("give --url or --url-file, not both")
     if url:
         return str(url)
     if path:
@@ -46,17 +47,21 @@ def read_url_file(path: str | os.PathLike[str]) -> str:
     try:
         size = file.stat().st_size
     except OSError as exc:
-        raise ValueError(f"--url-file {file}: {exc.strerror}") from None
+        raise FileAccessError(f"--url-file {file}: {exc.strerror}") from None
     if size > MAX_URL_FILE_BYTES:
-        raise ValueError(f"--url-file {file}: larger than {MAX_URL_FILE_BYTES} bytes")
+        raise InvalidInputError(f"--url-file {file}: larger than {MAX_URL_FILE_BYTES} bytes")
     try:
         text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--url-file {file}: cannot read it ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise FileAccessError(f"--url-file {file}: cannot read it ({type(exc).__name__})") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"--url-file {file}: cannot read it ({type(exc).__name__})"
+        ) from None
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             return line.strip()
-    raise ValueError(f"--url-file {file}: holds no URL")
+    raise InvalidInputError(f"--url-file {file}: holds no URL")
 
 
 def url_password(url: str | None) -> str | None:

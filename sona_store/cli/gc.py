@@ -7,6 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from sona_store.cli.common import confirm, open_store, print_json
+from sona_store.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
@@ -85,7 +86,9 @@ def _retention(args: argparse.Namespace, store: SonaStore) -> None:
     if args.retention_command == "set":
         limits = _limits(args)
         if limits["older_than"] is None and limits["horizon_cycles"] is None:
-            raise ValueError("give --older-than-days and/or --horizon-cycles (or use: clear)")
+            raise InvalidInputError(
+                "give --older-than-days and/or --horizon-cycles (or use: clear)"
+            )
         audit = store.set_retention_policy(archive_dir=args.archive, reason=args.reason, **limits)
         print(f"retention policy: {store.retention_policy().describe()} (audit #{audit})")
     elif args.retention_command == "clear":

@@ -18,12 +18,9 @@ TIERS = [tier.value for tier in LoraTier]
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
-    from sona_store.services.lora_io import export_lora  # lazily: fast --help
-
     modules = [m.strip() for m in args.target_modules.split(",")] if args.target_modules else None
     with open_store(args) as store:
-        out = export_lora(
-            store,
+        out = store.export_lora(
             args.out_dir,
             version=args.version,
             tier=args.tier,
@@ -39,10 +36,8 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_import_lora(args: argparse.Namespace) -> int:
-    from sona_store.services.lora_io import import_lora_move  # lazily: fast --help
-
     with open_store(args) as store:
-        move = import_lora_move(store, args.dir, args.reason, tier=args.tier)
+        move = store.import_lora(args.dir, args.reason, tier=args.tier)
     print(
         f"imported {move.tier} LoRA as version {move.to_version_id} "
         f"(was {move.from_version_id}); it is current (audit #{move.audit_id})"
@@ -51,10 +46,8 @@ def cmd_import_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_use(args: argparse.Namespace) -> int:
-    from sona_store.services.lora_io import use_lora_version  # lazily: fast --help
-
     with open_store(args) as store:
-        move = use_lora_version(store, args.version, args.reason)
+        move = store.use_lora_version(args.version, args.reason)
     print(
         f"{move.tier} LoRA is now version {move.to_version_id} "
         f"(was {move.from_version_id}; audit #{move.audit_id})"

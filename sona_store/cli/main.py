@@ -34,7 +34,7 @@ from sona_store.cli.console import (
 from sona_store.cli.ingest_files import open_jsonl
 from sona_store.config import DEFAULT_URL, URL_ENV
 from sona_store.enums import CycleStatus
-from sona_store.errors import SonaStoreError
+from sona_store.errors import FileAccessError, InvalidInputError, SonaStoreError
 
 if TYPE_CHECKING:
     pass
@@ -107,7 +107,7 @@ def _upgrade_every_store(args: argparse.Namespace) -> int:
     from sona_store.db.stores import list_stores
 
     if schema_of(args) is not None:
-        raise ValueError("--all-schemas upgrades every store: leave out --schema")
+        raise InvalidInputError("--all-schemas upgrades every store: leave out --schema")
     probe = create_store_engine(url_of(args))
     try:
         stores = list_stores(probe)
@@ -236,23 +236,30 @@ def _vector(text: str) -> list[float]:
     `query_embedding` (one trajectory line), or a file holding either."""
     source = text.strip()
     if not source.startswith(("[", "{")):
-        with open(text, encoding="utf-8") as f:
-            source = f.read().strip()
+        try:
+            with open(text, encoding="utf-8") as f:
+                source = f.read().strip()
+        except OSError as exc:
+            raise FileAccessError(f"--near {text}: cannot read it ({exc.strerror or exc})") from exc
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"--near {text}: not UTF-8 text") from None
     try:
         value = json.loads(source)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--near: not a JSON array or object: {exc}") from None
+        raise InvalidInputError(f"--near: not a JSON array or object: {exc}") from None
     if isinstance(value, dict):
         value = value.get("query_embedding")
     if not isinstance(value, list):
-        raise ValueError("--near: expected a JSON array of numbers or {'query_embedding': [...]}")
+        raise InvalidInputError(
+            "--near: expected a JSON array of numbers or {'query_embedding': [...]}"
+        )
     return value
 
 
 def cmd_patterns(args: argparse.Namespace) -> int:
     if args.near is not None:
         if args.cycle is not None:
-            raise ValueError("--near searches the current patterns: it takes no --cycle")
+            raise InvalidInputError("--near searches the current patterns: it takes no --cycle")
         query = _vector(args.near)
         with open_store(args) as store:
             found = store.find_patterns(query, k=args.k)
@@ -347,9 +354,9 @@ def parse_ids(text: str) -> list[int]:
         try:
             lo, hi = int(first), int(last if dash else first)
         except ValueError:
-            raise ValueError(f"--ids: {part!r} is not an id or a range like 1-500") from None
+            raise InvalidInputError(f"--ids: {part!r} is not an id or a range like 1-500") from None
         if lo < 1 or hi < lo:
-            raise ValueError(f"--ids: {part!r} is not a range of positive ids, low to high")
+            raise InvalidInputError(f"--ids: {part!r} is not a range of positive ids, low to high")
         ids.extend(range(lo, hi + 1))
     return ids
 
@@ -673,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Past --help (which exits above): SQLAlchemy is loaded for commands only.
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, DBAPIError
 
     from sona_store.db.engine import describe_database_error
 
@@ -690,10 +697,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _broken_pipe()
-    except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
+    # What a user can cause or meet is a SonaStoreError (or a URL SQLAlchemy
+    # cannot parse); what the database itself refused (a full disk, a table
+    # gone) is said in its own words. Anything else is a bug: its traceback shows.
+    except (SonaStoreError, ArgumentError) as exc:
         print(error_line(exc, password), file=sys.stderr)
         return EXIT_USER_ERROR
-    except SQLAlchemyError as exc:  # e.g. a full disk: what the database said, no SQL
+    except DBAPIError as exc:  # e.g. a full disk: what the database said, no SQL
         logger.debug("database error", exc_info=True)
         print(
             error_line(f"database error: {describe_database_error(exc)}", password), file=sys.stderr

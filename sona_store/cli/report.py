@@ -10,10 +10,8 @@ from sona_store.cli.common import open_store
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sona_store.services.report import write_report  # lazily: fast --help
-
     with open_store(args) as store:
-        files = write_report(store, args.out)
+        files = store.report(args.out)
     print(f"wrote {len(files)} files to {Path(args.out)}; open {files[-1]}")
     return 0
 

@@ -125,6 +125,31 @@ class TrajectoryBatch:
     def __len__(self) -> int:
         return len(self.queries)
 
+    @classmethod
+    def concat(cls, batches: list[TrajectoryBatch]) -> TrajectoryBatch:
+        """Validated batches as one, in order (the writer's group commit),
+        their learning signals carried over rather than computed again."""
+        if len(batches) == 1:
+            return batches[0]
+        offsets = np.cumsum([0, *(len(b) for b in batches[:-1])])
+        merged = cls.__new__(cls)
+        merged.queries = np.concatenate([b.queries for b in batches])
+        merged.qualities = np.concatenate([b.qualities for b in batches])
+        merged.latencies = [x for b in batches for x in b.latencies]
+        merged.routes = [x for b in batches for x in b.routes]
+        merged.contexts = [x for b in batches for x in b.contexts]
+        merged.step_owner = np.concatenate(
+            [b.step_owner + offset for b, offset in zip(batches, offsets, strict=True)]
+        )
+        merged.step_index = np.concatenate([b.step_index for b in batches])
+        merged.activations = np.concatenate([b.activations for b in batches])
+        merged.attention = [x for b in batches for x in b.attention]
+        merged.rewards = np.concatenate([b.rewards for b in batches])
+        merged.layer_names = [x for b in batches for x in b.layer_names]
+        merged.rewards32 = np.concatenate([b.rewards32 for b in batches])
+        merged.signals = np.concatenate([b.signals for b in batches])
+        return merged
+
 
 def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.ndarray:
     if value is None:

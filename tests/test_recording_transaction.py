@@ -102,51 +102,53 @@ def test_an_existing_sqlite_file_keeps_its_page_size(tmp_path):
         store.close()
 
 
-def test_wal_is_checkpointed_off_the_writers_thread(tmp_path):
-    """After recording, a thread of the store copies the log into the
-    database file: nothing is left for the writer's own checkpoint."""
+def _checkpoints(store: SonaStore) -> int:
+    return store.stats()["recording"]["wal_checkpoints"]
+
+
+def test_wal_is_checkpointed_by_the_writer_when_recording_pauses(tmp_path):
+    """After recording, the store's writer copies the log into the database
+    file: nothing is left for a committing connection's own checkpoint."""
     import time
+
+    from sona_store.db.checkpoint import wal_checkpoint
 
     store = SonaStore(f"sqlite:///{tmp_path / 'wal.db'}", CONFIG)
     try:
-        checkpointer = store._checkpointer
-        assert checkpointer is not None
-        before = checkpointer.checkpoints
+        before = _checkpoints(store)
         store.record_trajectories(make_trajectories(50, 8))
         deadline = time.monotonic() + 10
-        while checkpointer.checkpoints == before and time.monotonic() < deadline:
+        while _checkpoints(store) == before and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert checkpointer.checkpoints > before
-        busy, logged, copied = checkpointer.checkpoint()
+        assert _checkpoints(store) > before
+        busy, logged, copied = wal_checkpoint(store.engine)
         assert busy == 0 and logged == copied  # the log is fully in the file
-        thread = checkpointer._thread
     finally:
         store.close()
-    assert thread is not None and not thread.is_alive()
 
 
 def test_checkpoints_wait_for_the_commits_to_pause(tmp_path, monkeypatch):
-    """A checkpoint during a burst of commits slows the writer: the thread
-    waits until commits pause, then copies the whole log."""
+    """A checkpoint during a burst of commits slows the writer: it waits
+    until commits pause, then copies the whole log."""
     import time
 
-    from sona_store.db import checkpoint
+    from sona_store import writer
+    from sona_store.db.checkpoint import wal_checkpoint
 
-    monkeypatch.setattr(checkpoint, "QUIET_S", 1.0)
+    monkeypatch.setattr(writer, "QUIET_S", 1.0)
     store = SonaStore(f"sqlite:///{tmp_path / 'burst.db'}", CONFIG)
     try:
-        checkpointer = store._checkpointer
-        before = checkpointer.checkpoints
+        before = _checkpoints(store)
         burst_ends = time.monotonic() + 1.5
         while time.monotonic() < burst_ends:  # a commit every ~20 ms
             store.record_trajectories(make_trajectories(2, 8))
             time.sleep(0.02)
-        assert checkpointer.checkpoints == before
+        assert _checkpoints(store) == before
         deadline = time.monotonic() + 10
-        while checkpointer.checkpoints == before and time.monotonic() < deadline:
+        while _checkpoints(store) == before and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert checkpointer.checkpoints == before + 1
-        busy, logged, copied = checkpointer.checkpoint()
+        assert _checkpoints(store) == before + 1
+        busy, logged, copied = wal_checkpoint(store.engine)
         assert busy == 0 and logged == copied
     finally:
         store.close()
@@ -164,19 +166,36 @@ def test_sqlite_checkpoints_in_a_commit_only_past_a_large_log(tmp_path):
         store.close()
 
 
-def test_postgres_and_memory_stores_have_no_checkpointer(db_url):
+def _store_threads() -> set[str]:
+    import threading
+
+    return {t.name for t in threading.enumerate() if t.name.startswith("sona")}
+
+
+def test_a_store_owns_one_background_thread_or_none(db_url):
+    """The writer is the store's one thread (recording, flushes, access
+    counts, checkpoints), gone after close; `background=False` starts none
+    and records on the caller's thread."""
+    assert _store_threads() == set()
     store = SonaStore(db_url, CONFIG)
     try:
-        expected = db_url.startswith("sqlite")
-        assert (store._checkpointer is not None) == expected
+        store.record_trajectories(make_trajectories(3, 8))
+        store.flush()
+        assert _store_threads() == {"sona-store-writer"}
     finally:
         store.close()
-    memory = SonaStore("sqlite://", CONFIG)
+    assert _store_threads() == set()
+    plain = SonaStore(db_url, background=False)
     try:
-        assert memory._checkpointer is None
-        assert len(memory.record_trajectories(make_trajectories(3, 8))) == 3
+        assert len(plain.record_trajectories(make_trajectories(3, 8))) == 3
+        assert plain.end_trajectory(plain.begin_trajectory([0.1] * 8), 0.5) == 7
+        queued = plain.end_trajectory(plain.begin_trajectory([0.1] * 8), 0.5, wait=False)
+        assert queued.result(timeout=0) == 8  # committed already, on this thread
+        assert plain.flush() == 5  # 3 + 1 + 1 signals pending (threshold 10)
+        assert _store_threads() == set()
+        assert plain.stats()["recording"] == {"background": False}
     finally:
-        memory.close()
+        plain.close()
 
 
 def test_the_ledger_names_exactly_the_applied_trajectories(db_url):

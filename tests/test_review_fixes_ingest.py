@@ -104,7 +104,9 @@ def test_signals_of_a_batch_whose_commit_was_not_reported_are_adopted(db_url, mo
 
     from .helpers import make_trajectories
 
-    store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=10))
+    # On the caller's thread: the writer's retry of such a commit is
+    # tests/test_group_commit.py's.
+    store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=10), background=False)
     try:
         store.record_trajectories(make_trajectories(1, 8, seed=1))  # adopted once
         real = store_module.connection_transaction

@@ -776,13 +776,14 @@ class SonaStore:
                 # background_enabled would always have been this same flag.
                 "instant_enabled": self.enabled,
                 "micro_signals_pending_here": self._instant.pending,
-                "recording": self._recording_stats(),
+                "recording": self.recording_stats(),
                 "database_url": mask_url(self.engine.url),
                 "schema": self.schema,
             }
 
-    def _recording_stats(self) -> dict[str, Any]:
-        """The writer's figures (None without one, `background=False`)."""
+    def recording_stats(self) -> dict[str, Any]:
+        """The writer's figures, read without the database (`background=False`:
+        only that)."""
         if self._writer is None:
             return {"background": False}
         stats = self._writer.stats

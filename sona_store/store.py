@@ -279,8 +279,8 @@ class SonaStore:
         """Start a trajectory; nothing is written until `end_trajectory`. A query
         of the wrong dimension (or not finite) is refused here, where it was
         given, not when the trajectory ends."""
-        check_vector(query_embedding, "query_embedding", self.config.embedding_size)
-        return TrajectoryBuilder(query_embedding)
+        checked = check_vector(query_embedding, "query_embedding", self.config.embedding_size)
+        return TrajectoryBuilder(checked)
 
     def end_trajectory(
         self, builder: TrajectoryBuilder, quality: float | None = None, *, wait: bool = True

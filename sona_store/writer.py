@@ -60,6 +60,10 @@ GROUP_MAX = 2000  # trajectories committed in one transaction at most
 RETRY_FIRST_S = 0.05  # backoff after a failed group: doubling up to RETRY_MAX_S
 RETRY_MAX_S = 2.0
 QUIET_S = 0.2  # no commit for this long: the writing has paused (WAL checkpoint)
+# Waiting callers: the writer waits up to this long (and never beyond
+# `max_delay`) for as many jobs as its last group had, so threads that each
+# wait on their commit share one (PostgreSQL's commit_delay, bounded).
+GATHER_S = 0.001
 
 
 @dataclass(eq=False)
@@ -126,6 +130,7 @@ class Writer:
         self._queued = 0  # trajectories in _jobs and in the group being committed
         self._waiters = 0  # jobs in _jobs a caller waits on
         self._barriers: list[tuple[int, Future[int]]] = []  # (sequence, flush request)
+        self._last_group = 0  # jobs the last group committed
         self._sequence = 0  # jobs ever queued
         self._done = 0  # jobs ever settled (committed or failed)
         self._accesses_due = False
@@ -294,9 +299,16 @@ class Writer:
             if retrying or self._jobs:
                 oldest = retrying[0] if retrying else self._jobs[0]
                 due = oldest.queued_at + self.max_delay
+                if self._waiters and not (retrying or self._barriers or self._closing):
+                    # Callers wait: commit now, unless the last group was
+                    # larger and its like may still arrive (GATHER_S at most).
+                    gather = oldest.queued_at + min(GATHER_S, self.max_delay)
+                    if len(self._jobs) < self._last_group and now < gather:
+                        self._cond.wait(gather - now)
+                        continue
+                    return self._take(retrying)
                 if (
                     retrying
-                    or self._waiters
                     or self._barriers  # a flush waits for these
                     or self._closing
                     or self._queued >= GROUP_MAX
@@ -375,6 +387,7 @@ class Writer:
         with self._cond:
             self._queued -= len(batch)
             self._done += len(group)
+            self._last_group = len(group)
             self.stats.groups += 1
             self.stats.trajectories += len(batch)
             if self._housekeeping.checkpoint is not None:

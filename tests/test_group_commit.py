@@ -173,7 +173,11 @@ def test_micro_lora_flushes_run_on_the_writer(db_url, monkeypatch):
     finally:
         store.close()
     assert threads and set(threads) == {"sona-store-writer"}
-    assert len(_ledger(SonaStore(db_url))) == 35
+    reopened = SonaStore(db_url)
+    try:
+        assert len(_ledger(reopened)) == 35
+    finally:
+        reopened.close()
 
 
 def test_the_context_manager_commits_what_is_queued(db_url):

@@ -166,25 +166,26 @@ def test_sqlite_checkpoints_in_a_commit_only_past_a_large_log(tmp_path):
         store.close()
 
 
-def _store_threads() -> set[str]:
+def _threads() -> set[object]:
     import threading
 
-    return {t.name for t in threading.enumerate() if t.name.startswith("sona")}
+    return set(threading.enumerate())
 
 
 def test_a_store_owns_one_background_thread_or_none(db_url):
     """The writer is the store's one thread (recording, flushes, access
     counts, checkpoints), gone after close; `background=False` starts none
     and records on the caller's thread."""
-    assert _store_threads() == set()
+    before = _threads()
     store = SonaStore(db_url, CONFIG)
     try:
         store.record_trajectories(make_trajectories(3, 8))
+        store.find_patterns([0.1] * 8)
         store.flush()
-        assert _store_threads() == {"sona-store-writer"}
+        assert [t.name for t in _threads() - before] == ["sona-store-writer"]
     finally:
         store.close()
-    assert _store_threads() == set()
+    assert _threads() - before == set()
     plain = SonaStore(db_url, background=False)
     try:
         assert len(plain.record_trajectories(make_trajectories(3, 8))) == 3
@@ -192,7 +193,7 @@ def test_a_store_owns_one_background_thread_or_none(db_url):
         queued = plain.end_trajectory(plain.begin_trajectory([0.1] * 8), 0.5, wait=False)
         assert queued.result(timeout=0) == 8  # committed already, on this thread
         assert plain.flush() == 5  # 3 + 1 + 1 signals pending (threshold 10)
-        assert _store_threads() == set()
+        assert _threads() - before == set()
         assert plain.stats()["recording"] == {"background": False}
     finally:
         plain.close()

@@ -23,23 +23,54 @@ from sona_store.errors import ValidationError
 from sona_store.learning.embedding import trajectory_embeddings
 from sona_store.learning.signal import batch_learning_signals
 
-TRAJECTORY_FIELDS = {
-    "query_embedding",
-    "steps",
-    "quality",
-    "model_route",
-    "context_ids",
-    "latency_us",
-}
+MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a trajectory or of a step, as both validation paths read
+    it (the bulk path and the item-by-item one once restated the rules and
+    drifted apart): whether it is required, and a number's closed range."""
+
+    name: str
+    required: bool = False
+    low: float | None = None
+    high: float | None = None
+
+    def in_range(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    @property
+    def range_text(self) -> str:
+        return f"[{self.low}, {self.high}]"
+
+
+QUALITY = Field("quality", required=True, low=0.0, high=1.0)
+LATENCY_US = Field("latency_us", low=0, high=MAX_LATENCY_US)
+TRAJECTORY_SPEC = (
+    Field("query_embedding", required=True),
+    QUALITY,
+    Field("steps"),
+    Field("model_route"),
+    Field("context_ids"),
+    LATENCY_US,
+)
+STEP_SPEC = (
+    Field("activations", required=True),
+    Field("reward", required=True),
+    Field("attention_weights"),
+    Field("layer_name"),
+    Field("step_idx", low=0),
+)
+TRAJECTORY_FIELDS = {f.name for f in TRAJECTORY_SPEC}
 # A gc archive line (`retention`) also carries the trajectory's id in the
 # store it came from: checked here, used only by `ingest --restore`.
 ARCHIVED_FIELDS = TRAJECTORY_FIELDS | {"id"}
-REQUIRED_TRAJECTORY_FIELDS = ("query_embedding", "quality")
-STEP_FIELDS = {"activations", "attention_weights", "reward", "layer_name", "step_idx"}
-REQUIRED_STEP_FIELDS = ("activations", "reward")
+REQUIRED_TRAJECTORY_FIELDS = tuple(f.name for f in TRAJECTORY_SPEC if f.required)
+STEP_FIELDS = {f.name for f in STEP_SPEC}
+REQUIRED_STEP_FIELDS = tuple(f.name for f in STEP_SPEC if f.required)
 MAX_TEXT = 200
 _BOOL_TYPES = {bool, np.bool_}
-MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
 # Below this, no float32 operation of a pattern embedding can overflow (a
 # quarter of float32's largest value leaves room for every rounding).
 EMBEDDING_SAFE_BOUND = float(np.finfo(np.float32).max) / 4
@@ -346,8 +377,10 @@ class _BatchBuilder:
             item["query_embedding"], index=index, name="query_embedding", dim=cfg.embedding_dim
         )
         quality = _number(item["quality"], index=index, name="quality")
-        if not 0.0 <= quality <= 1.0:
-            raise ValidationError(f"must be in [0, 1], got {quality}", index=index, field="quality")
+        if not QUALITY.in_range(quality):
+            raise ValidationError(
+                f"must be in {QUALITY.range_text}, got {quality}", index=index, field="quality"
+            )
         steps = item.get("steps")
         steps = [] if steps is None else steps
         if not isinstance(steps, (list, tuple)):
@@ -359,9 +392,9 @@ class _BatchBuilder:
                 raise ValidationError("must be an integer", index=index, field="latency_us")
             # An int keeps its exact value (a float cannot hold every 64-bit one).
             latency = int(latency) if isinstance(latency, (int, np.integer)) else int(latency_value)
-            if not 0 <= latency <= MAX_LATENCY_US:
+            if not LATENCY_US.in_range(latency):
                 raise ValidationError(
-                    f"must be in [0, {MAX_LATENCY_US}]", index=index, field="latency_us"
+                    f"must be in {LATENCY_US.range_text}", index=index, field="latency_us"
                 )
         route = _text(item.get("model_route"), index=index, name="model_route")
         context = item.get("context_ids")
@@ -547,9 +580,12 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
         steps = item.get("steps", [])
         if (
             type(quality) not in _NUMBER_TYPES
-            or not 0.0 <= quality <= 1.0
-            or "query_embedding" not in item
-            or (latency is not None and (type(latency) is not int or not 0 <= latency < 2**63))
+            or not QUALITY.in_range(quality)
+            or not all(name in item for name in REQUIRED_TRAJECTORY_FIELDS)
+            or (
+                latency is not None
+                and (type(latency) is not int or not LATENCY_US.in_range(latency))
+            )
             or not _plain_text(route)
             or type(context) is not list
             or (context and not all(c is not None and _plain_text(c) for c in context))
@@ -565,7 +601,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
             if (
                 type(step) is not dict
                 or not step.keys() <= STEP_FIELDS
-                or "activations" not in step
+                or not all(name in step for name in REQUIRED_STEP_FIELDS)
                 or "step_idx" in step  # rare: the item-by-item path checks it
             ):
                 return None

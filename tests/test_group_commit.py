@@ -153,7 +153,7 @@ def test_async_recording_commits_and_the_event_loop_keeps_running(db_url):
 
 
 def test_micro_lora_flushes_run_on_the_writer(db_url, monkeypatch):
-    from sona_store import instant
+    from sona_store.services import instant
 
     threads: list[str] = []
     real = instant.apply_groups
@@ -290,7 +290,7 @@ def test_postgresql_outage_keeps_the_queue_and_writes_it_once(private_pg):
 
 
 def test_group_concat_keeps_each_trajectory_and_its_signal():
-    from sona_store.validation import TrajectoryBatch, validate_batch
+    from sona_store.services.validation import TrajectoryBatch, validate_batch
 
     items = make_trajectories(3, 8, seed=1, steps=2) + make_trajectories(2, 8, seed=2, steps=0)
     whole = validate_batch(items, CONFIG)

@@ -132,8 +132,8 @@ def test_checkpoints_wait_for_the_commits_to_pause(tmp_path, monkeypatch):
     until commits pause, then copies the whole log."""
     import time
 
-    from sona_store import writer
     from sona_store.db.checkpoint import wal_checkpoint
+    from sona_store.services import writer
 
     monkeypatch.setattr(writer, "QUIET_S", 1.0)
     store = SonaStore(f"sqlite:///{tmp_path / 'burst.db'}", CONFIG)

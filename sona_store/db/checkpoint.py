@@ -8,7 +8,7 @@ file and the machine (measured with batches of 100, see
 benchmarks/README.md). And a checkpoint that writers keep appending behind
 never finishes, so the log never restarts from its start.
 
-The store's writer (`sona_store.writer`) therefore waits for its commits to
+The store's writer (`sona_store.services.writer`) therefore waits for its commits to
 pause (`writer.QUIET_S` without one) and then runs one passive checkpoint:
 with the writing idle it copies the whole log, and the next write restarts
 it. Under writing that never pauses, SQLite's own checkpoint is the bound:

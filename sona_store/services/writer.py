@@ -52,7 +52,7 @@ from sona_store.errors import (
     RecordingTimeoutError,
     UnwrittenTrajectoriesError,
 )
-from sona_store.validation import TrajectoryBatch
+from sona_store.services.validation import TrajectoryBatch
 
 logger = logging.getLogger("sona_store")
 

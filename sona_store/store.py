@@ -52,6 +52,7 @@ from sona_store.db.types import utcnow
 from sona_store.errors import (
     ConfigError,
     CycleNotFoundError,
+    RecordingError,
     RecordingTimeoutError,
     StoreSchemaError,
     ValidationError,
@@ -379,8 +380,24 @@ class SonaStore:
                 ids.extend(trajectories.insert_batch(session.connection(), batch))
                 if progress is not None:
                     progress(len(ids))
-        self._learn_quietly(self._instant.catch_up)
+        # Whole groups of the new signals, applied on the writer (if any).
+        if self._writer is not None:
+            try:
+                self._writer.call(self._catch_up_quietly, "the micro-LoRA catch-up")
+            except RecordingError as exc:  # the file is committed: the signals stay pending
+                logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+        else:
+            self._catch_up_quietly()
         return ids
+
+    def _catch_up_quietly(self) -> int:
+        try:
+            return self._instant.catch_up()
+        except Exception as exc:
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
+            return 0
 
     # -- cycles -----------------------------------------------------------------
 

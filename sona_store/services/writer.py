@@ -129,7 +129,9 @@ class Writer:
         self._jobs: deque[Job] = deque()
         self._queued = 0  # trajectories in _jobs and in the group being committed
         self._waiters = 0  # jobs in _jobs a caller waits on
-        self._barriers: list[tuple[int, Future[int]]] = []  # (sequence, flush request)
+        # (sequence, work, its future): run on the writer once the jobs queued
+        # before it are settled (a flush; a catch-up after bulk ingest)
+        self._barriers: list[tuple[int, Callable[[], int], Future[int]]] = []
         self._last_group = 0  # jobs the last group committed
         self._sequence = 0  # jobs ever queued
         self._done = 0  # jobs ever settled (committed or failed)
@@ -191,17 +193,30 @@ class Writer:
         """Wait until everything queued so far is committed, then apply every
         pending micro-LoRA signal and write the access counts (on the writer);
         the number of signals applied."""
+
+        def flush() -> int:
+            applied = self._housekeeping.flush()
+            self._housekeeping.accesses()
+            return applied
+
+        return self.call(flush, "flush")
+
+    def call(self, work: Callable[[], int], what: str) -> int:
+        """Run `work` on the writer once everything queued so far is
+        committed, and return its result (micro-LoRA work never runs on a
+        caller's thread)."""
         request: Future[int] = Future()
+        request.set_running_or_notify_cancel()
         with self._cond:
             if self._closing:
                 raise RecordingError("the store is closed")
-            self._barriers.append((self._sequence, request))
+            self._barriers.append((self._sequence, work, request))
             self._cond.notify_all()
         try:
             return request.result(self.write_timeout)
         except TimeoutError:
             raise RecordingTimeoutError(
-                f"flush did not complete within {self.write_timeout:g} s{self._because()}; "
+                f"{what} did not complete within {self.write_timeout:g} s{self._because()}; "
                 f"{self.queued} trajectories are queued and are written when the database is back"
             ) from None
 
@@ -294,7 +309,7 @@ class Writer:
                 self._jobs.extendleft(reversed(retrying))
                 return None
             now = time.monotonic()
-            if not retrying and any(s <= self._done for s, _request in self._barriers):
+            if not retrying and any(b[0] <= self._done for b in self._barriers):
                 return []  # a flush whose trajectories are all committed: before more
             if retrying or self._jobs:
                 oldest = retrying[0] if retrying else self._jobs[0]
@@ -460,21 +475,20 @@ class Writer:
         """Flush requests (once everything queued before them is committed),
         access counts, and a WAL checkpoint once the commits pause."""
         with self._cond:
-            ready = [(s, f) for s, f in self._barriers if s <= self._done]
+            ready = [b for b in self._barriers if b[0] <= self._done]
             for item in ready:
                 self._barriers.remove(item)
             accesses, self._accesses_due = self._accesses_due, False
             checkpoint = self._checkpoint_due(time.monotonic())
             if checkpoint:
                 self._last_commit = None
-        for _sequence, request in ready:
+        for _sequence, work, request in ready:
             try:
-                applied = self._housekeeping.flush()
-                self._housekeeping.accesses()
+                result = work()
             except Exception as exc:
                 request.set_exception(exc)
             else:
-                request.set_result(applied)
+                request.set_result(result)
         if accesses and not ready:
             try:
                 self._housekeeping.accesses()

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy.engine import make_url
@@ -33,6 +33,10 @@ TARGETS: dict[tuple[str, int, bool], tuple[str, float]] = {
 }
 P99_TARGET_US = {("sqlite", 8, True): 5000.0, ("sqlite", 1, False): 200.0}
 WAL_TARGET_BYTES = 10 * 1024
+# Trajectories of the WAL measurement: few enough that the log never reaches
+# SQLite's autocheckpoint (64 MiB), so it never restarts and its size is
+# every byte written.
+WAL_N = 400
 
 
 def _calls(store: SonaStore, items: list[dict[str, Any]], wait: bool, out: list[float]) -> None:
@@ -47,10 +51,17 @@ def _calls(store: SonaStore, items: list[dict[str, Any]], wait: bool, out: list[
         out.append(clock() - started)
 
 
-def _wal_bytes(url: str) -> int:
-    database = make_url(url).database
-    path = f"{database}-wal"
-    return os.path.getsize(path) if database and os.path.exists(path) else 0
+def _wal_path(url: str) -> str:
+    return f"{make_url(url).database}-wal"
+
+
+def _truncate_wal(store: SonaStore) -> None:
+    """Copy the log into the file and empty it (the writer is idle)."""
+    raw = store.engine.raw_connection()
+    try:
+        cast(Any, raw.driver_connection).execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
 
 
 def run_shape(
@@ -60,9 +71,11 @@ def run_shape(
     second, the final flush included), call latencies, WAL bytes."""
     url = backend.new_url("record")
     store = SonaStore(url, cycle_config(len(items)), **options)
+    measure_wal = backend.name == "sqlite" and len(items) <= WAL_N
     try:
         store.flush()
-        wal_before = _wal_bytes(url) if backend.name == "sqlite" else 0
+        if measure_wal:
+            _truncate_wal(store)
         shares = [items[i::threads] for i in range(threads)]
         latencies: list[list[float]] = [[] for _ in range(threads)]
         workers = [
@@ -76,7 +89,8 @@ def run_shape(
             w.join()
         store.flush()  # every trajectory committed (and its signal applied)
         seconds = time.perf_counter() - started
-        wal = _wal_bytes(url) - wal_before if backend.name == "sqlite" else None
+        # 32 bytes of header, then a frame (24 bytes + a page) per page written.
+        wal = os.path.getsize(_wal_path(url)) - 32 if measure_wal else None
         calls = np.array([x for out in latencies for x in out]) * 1e6
         recording = store.recording_stats()
     finally:
@@ -109,6 +123,9 @@ def bench_recording(
             paired.append(reference_rate())
         for threads, wait in SHAPES:
             run = run_shape(backend, items, threads, wait, **options)
+            if backend.name == "sqlite":  # the log of a short run of its own
+                wal = run_shape(backend, items[:WAL_N], threads, wait, **options)
+                run["wal_bytes_per_trajectory"] = wal["wal_bytes_per_trajectory"]
             runs[(threads, wait)].append(run)
             progress(
                 f"{backend.name} record {threads} thread(s) wait={wait} rep {rep + 1}/{reps}: "

@@ -294,8 +294,9 @@ class Writer:
                 continue
             with self._cond:  # failed: retry after a pause (new jobs may join)
                 self.stats.retries += 1
-                if not self._abandon:
-                    self._cond.wait(delay)
+                resume = time.monotonic() + delay
+                while not self._abandon and (remaining := resume - time.monotonic()) > 0:
+                    self._cond.wait(remaining)  # callers' notifications do not cut it short
                 if self._abandon:
                     self._jobs.extendleft(reversed(group))
                     return
@@ -309,8 +310,12 @@ class Writer:
                 self._jobs.extendleft(reversed(retrying))
                 return None
             now = time.monotonic()
-            if not retrying and any(b[0] <= self._done for b in self._barriers):
-                return []  # a flush whose trajectories are all committed: before more
+            if not retrying and (
+                self._accesses_due or any(b[0] <= self._done for b in self._barriers)
+            ):
+                # Access counts due, or a flush whose trajectories are all
+                # committed: before more groups (writing never starves them).
+                return []
             if retrying or self._jobs:
                 oldest = retrying[0] if retrying else self._jobs[0]
                 due = oldest.queued_at + self.max_delay

@@ -74,4 +74,5 @@ QUICK = Plan(
     reference_reps=1,
     forgetting_cycles=2_000,
     forgetting_seeds=1,
+    record_n=400,
 )

@@ -108,8 +108,9 @@ class SonaStore:
     with `wait=False` may wait for others to share its commit; `max_queued`:
     trajectories queued at most (more callers block, nothing is dropped);
     `write_timeout` (seconds): how long a caller waits on a failing database
-    before RecordingTimeoutError. `background=False`: no thread at all; each
-    call commits on the caller's thread. `durability` (SQLite): "normal"
+    before RecordingTimeoutError. `background=False` (and an in-memory
+    SQLite store): no thread at all; each call commits on the caller's
+    thread. `durability` (SQLite): "normal"
     (commits survive the process being killed) or "full" (also a power
     loss: one fsync per commit).
     """
@@ -156,7 +157,10 @@ class SonaStore:
         self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
         self._accesses = AccessLog(self.engine)
         self._writer: Writer | None = None
-        if background:
+        # An in-memory SQLite database exists once a thread (SQLAlchemy gives
+        # each thread its own connection, hence its own database): it has
+        # no writer, and records on the caller's thread.
+        if background and not _in_memory_sqlite(self.engine):
             self._writer = _start_writer(
                 self.engine,
                 self.config,
@@ -937,6 +941,10 @@ def _start_writer(
         prepare=recorder.prepare,
     )
     return Writer(engine, recorder.commit, recorder.settle, housekeeping, **options)
+
+
+def _in_memory_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and not is_sqlite_file(engine)
 
 
 def _first_id(future: Future[list[int]]) -> Future[int]:

@@ -298,3 +298,16 @@ def test_group_concat_keeps_each_trajectory_and_its_signal():
     for name in ("queries", "qualities", "step_owner", "step_index", "activations", "signals"):
         assert np.array_equal(getattr(parts, name), getattr(whole, name)), name
     assert parts.attention == whole.attention and len(parts) == 5
+
+
+def test_an_in_memory_store_records_on_the_callers_thread():
+    """SQLAlchemy gives each thread its own in-memory SQLite database: such a
+    store has no writer, and recording works as with background=False."""
+    store = SonaStore("sqlite://", CONFIG)
+    try:
+        assert store.recording_stats() == {"background": False}
+        assert store.record_trajectories(make_trajectories(3, 8)) == [1, 2, 3]
+        assert _end(store, make_trajectories(1, 8)[0], wait=False).result(timeout=0) == 4
+        assert store.flush() == 4
+    finally:
+        store.close()

@@ -1,7 +1,8 @@
 """SonaStore: the library's front door. It opens (and if empty, creates) a
 store at a database URL and delegates each operation to one module: recording
-to `db.trajectories`, cycles to `cycle`, rollback to `rollback`, quarantine
-to `quarantine`."""
+to the store's writer (`services.writer`, which inserts through
+`db.trajectories`), cycles to `cycle`, rollback to `rollback`, quarantine to
+`quarantine`."""
 
 from __future__ import annotations
 

@@ -311,3 +311,31 @@ def test_an_in_memory_store_records_on_the_callers_thread():
         assert store.flush() == 4
     finally:
         store.close()
+
+
+def test_a_full_queue_blocks_callers_and_drops_nothing(db_url):
+    """max_queued=4 with 6 threads queueing 30 each with wait=False: callers
+    wait for room, and all 180 are committed once."""
+    store = SonaStore(db_url, CONFIG, max_queued=4, max_delay=0.001)
+    futures: list[Future] = []
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        try:
+            for item in make_trajectories(30, 8, seed=seed):
+                futures.append(_end(store, item, wait=False))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert not errors
+        store.flush()
+        ids = sorted(f.result(timeout=0) for f in futures)
+        assert ids == _ids(store) == list(range(1, 181))
+    finally:
+        store.close()

@@ -387,6 +387,7 @@ class SonaStore:
                     progress(len(ids))
         # Whole groups of the new signals, applied on the writer (if any).
         if self._writer is not None:
+            self._writer.wrote()
             try:
                 self._writer.call(self._catch_up_quietly, "the micro-LoRA catch-up")
             except RecordingError as exc:  # the file is committed: the signals stay pending
@@ -394,6 +395,13 @@ class SonaStore:
         else:
             self._catch_up_quietly()
         return ids
+
+    def _wrote(self) -> None:
+        """After a transaction that may move the head: drop the cached state,
+        and have the writer checkpoint the log once writing pauses."""
+        self._cache.invalidate()
+        if self._writer is not None:
+            self._writer.wrote()
 
     def _catch_up_quietly(self) -> int:
         try:
@@ -412,7 +420,7 @@ class SonaStore:
                 self.engine, self.config, force=force, trigger=trigger, actor=self.actor
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     # -- rollback -----------------------------------------------------------------
 
@@ -431,7 +439,7 @@ class SonaStore:
                 self.engine, cycle_id, actor=actor or self.actor, reason=reason, requeue=requeue
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     def restore(
         self, cycle_id: int, *, reason: str | None = None, actor: str | None = None
@@ -442,7 +450,7 @@ class SonaStore:
                 self.engine, cycle_id, actor=actor or self.actor, reason=reason
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     # -- quarantine ---------------------------------------------------------------
 
@@ -469,7 +477,7 @@ class SonaStore:
                 self.engine, self.config, selection, reason=reason, actor=actor or self.actor
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     def release(
         self, quarantine_id: int, *, reason: str | None = None, actor: str | None = None
@@ -481,7 +489,7 @@ class SonaStore:
                 self.engine, quarantine_id, actor=actor or self.actor, reason=reason
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
         self._instant.readopt()
         return released
 
@@ -537,14 +545,17 @@ class SonaStore:
         lets go (each argument None: the stored policy's value; `older_than`
         in seconds or a timedelta), archiving them first to `archive`; one
         audit row. Their metadata rows stay. See docs/operations.md."""
-        return retention.gc(
-            self.engine,
-            self.config,
-            older_than=older_than,
-            horizon_cycles=horizon_cycles,
-            archive=archive,
-            actor=self.actor,
-        )
+        try:
+            return retention.gc(
+                self.engine,
+                self.config,
+                older_than=older_than,
+                horizon_cycles=horizon_cycles,
+                archive=archive,
+                actor=self.actor,
+            )
+        finally:
+            self._wrote()
 
     def retention_policy(self) -> Policy:
         """The stored policy (Policy() when none: every vector is kept)."""
@@ -737,7 +748,7 @@ class SonaStore:
                 .values(pruned_at=now)
                 .execution_options(synchronize_session=False)
             )
-        self._cache.invalidate()
+        self._wrote()
         return int(cast(sa.CursorResult[Any], result).rowcount)
 
     # -- instant loop ------------------------------------------------------------

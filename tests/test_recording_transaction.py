@@ -155,6 +155,31 @@ def test_checkpoints_wait_for_the_commits_to_pause(tmp_path, monkeypatch):
         store.close()
 
 
+def test_a_cycle_alone_has_its_log_checkpointed(tmp_path):
+    """A store that only runs cycles (a service) still has the writer copy
+    the log into the file once its commits pause."""
+    import time
+
+    from sona_store.db.checkpoint import wal_checkpoint
+
+    url = f"sqlite:///{tmp_path / 'cycles.db'}"
+    recorder = SonaStore(url, CONFIG, background=False)
+    recorder.record_trajectories(make_trajectories(40, 8))
+    recorder.close()
+    store = SonaStore(url)
+    try:
+        before = _checkpoints(store)
+        assert store.run_cycle(force=True).status == "completed"
+        deadline = time.monotonic() + 10
+        while _checkpoints(store) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _checkpoints(store) > before
+        busy, logged, copied = wal_checkpoint(store.engine)
+        assert busy == 0 and logged == copied
+    finally:
+        store.close()
+
+
 def test_sqlite_checkpoints_in_a_commit_only_past_a_large_log(tmp_path):
     from sona_store.db.engine import SQLITE_AUTOCHECKPOINT_PAGES
 

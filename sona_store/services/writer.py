@@ -226,6 +226,15 @@ class Writer:
             self._accesses_due = True
             self._cond.notify_all()
 
+    def wrote(self) -> None:
+        """Another of the store's transactions committed (a cycle, a
+        rollback, an ingest): its log is checkpointed once writing pauses."""
+        if self._housekeeping.checkpoint is None:
+            return
+        with self._cond:
+            self._last_commit = time.monotonic()
+            self._cond.notify_all()
+
     def stop_soon(self) -> None:
         """Write what is queued and stop, without waiting (the store was
         dropped without `close`)."""

@@ -1,8 +1,11 @@
 """SonaStore: the library's front door. It opens (and if empty, creates) a
-store at a database URL and delegates each operation to one module: recording
-to the store's writer (`services.writer`, which inserts through
-`db.trajectories`), cycles to `cycle`, rollback to `rollback`, quarantine to
-`quarantine`."""
+store at a database URL and delegates each operation to one service, handing
+it the engine, configuration and actor it needs (never itself): recording to
+the store's writer (`services.writer`, which inserts through
+`db.trajectories`), cycles to `services.cycle`, rollback to `services.rollback`,
+quarantine to `services.quarantine`, LoRA export and import to
+`services.lora_io`, the report to `services.report`. Whatever moves the head
+is followed by invalidating the store's own cache, here and nowhere else."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from itertools import islice
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -68,10 +72,12 @@ from sona_store.learning.routes import EXPLORE_MODES, RouteModel, RouteRecommend
 from sona_store.recording import TrajectoryBuilder
 from sona_store.results import CycleResult
 from sona_store.services import cycle as cycle_module
+from sona_store.services import lora_io, retention
 from sona_store.services import quarantine as quarantine_module
-from sona_store.services import retention
+from sona_store.services import report as report_module
 from sona_store.services import rollback as rollback_module
 from sona_store.services.instant import BatchSignals, InFlight, InstantLearner
+from sona_store.services.lora_io import LoraMove
 from sona_store.services.pattern_index import Pattern, PatternIndex, ScoredPattern
 from sona_store.services.quarantine import QuarantineResult, ReleaseResult
 from sona_store.services.retention import GcResult, Policy
@@ -451,6 +457,59 @@ class SonaStore:
             )
         finally:
             self._wrote()
+
+    # -- LoRA adapters in and out ---------------------------------------------------
+
+    def export_lora(
+        self,
+        out_dir: str | os.PathLike[str],
+        version: int | None = None,
+        tier: str | None = None,
+        target_modules: list[str] | tuple[str, ...] | None = None,
+        *,
+        layer_prefix: str = lora_io.DEFAULT_LAYER_PREFIX,
+    ) -> Path:
+        """Write a LoRA version (None: the current one of `tier`, base by
+        default) as a PEFT adapter directory (docs/lora_export.md); returns it."""
+        return lora_io.export_lora(
+            self.engine, out_dir, version, tier, target_modules, layer_prefix=layer_prefix
+        )
+
+    def import_lora(
+        self,
+        in_dir: str | os.PathLike[str],
+        reason: str,
+        *,
+        tier: str | None = None,
+        actor: str | None = None,
+    ) -> LoraMove:
+        """Store a PEFT adapter directory as a new version of its tier and make
+        it current, audited; `lora_move.to_version_id` is the new version. A
+        bad adapter raises AdapterError and writes nothing."""
+        try:
+            return lora_io.import_lora(
+                self.engine, self.config, in_dir, reason, actor=actor or self.actor, tier=tier
+            )
+        finally:
+            self._wrote()
+
+    def use_lora_version(
+        self, version_id: int, reason: str, *, actor: str | None = None
+    ) -> LoraMove:
+        """Make an existing LoRA version current for its tier (undoing an
+        import, or going back to any earlier version), audited. Cycles, EWC++
+        state and patterns stay as they are."""
+        try:
+            return lora_io.use_lora_version(
+                self.engine, version_id, reason, actor=actor or self.actor
+            )
+        finally:
+            self._wrote()
+
+    def report(self, out_dir: str | os.PathLike[str]) -> list[Path]:
+        """Write PNG charts of the learning history and an `index.html` into
+        `out_dir` (the `report` extra); returns the files, the page last."""
+        return report_module.write_report(self.engine, out_dir)
 
     # -- quarantine ---------------------------------------------------------------
 

@@ -22,12 +22,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
+from sona_store.db.failures import classify, is_sqlite_busy
 from sona_store.db.stores import refuse_on_sqlite, validate_schema_name
-from sona_store.errors import ConfigError, DatabaseUnavailableError
+from sona_store.errors import (
+    ConfigError,
+    DatabaseBusyError,
+    DatabaseUnavailableError,
+    TransactionConflictError,
+)
 from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
@@ -107,7 +113,7 @@ def create_store_engine(
     parsed = normalise_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+        raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
     refuse_on_sqlite(schema, backend)
     if durability not in DURABILITY_LEVELS:
         raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
@@ -237,47 +243,34 @@ def _use_wal(cursor: Any) -> None:
             cursor.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if not is_sqlite_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
 
+_WHAT = {
+    DatabaseUnavailableError: "is unavailable",
+    DatabaseBusyError: "did not grant a lock in time",
+    TransactionConflictError: "rolled the transaction back: it conflicted with a concurrent one",
+}
+
+
 @contextlib.contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
-    """Turn a lost or refused connection into DatabaseUnavailableError, with the
-    URL's password masked."""
+    """Turn the database's own failures (unreachable or gone, a lock not
+    granted in time, a conflict with a concurrent transaction; see `failures`)
+    into their SonaStoreError, with the URL's password masked. Anything else
+    propagates unchanged."""
     try:
         yield
-    except OperationalError as exc:
-        if _is_connection_problem(exc):
-            raise DatabaseUnavailableError(
-                f"database {mask_url(engine.url)} is unavailable: {_first_line(exc.orig)}"
-            ) from exc
-        raise
     except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise DatabaseUnavailableError(
-                f"database {mask_url(engine.url)} connection was lost: {_first_line(exc.orig)}"
-            ) from exc
-        raise
-
-
-def _is_connection_problem(exc: OperationalError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    text = str(exc.orig).lower()
-    return any(
-        marker in text
-        for marker in (
-            "connection",
-            "could not connect",
-            "server closed",
-            "terminating",
-            "shutting down",
-            "unable to open database",
-            "the database system is",
-        )
-    )
+        kind = classify(exc)
+        if kind is None:
+            raise
+        what = _WHAT.get(kind, "failed")
+        if kind is DatabaseUnavailableError and exc.connection_invalidated:
+            what = "connection was lost"
+        raise kind(f"database {mask_url(engine.url)} {what}: {_first_line(exc.orig)}") from exc
 
 
 def describe_database_error(exc: BaseException) -> str:

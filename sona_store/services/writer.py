@@ -37,17 +37,16 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sona_store.db import trajectories
+from sona_store.db import failures, trajectories
 from sona_store.db.driver import Driver
 from sona_store.db.engine import IMMEDIATE, short_error
 from sona_store.db.models import Trajectory
 from sona_store.errors import (
-    DatabaseUnavailableError,
+    DatabaseError,
     RecordingError,
     RecordingTimeoutError,
     UnwrittenTrajectoriesError,
@@ -533,13 +532,11 @@ class Writer:
 
 def _transient(exc: BaseException) -> bool:
     """A database failure the writer can outlast by retrying: the database
-    unreachable, a lost connection, a lock held too long."""
-    if isinstance(exc, DatabaseUnavailableError | sa.exc.OperationalError | sa.exc.InterfaceError):
+    unreachable or gone, a lock held too long, a conflict (`db.failures`
+    classifies the driver's error by its code); anything else is a bug or a
+    refusal that retrying would repeat."""
+    if isinstance(exc, DatabaseError):  # classified already (engine.translate_errors)
         return True
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        return failures.classify(exc) is not None
     return isinstance(exc, sa.exc.TimeoutError)  # the pool
-
-
-def failed(future: Future[Any]) -> bool:
-    return future.done() and future.exception() is not None

@@ -44,6 +44,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
 SCHEMA = "sona_schema"  # engine-wide execution option: the store's schema, if any
+DURABILITY = "sona_durability"  # engine-wide execution option: "normal" or "full"
+DURABILITY_LEVELS = ("normal", "full")
 
 
 def store_label(engine: Engine) -> str:
@@ -100,26 +102,40 @@ def _require_psycopg() -> None:
         ) from None
 
 
-def create_store_engine(url: str | URL, *, schema: str | None = None, **options: Any) -> Engine:
-    """An engine for the store at `url` (PostgreSQL: in `schema`, if given)."""
+def create_store_engine(
+    url: str | URL, *, schema: str | None = None, durability: str = "normal", **options: Any
+) -> Engine:
+    """An engine for the store at `url` (PostgreSQL: in `schema`, if given).
+    `durability` (SQLite): "normal" commits survive the process being
+    killed; "full" also a power loss (SQLite's synchronous=FULL: the log is
+    synced at every commit). PostgreSQL commits are as durable as the
+    server's `synchronous_commit` makes them, either way."""
     parsed = normalise_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
     refuse_on_sqlite(schema, backend)
+    if durability not in DURABILITY_LEVELS:
+        raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
+    options["execution_options"] = {
+        **options.get("execution_options", {}),
+        DURABILITY: durability,
+    }
     if schema is not None:
-        options["execution_options"] = {
-            **options.get("execution_options", {}),
-            SCHEMA: validate_schema_name(schema),
-        }
+        options["execution_options"][SCHEMA] = validate_schema_name(schema)
     if backend == "sqlite":
-        return _sqlite_engine(parsed, options)
+        return _sqlite_engine(parsed, options, durability)
     _require_psycopg()
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
     engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
     if schema is not None:
         _use_schema(engine, schema)
     return engine
+
+
+def engine_durability(engine: Engine | Connection) -> str:
+    """The durability an engine was created with ("normal" unless told)."""
+    return str(engine.get_execution_options().get(DURABILITY, "normal"))
 
 
 def engine_schema(engine: Engine | Connection) -> str | None:
@@ -158,7 +174,7 @@ SQLITE_PAGE_SIZE = 16384
 SQLITE_AUTOCHECKPOINT_PAGES = 4096
 
 
-def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
+def _sqlite_engine(url: URL, options: dict[str, Any], durability: str) -> Engine:
     connect_args = {
         "timeout": SQLITE_BUSY_TIMEOUT_S,
         "check_same_thread": False,
@@ -197,7 +213,10 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
             # file gets it from `sona-store db vacuum`.
             cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _use_wal(cursor)
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            # NORMAL in WAL mode: a commit survives the process being killed,
+            # not a power loss; FULL syncs the log at every commit (the
+            # writer's group commit makes that one sync per group).
+            cursor.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
             cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")
         cursor.close()
         from sona_store.db.sqlfunctions import register_sqlite_functions

@@ -130,3 +130,23 @@ class QuarantineError(InvalidInputError):
 
 class QuarantineNotFoundError(QuarantineError, NotFoundError):
     """No quarantine with that id exists."""
+
+
+class RecordingError(SonaStoreError):
+    """Trajectories handed to the store's writer could not be committed."""
+
+
+class RecordingTimeoutError(RecordingError, TimeoutError):
+    """A trajectory was not committed within the store's `write_timeout` (the
+    database is failing, or the queue stayed full). A trajectory that was
+    queued stays queued: the writer keeps retrying and writes it, once, when
+    the database is back."""
+
+
+class UnwrittenTrajectoriesError(RecordingError):
+    """`close()` could not write what was queued: `count` trajectories are
+    lost with this process (none of them is half written)."""
+
+    def __init__(self, message: str, *, count: int):
+        self.count = count
+        super().__init__(message)

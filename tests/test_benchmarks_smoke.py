@@ -34,6 +34,12 @@ FIGURES = [
     "ingest_floor_no_checkpoint_per_s",
     "ingest_batched_of_floor",
     "ingest_batched_numpy_of_floor",
+    *(
+        f"record_{threads}t_{mode}_{what}"
+        for threads in (1, 8)
+        for mode in ("wait", "nowait")
+        for what in ("per_s", "p99_us", "wal_bytes")
+    ),
     "micro_lora_us",
     "find_patterns_us",
     "base_lora_us",

@@ -44,6 +44,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
 SCHEMA = "sona_schema"  # engine-wide execution option: the store's schema, if any
+DURABILITY = "sona_durability"  # engine-wide execution option: "normal" or "full"
+DURABILITY_LEVELS = ("normal", "full")
 CONFIGURED = "sona_configured"  # engine-wide execution option: set up by `configure_engine`
 
 
@@ -101,10 +103,15 @@ def _require_psycopg() -> None:
         ) from None
 
 
-def create_store_engine(url: str | URL, *, schema: str | None = None, **options: Any) -> Engine:
+def create_store_engine(
+    url: str | URL, *, schema: str | None = None, durability: str = "normal", **options: Any
+) -> Engine:
     """An engine for the store at `url` (PostgreSQL: in `schema`, if given);
     `options` go to `sqlalchemy.create_engine` (`connect_args` are merged
-    with the store's own)."""
+    with the store's own). `durability` (SQLite): "normal" commits survive
+    the process being killed; "full" also a power loss (SQLite's
+    synchronous=FULL: the log is synced at every commit). PostgreSQL commits
+    are as durable as the server's `synchronous_commit` makes them, either way."""
     parsed = normalise_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
@@ -123,10 +130,12 @@ def create_store_engine(url: str | URL, *, schema: str | None = None, **options:
         _require_psycopg()
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
         engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
-    return configure_engine(engine, schema=schema)
+    return configure_engine(engine, schema=schema, durability=durability)
 
 
-def configure_engine(engine: Engine, *, schema: str | None = None) -> Engine:
+def configure_engine(
+    engine: Engine, *, schema: str | None = None, durability: str = "normal"
+) -> Engine:
     """Give an engine the store's per-dialect settings (module docstring), in
     place, and return it: every connection it makes, and every one it pooled
     before, is set up on checkout. An engine configured before keeps its
@@ -139,7 +148,14 @@ def configure_engine(engine: Engine, *, schema: str | None = None) -> Engine:
                 f"schema={schema!r} but the engine was created for schema "
                 f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
             )
+        if engine_durability(engine) != durability:
+            raise ConfigError(
+                f"durability={durability!r} but the engine was created with "
+                f"{engine_durability(engine)!r}: pass create_store_engine(url, durability=...)"
+            )
         return engine
+    if durability not in DURABILITY_LEVELS:
+        raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
     backend, driver = engine.dialect.name, engine.dialect.driver
     if (backend, driver) not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
         raise ConfigError(
@@ -147,14 +163,20 @@ def configure_engine(engine: Engine, *, schema: str | None = None) -> Engine:
             "sqlite (pysqlite) or postgresql+psycopg (psycopg 3)"
         )
     refuse_on_sqlite(schema, backend)
+    engine.update_execution_options(**{DURABILITY: durability})
     if schema is not None:
         engine.update_execution_options(**{SCHEMA: validate_schema_name(schema)})
     if backend == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, durability)
     elif schema is not None:
         _use_schema(engine, schema)
     engine.update_execution_options(**{CONFIGURED: True})
     return engine
+
+
+def engine_durability(engine: Engine | Connection) -> str:
+    """The durability an engine was created with ("normal" unless told)."""
+    return str(engine.get_execution_options().get(DURABILITY, "normal"))
 
 
 def engine_schema(engine: Engine | Connection) -> str | None:
@@ -228,7 +250,7 @@ def _private_file(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> None
         create_private_file(path)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, durability: str) -> None:
     in_memory = _in_memory(engine.url)
 
     def pragmas(dbapi_connection: Any) -> None:
@@ -251,7 +273,10 @@ def _configure_sqlite(engine: Engine) -> None:
             # file gets it from `sona-store db vacuum`.
             cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _use_wal(cursor)
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            # NORMAL in WAL mode: a commit survives the process being killed,
+            # not a power loss; FULL syncs the log at every commit (the
+            # writer's group commit makes that one sync per group).
+            cursor.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
             cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")
         cursor.close()
         from sona_store.db.sqlfunctions import register_sqlite_functions

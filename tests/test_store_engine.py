@@ -123,8 +123,10 @@ def test_a_plain_postgresql_engine_keeps_the_store_in_its_schema(db_url, plain_e
 def test_a_plain_engine_gets_the_durability_asked_for(plain_engine, small_config):
     if plain_engine.dialect.name != "sqlite":
         pytest.skip("durability sets SQLite's synchronous")
-    with SonaStore(engine=plain_engine, config=small_config, durability="full"):
-        with plain_engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    with (
+        SonaStore(engine=plain_engine, config=small_config, durability="full"),
+        plain_engine.connect() as conn,
+    ):
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     with pytest.raises(ConfigError, match="durability='normal' but the engine was created"):
         SonaStore(engine=plain_engine)

@@ -4,6 +4,9 @@ signals (or on flush).
 
 Exactly-once application without a global lock on the hot path:
 - signals wait in memory together with their trajectory ids;
+- a recording transaction flushes only when no other one is flushing (on
+  PostgreSQL, `db.locks.try_micro_flush_lock`; else its signals stay queued),
+  so writers never queue on the head row;
 - a flush takes the head row lock, skips the trajectories some other process
   (or an earlier life of this one) already applied, applies the rest to the
   *latest* stored weights, writes a new version and one `micro_lora_signals`
@@ -32,6 +35,7 @@ from sona_store.config import SonaConfig
 from sona_store.db import state
 from sona_store.db.driver import Driver
 from sona_store.db.engine import connection_transaction, short_error, transaction
+from sona_store.db.locks import try_micro_flush_lock
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.quarantines import quarantined
 from sona_store.db.types import FLOAT32
@@ -147,6 +151,14 @@ class InstantLearner:
         fresh_taken = max(0, size - queued)
         try:
             with Driver(connection).savepoint("micro_lora_flush"):
+                # PostgreSQL: another transaction is flushing (and holds or
+                # wants the head row): do not queue behind it; these signals
+                # stay pending for a later flush (see `try_micro_flush_lock`).
+                if not try_micro_flush_lock(connection):
+                    with self._lock:
+                        self._pending[:0] = inflight.taken
+                    inflight.taken = []
+                    return
                 if inflight.taken:
                     signals = fresh.signals(0, fresh_taken)
                     fresh_ids = {s.trajectory_id for s in signals}

@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import calls, cycle, forgetting, ingest, quarantine, reference, rollback, storage
+from benchmarks import (
+    calls,
+    cycle,
+    forgetting,
+    ingest,
+    quarantine,
+    reference,
+    rollback,
+    storage,
+    writers,
+)
 from benchmarks.backends import Backend, PostgresBackend, SqliteBackend
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import Figure, table, write_json
@@ -81,6 +91,12 @@ def run_backend(
 
     section("cycle", cycle_section)
     section(
+        "busy cycle",
+        lambda: cycle.bench_busy_cycle(
+            backend, templates[plan.cycle_n], plan.cycle_n, plan.busy_cycle_reps
+        ),
+    )
+    section(
         "scaling",
         lambda: cycle.bench_scaling(backend, plan.scaling, templates, plan.scaling_reps),
     )
@@ -110,6 +126,7 @@ def run_backend(
         return out
 
     section("ingest", ingest_section)
+    section("writers", lambda: writers.bench_writers(backend, plan.writers_n, plan.writers_reps))
 
     def calls_section() -> list[Figure]:
         if not cycled:

@@ -467,7 +467,7 @@ def print_table(plan: Plan, summary: dict[str, Any]) -> None:
 def plot_regret(plan: Plan, runs: list[Run], path: Path) -> Path:
     """Running regret (oracle's expected quality less the chosen route's,
     summed over requests), mean over the repetitions, in the report style."""
-    from sona_store.report import _new_figure
+    from sona_store.services.report import _new_figure
 
     fig, (ax,) = _new_figure()
     ax.set_title("Routing: running regret (mean over repetitions)")

@@ -27,7 +27,7 @@ from benchmarks.report import Figure
 from benchmarks.timing import progress
 from benchmarks.workload import make_workload
 from sona_store import SonaConfig, SonaStore
-from sona_store.retention import file_bytes
+from sona_store.services.retention import file_bytes
 
 RATE = 100.0  # trajectories a second
 AGE_DAYS = 7.0

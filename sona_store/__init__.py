@@ -4,7 +4,6 @@ LoRA) kept durable and auditable in SQLite or PostgreSQL."""
 from importlib.metadata import PackageNotFoundError, version
 
 from sona_store.config import SonaConfig
-from sona_store.db.cycles import CycleResult
 from sona_store.errors import (
     ConfigError,
     CycleInProgressError,
@@ -18,8 +17,9 @@ from sona_store.errors import (
     ValidationError,
     VectorsDroppedError,
 )
-from sona_store.quarantine import QuarantineResult, ReleaseResult
-from sona_store.retention import GcResult, Policy
+from sona_store.results import CycleResult
+from sona_store.services.quarantine import QuarantineResult, ReleaseResult
+from sona_store.services.retention import GcResult, Policy
 from sona_store.store import Pattern, RouteRecommendation, ScoredPattern, SonaStore
 
 try:  # one source: pyproject.toml, as installed

@@ -2,7 +2,7 @@
 
 import sys
 
-from sona_store.cli import main
+from sona_store.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,16 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from sona_store import cycle as cycle_module
-from sona_store import quarantine as quarantine_module
-from sona_store import retention
-from sona_store import rollback as rollback_module
-from sona_store.access_log import AccessLog
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, routes, state, trajectories
 from sona_store.db import quarantines as quarantine_rows
+from sona_store.db.access_log import AccessLog
 from sona_store.db.checkpoint import WalCheckpointer
-from sona_store.db.cycles import CycleResult
 from sona_store.db.engine import (
     connection_transaction,
     create_store_engine,
@@ -40,6 +35,7 @@ from sona_store.db.engine import (
     store_label,
     transaction,
 )
+from sona_store.db.head_cache import HeadCache
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
@@ -55,8 +51,6 @@ from sona_store.errors import (
     StoreSchemaError,
     ValidationError,
 )
-from sona_store.head_cache import HeadCache
-from sona_store.instant import BatchSignals, InFlight, InstantLearner
 from sona_store.learning import base_lora
 from sona_store.learning.background import ewc_config_for
 from sona_store.learning.base_lora import BaseLoraWeights, initial_base_lora
@@ -64,12 +58,18 @@ from sona_store.learning.embedding import fit_width
 from sona_store.learning.ewc import EwcState
 from sona_store.learning.micro_lora import MicroProjector, initial_micro_lora
 from sona_store.learning.routes import EXPLORE_MODES, RouteModel, RouteRecommendation
-from sona_store.pattern_index import Pattern, PatternIndex, ScoredPattern
-from sona_store.quarantine import QuarantineResult, ReleaseResult
 from sona_store.recording import TrajectoryBuilder
-from sona_store.retention import GcResult, Policy
-from sona_store.rollback import HeadMove
-from sona_store.validation import check_vector, read_jsonl, validate_batch
+from sona_store.results import CycleResult
+from sona_store.services import cycle as cycle_module
+from sona_store.services import quarantine as quarantine_module
+from sona_store.services import retention
+from sona_store.services import rollback as rollback_module
+from sona_store.services.instant import BatchSignals, InFlight, InstantLearner
+from sona_store.services.pattern_index import Pattern, PatternIndex, ScoredPattern
+from sona_store.services.quarantine import QuarantineResult, ReleaseResult
+from sona_store.services.retention import GcResult, Policy
+from sona_store.services.rollback import HeadMove
+from sona_store.services.validation import check_vector, read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
 
@@ -504,7 +504,7 @@ class SonaStore:
 
     def cycle(self, cycle_id: int) -> CycleResult:
         with transaction(self.engine) as session:
-            return CycleResult.from_row(cycles.get_cycle(session, cycle_id))
+            return cycles.cycle_result(cycles.get_cycle(session, cycle_id))
 
     # -- patterns ---------------------------------------------------------------
 

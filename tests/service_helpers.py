@@ -51,7 +51,7 @@ class Processes:
 
     def service(self, name: str, url: str, *args: str) -> subprocess.Popen[bytes]:
         return self.spawn(
-            name, [sys.executable, "-m", "sona_store.cli", "--url", url, "run", *args]
+            name, [sys.executable, "-m", "sona_store.cli.main", "--url", url, "run", *args]
         )
 
     def script(self, name: str, source: str, *args: str) -> subprocess.Popen[bytes]:

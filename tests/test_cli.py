@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cli import main
+from sona_store.cli.main import main
 from sona_store.db import schema
 from sona_store.db.engine import create_store_engine
 
@@ -390,7 +390,7 @@ def test_subprocess_error_is_one_line_without_traceback(small_store, tmp_path):
         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "sona_store.cli", "--url", small_store, "ingest", str(path)],
+        [sys.executable, "-m", "sona_store.cli.main", "--url", small_store, "ingest", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -404,7 +404,7 @@ def test_subprocess_error_is_one_line_without_traceback(small_store, tmp_path):
         [
             sys.executable,
             "-m",
-            "sona_store.cli",
+            "sona_store.cli.main",
             "--url",
             small_store,
             "patterns",

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cli import build_parser
+from sona_store.cli.main import build_parser
 
 from .console import SONA_STORE, assert_one_line_error, console_env, sona
 from .helpers import make_trajectories

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.scheduling import run_scheduled_cycle
+from sona_store.services.scheduling import run_scheduled_cycle
 
 from .helpers import make_trajectories
 

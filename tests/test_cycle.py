@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cycle import CycleFailedError
+from sona_store.services.cycle import CycleFailedError
 
 from .helpers import make_trajectories
 
@@ -117,7 +117,7 @@ def test_failed_cycle_leaves_only_a_failed_record(store, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("sona_store.cycle.extract_patterns", explode)
+    monkeypatch.setattr("sona_store.services.cycle.extract_patterns", explode)
     with pytest.raises(CycleFailedError) as info:
         store.run_cycle(force=True)
     after = _counts(store)

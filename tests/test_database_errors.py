@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sona_store import SonaConfig, SonaStore
 from sona_store.db.engine import create_store_engine
 from sona_store.db.models import Base
-from sona_store.lora_io import export_lora
+from sona_store.services.lora_io import export_lora
 
 from .helpers import make_trajectories
 from .service_helpers import child_env, inspector, snapshot
@@ -32,7 +32,7 @@ DIM = 8
 _FULL_SQLITE = """
 import sys
 import sqlalchemy as sa
-from sona_store.cli import main
+from sona_store.cli.main import main
 
 @sa.event.listens_for(sa.engine.Engine, "connect")
 def _full(dbapi_connection, _record):
@@ -73,7 +73,7 @@ def _fill_disk(url: str, tmp_path: Path) -> list[str]:
                 )
     finally:
         engine.dispose()
-    return [sys.executable, "-m", "sona_store.cli"]
+    return [sys.executable, "-m", "sona_store.cli.main"]
 
 
 def _cli(prefix: list[str], url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -170,7 +170,7 @@ def test_a_database_error_in_any_command_is_one_line(learned, tmp_path, name, ta
     finally:
         engine.dispose()
     done = _cli(
-        [sys.executable, "-m", "sona_store.cli"],
+        [sys.executable, "-m", "sona_store.cli.main"],
         url,
         *(a.replace("{tmp}", str(tmp_path)) for a in args),
     )

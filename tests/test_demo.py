@@ -14,7 +14,7 @@ import pytest
 def test_demo_runs_and_leaves_an_explorable_database(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SONA_STORE_URL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "sona_store.cli", "demo", "--seconds", "3"],
+        [sys.executable, "-m", "sona_store.cli.main", "demo", "--seconds", "3"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -55,7 +55,7 @@ def test_demo_runs_and_leaves_an_explorable_database(tmp_path):
             if "report" in args:
                 pytest.importorskip("matplotlib")
             done = subprocess.run(
-                [sys.executable, "-m", "sona_store.cli", *args],
+                [sys.executable, "-m", "sona_store.cli.main", *args],
                 cwd=tmp_path,
                 capture_output=True,
                 text=True,

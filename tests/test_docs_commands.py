@@ -88,7 +88,7 @@ def test_lora_synopses_run_with_concrete_values(tmp_path):
             token = "base" if token == "base|micro" else concrete.get(token, token)
             args.append(token)
         done = subprocess.run(
-            [sys.executable, "-m", "sona_store.cli", "--url", url, *args],
+            [sys.executable, "-m", "sona_store.cli.main", "--url", url, *args],
             capture_output=True,
             text=True,
             timeout=120,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cli import main
+from sona_store.cli.main import main
 
 from .helpers import make_trajectories
 

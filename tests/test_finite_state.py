@@ -16,7 +16,7 @@ from sona_store.learning.micro_lora import (
     accumulate_groups,
     initial_micro_lora,
 )
-from sona_store.validation import MICRO_SIGNAL_MAX_NORM
+from sona_store.services.validation import MICRO_SIGNAL_MAX_NORM
 
 DIM = 8
 

@@ -16,7 +16,7 @@ from sona_store import SonaStore
 from sona_store.db import state
 from sona_store.db.engine import transaction
 from sona_store.errors import ValidationError
-from sona_store.lora_io import (
+from sona_store.services.lora_io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     export_lora,

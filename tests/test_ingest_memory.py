@@ -39,7 +39,7 @@ def _write_lines(path: Path, n: int) -> Path:
 # A child process runs the console script and reports its child's peak RSS.
 _MEASURE = """
 import resource, subprocess, sys
-done = subprocess.run([sys.executable, "-m", "sona_store.cli", "--url", sys.argv[1],
+done = subprocess.run([sys.executable, "-m", "sona_store.cli.main", "--url", sys.argv[1],
                        "ingest", sys.argv[2]], capture_output=True, text=True)
 print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 sys.stderr.write(done.stderr)

@@ -355,9 +355,9 @@ def test_password_is_masked_in_stats_and_repr():
 def test_batch_signals_match_the_one_by_one_signal_bit_for_bit(one_step, other):
     import random
 
-    from sona_store.instant import batch_signals
     from sona_store.learning.signal import learning_signal
-    from sona_store.validation import validate_batch
+    from sona_store.services.instant import batch_signals
+    from sona_store.services.validation import validate_batch
 
     items = (
         make_trajectories(one_step, 16, seed=1, steps=1)

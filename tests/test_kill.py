@@ -66,7 +66,7 @@ root, url, marker, before_path, pause_at, recorded = sys.argv[1:7]
 sys.path.insert(0, root)
 
 from sona_store import SonaStore
-from sona_store import cycle as cycle_module
+from sona_store.services import cycle as cycle_module
 from sona_store.db import state
 from tests.helpers import make_trajectories
 from tests.test_kill import table_counts

@@ -16,9 +16,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cli import main
+from sona_store.cli.main import main
 from sona_store.learning.micro_lora import initial_micro_lora
-from sona_store.lora_io import (
+from sona_store.services.lora_io import (
     CONFIG_NAME,
     METADATA_NAME,
     WEIGHTS_NAME,

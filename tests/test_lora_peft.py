@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.lora_io import export_lora
+from sona_store.services.lora_io import export_lora
 
 from .helpers import make_trajectories
 

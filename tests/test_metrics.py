@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 
 from sona_store import SonaConfig, SonaStore
 from sona_store.db.engine import create_store_engine
-from sona_store.health import ServiceHealth
-from sona_store.metrics import DURATION_BUCKETS, StoreCollector
-from sona_store.scheduler import SonaScheduler
+from sona_store.scheduler.health import ServiceHealth
+from sona_store.scheduler.metrics import DURATION_BUCKETS, StoreCollector
+from sona_store.scheduler.service import SonaScheduler
 
 from .helpers import make_trajectories
 from .service_helpers import inspector, scalar, wait_for
@@ -233,7 +233,7 @@ def test_service_metrics_move_after_a_cycle(db_url, procs):
 
 
 def test_metrics_port_with_once_is_refused(tmp_path, capsys):
-    from sona_store.cli import main
+    from sona_store.cli.main import main
 
     code = main(["--url", f"sqlite:///{tmp_path / 's.db'}", "run", "--once", "--metrics-port", "0"])
     assert code == 1

@@ -11,7 +11,7 @@ from sona_store import SonaConfig, SonaStore
 from sona_store.db import schema, trajectories
 from sona_store.db.engine import create_store_engine, transaction
 from sona_store.learning.embedding import trajectory_embeddings
-from sona_store.validation import validate_batch
+from sona_store.services.validation import validate_batch
 
 from .helpers import make_trajectories
 

@@ -15,7 +15,7 @@ from sona_store import SonaConfig, SonaStore
 from sona_store.db import schema
 from sona_store.db.engine import create_store_engine
 from sona_store.db.types import UtcDateTime, utcnow
-from sona_store.scheduling import run_scheduled_cycle
+from sona_store.services.scheduling import run_scheduled_cycle
 
 from .helpers import make_trajectories
 

@@ -53,7 +53,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     environment["PGPASSFILE"] = "/nonexistent/pgpass"  # not ~/.pgpass
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "sona_store.cli", *args],
+        [sys.executable, "-m", "sona_store.cli.main", *args],
         capture_output=True,
         text=True,
         env=environment,
@@ -131,7 +131,7 @@ def test_the_service_run_the_documented_way_has_no_password_in_ps(database, tmp_
     log = tmp_path / "svc.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sona_store.cli", "run", "--interval", "3600"],
+            [sys.executable, "-m", "sona_store.cli.main", "run", "--interval", "3600"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=environment,

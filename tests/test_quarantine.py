@@ -449,7 +449,7 @@ def test_an_imported_micro_lora_is_a_reset_the_replay_never_crosses(stores, tmp_
     """Signals applied before a micro-LoRA import are not in the imported
     weights: quarantining them replays nothing; after the import, from it."""
     pytest.importorskip("safetensors")
-    from sona_store.lora_io import export_lora, import_lora
+    from sona_store.services.lora_io import export_lora, import_lora
 
     a, _ = stores
     early = a.record_trajectories(bad(4))

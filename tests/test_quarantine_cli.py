@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from sona_store import SonaStore
-from sona_store.cli import parse_ids
+from sona_store.cli.main import parse_ids
 
 from .test_cli import assert_one_line_error, run, run_json
 from .test_quarantine import CONFIG, bad, good

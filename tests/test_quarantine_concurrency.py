@@ -11,13 +11,13 @@ import pytest
 import sqlalchemy as sa
 
 from sona_store import SonaStore
-from sona_store import quarantine as quarantine_module
 from sona_store.db import state
 from sona_store.db.engine import transaction
 from sona_store.db.models import LoraVersion, MicroLoraSignal
 from sona_store.db.quarantines import quarantined
-from sona_store.instant import stored_signals
 from sona_store.learning.micro_lora import apply_groups
+from sona_store.services import quarantine as quarantine_module
+from sona_store.services.instant import stored_signals
 
 from .helpers import make_trajectories
 from .test_quarantine import CONFIG, DIM, bad, good

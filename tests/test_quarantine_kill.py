@@ -34,7 +34,7 @@ root, url, marker, pause_at, ids = sys.argv[1:6]
 sys.path.insert(0, root)
 
 from sona_store import SonaStore
-from sona_store import quarantine as quarantine_module
+from sona_store.services import quarantine as quarantine_module
 from sona_store.db import cycles
 from tests.test_kill import table_counts
 

@@ -40,7 +40,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SONA_STORE_URL"}
     if "run" in args:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sona_store.cli", *args],
+            [sys.executable, "-m", "sona_store.cli.main", *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -54,7 +54,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         out, err = proc.communicate(timeout=60)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return subprocess.run(
-        [sys.executable, "-m", "sona_store.cli", *args],
+        [sys.executable, "-m", "sona_store.cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

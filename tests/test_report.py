@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cli import main
-from sona_store.lora_io import MissingExtraError, export_lora, import_lora
-from sona_store.report import CHARTS, load_report_data, write_report
+from sona_store.cli.main import main
+from sona_store.services.lora_io import MissingExtraError, export_lora, import_lora
+from sona_store.services.report import CHARTS, load_report_data, write_report
 
 from .helpers import make_trajectories
 
@@ -127,7 +127,7 @@ def test_time_ticks_seconds_apart_read_as_times_of_day():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from sona_store.report import _time_axis
+    from sona_store.services.report import _time_axis
 
     fig = Figure()
     FigureCanvasAgg(fig)
@@ -144,7 +144,7 @@ def test_time_ticks_seconds_apart_read_as_times_of_day():
 def test_the_summary_counts_in_words_that_agree(db_url, tmp_path):
     """One rollback is "1 audit event", not "1 rollbacks"."""
     pytest.importorskip("matplotlib")
-    from sona_store.report import render_html
+    from sona_store.services.report import render_html
 
     with SonaStore(db_url, CONFIG) as store:
         for seed in range(2):

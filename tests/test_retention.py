@@ -1,4 +1,4 @@
-"""Retention (sona_store/retention.py, db/retention.py): which vectors gc
+"""Retention (sona_store/services/retention.py, db/retention.py): which vectors gc
 deletes and which it keeps, the audit row, the archive and what brings it
 back, the stored policy, rollback past the horizon, the scheduled service,
 the command line and SQLite's free pages. On SQLite and PostgreSQL."""
@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from sona_store import Policy, SonaConfig, SonaStore, ValidationError, VectorsDroppedError
-from sona_store.cli import main
-from sona_store.scheduler import SonaScheduler
+from sona_store.cli.main import main
+from sona_store.scheduler.service import SonaScheduler
 
 from .helpers import make_trajectories
 
@@ -519,7 +519,7 @@ def test_a_gc_that_fails_keeps_every_vector_and_leaves_no_archive(
 ):
     """Before the archive is complete (deleting) or after (the audit row):
     the transaction rolls back and the archive file goes with it."""
-    import sona_store.retention as retention
+    import sona_store.services.retention as retention
 
     build(store)
     before = vectors(store)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from sona_store import SonaConfig, SonaStore, VectorsDroppedError
-from sona_store.retention import file_bytes, open_jsonl
+from sona_store.services.retention import file_bytes, open_jsonl
 
 from .conftest import create_pg_database, drop_pg_database
 from .test_retention import metadata, vectors

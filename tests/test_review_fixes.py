@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from sona_store import RollbackError, SonaConfig, SonaStore
 from sona_store.db.engine import mask_url
-from sona_store.head_cache import HeadCache
-from sona_store.instant import Signal
+from sona_store.db.head_cache import HeadCache
+from sona_store.services.instant import Signal
 
 from .helpers import make_trajectories
 

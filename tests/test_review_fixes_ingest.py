@@ -15,7 +15,7 @@ import pytest
 
 from sona_store import SonaConfig, SonaStore
 from sona_store.errors import ValidationError
-from sona_store.validation import validate_batch
+from sona_store.services.validation import validate_batch
 
 CONFIG = SonaConfig(hidden_dim=4, embedding_dim=4)
 ACTS = [0.5, 0.25, 0.125, 0.75]

@@ -175,7 +175,7 @@ def test_a_failed_cycle_writes_no_route_statistics(db_url, monkeypatch):
         def explode(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("boom after the patterns")
 
-        monkeypatch.setattr("sona_store.cycle.learn", explode)
+        monkeypatch.setattr("sona_store.services.cycle.learn", explode)
         with pytest.raises(Exception, match="boom"):
             store.run_cycle(force=True)
         with store.engine.connect() as conn:

@@ -13,13 +13,13 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.cli import main
-from sona_store.cycle import run_cycle
+from sona_store.cli.main import main
 from sona_store.db import schema as schema_module
 from sona_store.db.engine import create_store_engine, transaction
 from sona_store.db.locks import CYCLE_LOCK_KEY, acquire_cycle_lock, cycle_lock_key
 from sona_store.db.stores import list_stores, validate_schema_name
 from sona_store.errors import CycleInProgressError, SchemaVersionError, StoreSchemaError
+from sona_store.services.cycle import run_cycle
 
 from . import test_sql as sql_doc
 from .conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database
@@ -319,7 +319,7 @@ def test_scheduled_services_of_two_stores_are_independent(two_stores, procs):
 def _cli() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "sona_store.cli"]
+    return [sys.executable, "-m", "sona_store.cli.main"]
 
 
 @needs_pg

@@ -20,8 +20,6 @@ import numpy as np
 import sqlalchemy as sa
 from alembic import op
 
-from sona_store.learning.embedding import trajectory_embeddings
-
 revision = "0003_derived_pattern_embeddings"
 down_revision = "0002_sql_views"
 branch_labels = None
@@ -56,6 +54,32 @@ _ROWS = sa.text(
     " ORDER BY v.trajectory_id, s.step_index"
 )
 _UPDATE = sa.text("UPDATE trajectory_vectors SET pattern_embedding = :e WHERE trajectory_id = :id")
+
+
+# The trajectory embedding as it was when this revision was written, frozen here
+# so that this migration does not change when sona_store.learning does: q plus
+# the positive-reward-weighted step activations (cut or zero-padded to q's
+# width), divided by the weight sum + 1 when that is positive, L2-normalised.
+def trajectory_embeddings(
+    queries: np.ndarray,
+    step_owner: np.ndarray,
+    step_activations: np.ndarray,
+    step_rewards: np.ndarray,
+) -> np.ndarray:
+    n, dim = queries.shape
+    out = np.array(queries, dtype=np.float32, copy=True)
+    if len(step_owner):
+        weights = np.maximum(step_rewards.astype(np.float32), np.float32(0.0))
+        acts = np.zeros((len(step_owner), dim), dtype=np.float32)
+        width = min(dim, step_activations.shape[1])
+        acts[:, :width] = step_activations[:, :width]
+        np.add.at(out, step_owner, acts * weights[:, None])
+        sums = np.bincount(step_owner, weights=weights, minlength=n).astype(np.float32)
+        positive = sums > 0
+        out[positive] /= (sums[positive] + np.float32(1.0))[:, None]
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
+    scale = np.where(norms > 1e-8, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
+    return out * scale.astype(np.float32)[:, None]
 
 
 def _fill_pattern_embeddings(bind: sa.Connection) -> None:

@@ -7,7 +7,6 @@ import getpass
 import os
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 from sona_store.db.models import CYCLE_STATUSES, AuditEvent, Cycle, StoreHead
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleNotFoundError
+from sona_store.results import CycleResult
 
 
 def default_actor() -> str:
@@ -27,67 +27,30 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass(frozen=True)
-class CycleResult:
-    """What a cycle did; also one row of `history()`."""
-
-    cycle_id: int | None
-    status: str
-    reason: str | None
-    trajectories_processed: int
-    patterns_extracted: int
-    elapsed: float
-    trigger: str
-    started_at: dt.datetime
-    finished_at: dt.datetime | None = None
-    ewc_updated: bool = False
-    window_size: int = 0
-    error: str | None = None
-    parent_cycle_id: int | None = None
-    scheduled_for: dt.datetime | None = None
-    actor: str | None = None
-    base_lora_version_id: int | None = None
-    ewc_state_id: int | None = None
-    config: dict[str, Any] | None = None
-    attempts: int = 1  # > 1: idle scheduled ticks coalesced into this skipped row
-    last_attempt_at: dt.datetime | None = None
-
-    @property
-    def status_text(self) -> str:
-        """The status as `history` prints it: a coalesced row says how many ticks."""
-        return f"{self.status} x{self.attempts}" if self.attempts > 1 else self.status
-
-    @classmethod
-    def from_row(cls, row: Cycle) -> CycleResult:
-        return cls(
-            cycle_id=row.id,
-            status=row.status,
-            reason=row.reason,
-            trajectories_processed=row.trajectories_processed,
-            patterns_extracted=row.patterns_extracted,
-            elapsed=row.elapsed_seconds,
-            trigger=row.trigger,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            ewc_updated=row.ewc_updated,
-            window_size=row.window_size,
-            error=row.error,
-            parent_cycle_id=row.parent_cycle_id,
-            scheduled_for=row.scheduled_for,
-            actor=row.actor,
-            base_lora_version_id=row.base_lora_version_id,
-            ewc_state_id=row.ewc_state_id,
-            config=row.config,
-            attempts=row.attempts,
-            last_attempt_at=row.last_attempt_at,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        for key, value in out.items():
-            if isinstance(value, dt.datetime):
-                out[key] = value.isoformat()
-        return out
+def cycle_result(row: Cycle) -> CycleResult:
+    """A cycle row as the API returns it."""
+    return CycleResult(
+        cycle_id=row.id,
+        status=row.status,
+        reason=row.reason,
+        trajectories_processed=row.trajectories_processed,
+        patterns_extracted=row.patterns_extracted,
+        elapsed=row.elapsed_seconds,
+        trigger=row.trigger,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        ewc_updated=row.ewc_updated,
+        window_size=row.window_size,
+        error=row.error,
+        parent_cycle_id=row.parent_cycle_id,
+        scheduled_for=row.scheduled_for,
+        actor=row.actor,
+        base_lora_version_id=row.base_lora_version_id,
+        ewc_state_id=row.ewc_state_id,
+        config=row.config,
+        attempts=row.attempts,
+        last_attempt_at=row.last_attempt_at,
+    )
 
 
 def add_cycle(session: Session, **fields: Any) -> Cycle:
@@ -159,7 +122,7 @@ def history(
         )
     if limit is not None:
         statement = statement.limit(limit)
-    return [CycleResult.from_row(row) for row in session.scalars(statement)]
+    return [cycle_result(row) for row in session.scalars(statement)]
 
 
 def add_audit(session: Session, *, actor: str, action: str, **fields: Any) -> AuditEvent:

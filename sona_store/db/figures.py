@@ -1,4 +1,4 @@
-"""The figures `sona_store.metrics` exposes, read in one transaction. Each is
+"""The figures `sona_store.scheduler.metrics` exposes, read in one transaction. Each is
 an aggregate over an index or a small table, so a scrape stays cheap as the
 trajectories grow (no count over them: see `StoreFigures.trajectories_recorded`)."""
 

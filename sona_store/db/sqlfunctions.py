@@ -13,9 +13,8 @@ import sqlite3
 
 import numpy as np
 
-from sona_store.pattern_index import cosine
-
-FLOAT32 = np.dtype("<f4")
+from sona_store.db.types import FLOAT32
+from sona_store.learning.embedding import cosine
 
 
 def sona_cosine(a: bytes | None, b: bytes | None) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -16,7 +16,6 @@ from sona_store.db.models import Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.quarantines import quarantined
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.learning.embedding import trajectory_embeddings
-from sona_store.validation import TrajectoryBatch
 
 _MAX_TRAJECTORY_ID = "SELECT max(id) FROM trajectories"
 # One statement draws a batch's ids from the column's sequence and returns
@@ -31,6 +30,26 @@ _NEXT_TRAJECTORY_IDS = (
     " (SELECT pg_get_serial_sequence('trajectories', 'id')::regclass AS seq OFFSET 0) AS s,"
     " generate_series(1, ?)) AS drawn"
 )
+
+
+class TrajectoryBatch(Protocol):
+    """The columns of n validated trajectories and their m steps, as this
+    module inserts them (`services.validation` builds them: the store layer
+    stores, it does not judge)."""
+
+    queries: np.ndarray  # (n, embedding_dim) float32
+    qualities: np.ndarray  # (n,) float64
+    latencies: list[int | None]
+    routes: list[str | None]
+    contexts: list[list[str]]
+    step_owner: np.ndarray  # (m,) index into the batch
+    step_index: np.ndarray  # (m,) position within its trajectory
+    activations: np.ndarray  # (m, hidden_dim) float32
+    attention: list[bytes]  # m float32 vectors of any length, as stored
+    rewards: np.ndarray  # (m,) float64
+    layer_names: list[str | None]
+
+    def __len__(self) -> int: ...
 
 
 def reserve_ids(driver: Driver, n: int) -> list[int]:

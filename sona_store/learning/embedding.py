@@ -58,3 +58,15 @@ def trajectory_embeddings(
     has_weight = weight_sums > 0
     out[has_weight] /= (weight_sums[has_weight] + np.float32(1.0))[:, None]
     return l2_normalise_rows(out)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The reference's pattern similarity: cosine in float64, 0 when the lengths
+    differ or a norm is under 1e-8."""
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    if x.shape != y.shape:
+        return 0.0
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx < NORM_EPSILON or ny < NORM_EPSILON:
+        return 0.0
+    return float(x @ y / (nx * ny))

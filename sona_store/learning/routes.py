@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sona_store.learning.embedding import NORM_EPSILON
+
 # The estimator's constants (documented in docs/learning.md).
 TEMPERATURE = 0.05  # pattern weight exp((s - s_best) / T): 0.1 less similar weighs ~0.14
 PRIOR_STRENGTH = 4.0  # pseudo-trajectories of the route's global mean behind every estimate
@@ -20,7 +22,6 @@ Z = 1.96  # the band is the estimate +- Z standard errors (~95%), clipped to [0,
 UNINFORMED_MEAN = 0.5
 UNINFORMED_VARIANCE = 1.0 / 12.0
 EXPLORE_MODES = ("ucb", "thompson")
-NORM_EPSILON = 1e-8
 # Thompson draws when the caller passes no generator (numpy's Generator locks
 # around each draw, so threads may share it).
 _DEFAULT_RNG = np.random.default_rng()

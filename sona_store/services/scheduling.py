@@ -19,12 +19,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
-from sona_store.cycle import cycle_body, cycle_failure, fail_cycle
 from sona_store.db import cycles
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.types import utcnow
 from sona_store.errors import CycleInProgressError
+from sona_store.results import CycleResult
+from sona_store.services.cycle import cycle_body, cycle_failure, fail_cycle
 
 LOCK_POLL_S = 0.1
 
@@ -43,7 +44,7 @@ class ScheduledRun:
     """The outcome of one scheduled attempt that reached the database."""
 
     slot: dt.datetime  # the slot run, or the one not due yet
-    result: cycles.CycleResult | None  # None: not due (another process ran it)
+    result: CycleResult | None  # None: not due (another process ran it)
     interval: dt.timedelta
     lock_wait: float = 0.0  # seconds spent waiting for the cycle lock
 
@@ -95,7 +96,7 @@ def run_scheduled_cycle(
                 scheduled_for=slot,
                 clock=clock,
             )
-        return ScheduledRun(slot, cycles.CycleResult.from_row(record), interval, lock_wait)
+        return ScheduledRun(slot, cycles.cycle_result(record), interval, lock_wait)
     except Exception as exc:
         failure = cycle_failure(exc, slot)
     fail_cycle(

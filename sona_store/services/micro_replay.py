@@ -23,9 +23,9 @@ from sona_store.db import state
 from sona_store.db.models import LoraVersion, MicroLoraReplay, MicroLoraSignal
 from sona_store.db.quarantines import chunks, quarantined
 from sona_store.db.retention import dropped_among
-from sona_store.instant import stored_signals
 from sona_store.learning.micro_lora import apply_groups
-from sona_store.rollback import vectors_dropped_error
+from sona_store.services.instant import stored_signals
+from sona_store.services.rollback import vectors_dropped_error
 
 RESETS = ("initial", "import")  # versions whose weights owe nothing to their parents
 

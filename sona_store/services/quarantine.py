@@ -31,8 +31,8 @@ from sona_store.db.models import Cycle, StoreHead, Trajectory
 from sona_store.db.quarantines import Selection, format_ranges, id_ranges
 from sona_store.db.types import utcnow
 from sona_store.errors import QuarantineError
-from sona_store.micro_replay import replay_without_quarantined
-from sona_store.rollback import cut_from, refuse_if_vectors_dropped
+from sona_store.services.micro_replay import replay_without_quarantined
+from sona_store.services.rollback import cut_from, refuse_if_vectors_dropped
 
 
 @dataclass(frozen=True)

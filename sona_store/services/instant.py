@@ -44,7 +44,7 @@ from sona_store.db.types import FLOAT32
 from sona_store.learning.embedding import fit_width
 from sona_store.learning.micro_lora import MicroLoraWeights, apply_groups
 from sona_store.learning.signal import batch_learning_signals
-from sona_store.validation import TrajectoryBatch
+from sona_store.services.validation import TrajectoryBatch
 
 logger = logging.getLogger("sona_store")
 

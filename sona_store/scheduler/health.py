@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from sona_store.db.engine import store_label, translate_errors
-from sona_store.metrics import ServiceMetrics, StoreCollector, prometheus
+from sona_store.scheduler.metrics import ServiceMetrics, StoreCollector, prometheus
 
 if TYPE_CHECKING:
-    from sona_store.scheduler import SonaScheduler, TickReport
+    from sona_store.scheduler.service import SonaScheduler, TickReport
 
 logger = logging.getLogger("sona_store.health")
 

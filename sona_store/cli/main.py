@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import logging
 import os
@@ -16,13 +15,25 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from sona_store.console import (
+from sona_store.cli import demo, gc, lora, report, run
+from sona_store.cli.common import (
+    JSON_HELP,
+    LIMIT_HELP,
+    confirm,
+    open_store,
+    print_json,
+    print_table,
+    schema_of,
+    url_of,
+)
+from sona_store.cli.console import (
     error_line,
     printable,
     resolve_url,
     url_password,
     warn_about_exposed_password,
 )
+from sona_store.cli.ingest_files import open_jsonl
 from sona_store.db.engine import (
     DEFAULT_URL,
     URL_ENV,
@@ -33,10 +44,9 @@ from sona_store.db.engine import (
 )
 from sona_store.db.models import CYCLE_STATUSES
 from sona_store.errors import SonaStoreError
-from sona_store.ingest_files import open_jsonl
 
 if TYPE_CHECKING:
-    from sona_store.store import SonaStore
+    pass
 
 logger = logging.getLogger("sona_store")
 EXIT_USER_ERROR = 1
@@ -46,61 +56,6 @@ URL_HELP = (
     f"database URL (default: ${URL_ENV}, else {DEFAULT_URL}); a password here "
     "is visible in ps: prefer --url-file, $SONA_STORE_URL or PGPASSFILE"
 )
-JSON_HELP = "print JSON instead of a table"
-LIMIT_HELP = "show at most N rows, newest first"
-
-
-def _url(args: argparse.Namespace) -> str:
-    return resolve_url(args)
-
-
-def _schema(args: argparse.Namespace) -> str | None:
-    """--schema, else $SONA_STORE_SCHEMA, else none (the default store)."""
-    return getattr(args, "schema", None) or os.environ.get("SONA_STORE_SCHEMA") or None
-
-
-def _open(args: argparse.Namespace, *, create: bool = False) -> SonaStore:
-    """The store at the command's URL. Only commands that write trajectories
-    (ingest) create one: a misspelt path must be an error, not a new empty store."""
-    from sona_store.store import SonaStore  # imported lazily: fast --help
-
-    return SonaStore(
-        _url(args), schema=_schema(args), create=create, actor=getattr(args, "actor", None)
-    )
-
-
-def json_default(value: Any) -> Any:
-    """The one JSON encoding of the CLI's values: ISO 8601 times, numbers as numbers."""
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
-    return str(value)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=json_default))
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    text = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in text:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return printable(value)
 
 
 # -- commands -------------------------------------------------------------------
@@ -111,14 +66,14 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     if getattr(args, "all_schemas", False):
         return _upgrade_every_store(args)
-    engine = create_store_engine(_url(args), schema=_schema(args))
+    engine = create_store_engine(url_of(args), schema=schema_of(args))
     where = store_label(engine)
     try:
         if args.db_command == "upgrade":
             schema.upgrade(engine, args.revision)
             print(f"{where} is at revision {schema.database_revision(engine)}")
         elif args.db_command == "vacuum":
-            from sona_store.retention import vacuum
+            from sona_store.services.retention import vacuum
 
             before, after = vacuum(engine)
             print(f"{where}: {before} -> {after} bytes")
@@ -128,7 +83,7 @@ def cmd_db(args: argparse.Namespace) -> int:
                 if args.revision == "base"
                 else "Columns and tables newer than it are dropped, with their data."
             )
-            if not _confirm(args, question):
+            if not confirm(args, question):
                 print("nothing done")
                 return 0
             schema.downgrade(engine, args.revision)
@@ -158,29 +113,29 @@ def _upgrade_every_store(args: argparse.Namespace) -> int:
     from sona_store.db import schema
     from sona_store.db.stores import list_stores
 
-    if _schema(args) is not None:
+    if schema_of(args) is not None:
         raise ValueError("--all-schemas upgrades every store: leave out --schema")
-    probe = create_store_engine(_url(args))
+    probe = create_store_engine(url_of(args))
     try:
         stores = list_stores(probe)
     finally:
         probe.dispose()
     for found in stores:
-        engine = create_store_engine(_url(args), schema=found.schema)
+        engine = create_store_engine(url_of(args), schema=found.schema)
         try:
             schema.upgrade(engine, args.revision)
             print(f"{store_label(engine)} is at revision {schema.database_revision(engine)}")
         finally:
             engine.dispose()
     if not stores:
-        print(f"no stores in {mask_url(_url(args))}")
+        print(f"no stores in {mask_url(url_of(args))}")
     return 0
 
 
 def cmd_stores(args: argparse.Namespace) -> int:
     from sona_store.db.stores import list_stores
 
-    engine = create_store_engine(_url(args))
+    engine = create_store_engine(url_of(args))
     try:
         stores = list_stores(engine)
     finally:
@@ -190,17 +145,17 @@ def cmd_stores(args: argparse.Namespace) -> int:
         for s in stores
     ]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
-        _table(rows, ["schema", "revision", "state"])
+        print_table(rows, ["schema", "revision", "state"])
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     if args.restore:
-        from sona_store.retention import open_jsonl as open_archive
+        from sona_store.services.retention import open_jsonl as open_archive
 
-        store = _open(args)
+        store = open_store(args)
         stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
         archive = stdin if args.file == "-" else open_archive(args.file)  # gzip or plain
         try:
@@ -220,7 +175,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"\r{count} trajectories read", end="", file=sys.stderr, flush=True)
 
     try:
-        store = _open(args, create=True)
+        store = open_store(args, create=True)
         ids = store.ingest(stream, progress=progress)
     finally:
         stream.close()
@@ -231,9 +186,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    result = _open(args).run_cycle(force=args.force)
+    result = open_store(args).run_cycle(force=args.force)
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print(
             f"cycle {result.cycle_id}: {result.status}"
@@ -245,11 +200,11 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    records = _open(args).history(limit=args.limit, status=args.status, since=args.since)
+    records = open_store(args).history(limit=args.limit, status=args.status, since=args.since)
     if args.json:
-        _print_json([r.to_dict() for r in records])
+        print_json([r.to_dict() for r in records])
     else:
-        _table(
+        print_table(
             [{**r.__dict__, "status": r.status_text} for r in records],
             [
                 "cycle_id",
@@ -305,20 +260,20 @@ def cmd_patterns(args: argparse.Namespace) -> int:
     if args.near is not None:
         if args.cycle is not None:
             raise ValueError("--near searches the current patterns: it takes no --cycle")
-        found = _open(args).find_patterns(_vector(args.near), k=args.k)
+        found = open_store(args).find_patterns(_vector(args.near), k=args.k)
         if args.json:
-            _print_json([p.to_dict(with_centroid=False) for p in found])
+            print_json([p.to_dict(with_centroid=False) for p in found])
         else:
-            _table(
+            print_table(
                 [p.to_dict(with_centroid=False) for p in found],
                 ["id", "cycle_id", "score", "cluster_size", "avg_quality", "access_count"],
             )
         return 0
-    patterns = _open(args).patterns(cycle_id=args.cycle)
+    patterns = open_store(args).patterns(cycle_id=args.cycle)
     if args.json:
-        _print_json([p.to_dict() for p in patterns])
+        print_json([p.to_dict() for p in patterns])
     else:
-        _table(
+        print_table(
             [p.to_dict(with_centroid=False) for p in patterns],
             ["id", "cycle_id", "cluster_size", "avg_quality", "total_weight", "access_count"],
         )
@@ -327,47 +282,38 @@ def cmd_patterns(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     routes = [r.strip() for r in args.routes.split(",")] if args.routes else None
-    found = _open(args).recommend_routes(
+    found = open_store(args).recommend_routes(
         _vector(args.near), k=args.k, routes=routes, explore=args.explore
     )
     rows = [r.to_dict() for r in found]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif not rows:
         print("(no routes: the current patterns saw none; name candidates with --routes)")
     else:
-        _table(rows, ["route", "expected_quality", "support", "low", "high"])
+        print_table(rows, ["route", "expected_quality", "support", "low", "high"])
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = _open(args).stats()
+    stats = open_store(args).stats()
     if args.json:
-        _print_json(stats)
+        print_json(stats)
     else:
         for key, value in stats.items():
             print(f"{key}: {printable(value)}")
     return 0
 
 
-def _confirm(args: argparse.Namespace, question: str) -> bool:
-    if args.yes:
-        return True
-    if not sys.stdin.isatty():
-        raise ValueError(f"{question} Refusing without confirmation: add --yes")
-    answer = input(f"{question} [y/N] ").strip().lower()
-    return answer in ("y", "yes")
-
-
 def cmd_rollback(args: argparse.Namespace) -> int:
-    store = _open(args)
+    store = open_store(args)
     target = store.cycle(args.cycle_id)
     what = "and requeue their trajectories" if args.requeue else "(trajectories stay consumed)"
     question = (
         f"Roll back cycle {target.cycle_id} ({target.status}, {target.started_at:%Y-%m-%d %H:%M}) "
         f"and every later cycle {what}?"
     )
-    if not _confirm(args, question):
+    if not confirm(args, question):
         print("nothing done")
         return 0
     move = store.rollback(args.cycle_id, requeue=args.requeue, reason=args.reason)
@@ -381,8 +327,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    store = _open(args)
-    if not _confirm(args, f"Make cycle {args.cycle_id}'s state current again?"):
+    store = open_store(args)
+    if not confirm(args, f"Make cycle {args.cycle_id}'s state current again?"):
         print("nothing done")
         return 0
     move = store.restore(args.cycle_id, reason=args.reason)
@@ -417,7 +363,7 @@ def parse_ids(text: str) -> list[int]:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     ids = parse_ids(args.ids) if args.ids is not None else None
-    store = _open(args)
+    store = open_store(args)
     criteria = [
         f"{name} {printable(value)}"
         for name, value in (
@@ -433,7 +379,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         f"Quarantine the trajectories with {', '.join(criteria) or '(nothing named)'}, "
         "roll back the cycles that learned from them and replay the micro-LoRA without them?"
     )
-    if not _confirm(args, question):
+    if not confirm(args, question):
         print("nothing done")
         return 0
     result = store.quarantine(
@@ -445,7 +391,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         reason=args.reason,
     )
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return 0
     cut = result.cycles_rolled_back
     print(
@@ -463,9 +409,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    store = _open(args)
+    store = open_store(args)
     question = f"Release quarantine {args.quarantine_id} (its trajectories learn again)?"
-    if not _confirm(args, question):
+    if not confirm(args, question):
         print("nothing done")
         return 0
     result = store.release(args.quarantine_id, reason=args.reason)
@@ -478,11 +424,11 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantines(args: argparse.Namespace) -> int:
-    rows = _open(args).quarantines()
+    rows = open_store(args).quarantines()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
-        _table(
+        print_table(
             [{**r, "selection": json.dumps(r["selection"])} for r in rows],
             ["id", "created_at", "actor", "trajectories", "released_at", "reason", "selection"],
         )
@@ -490,11 +436,11 @@ def cmd_quarantines(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    events = _open(args).audit_log(limit=args.limit)
+    events = open_store(args).audit_log(limit=args.limit)
     if args.json:
-        _print_json(events)
+        print_json(events)
     else:
-        _table(
+        print_table(
             events,
             ["id", "at", "actor", "action", "cycle_id", "from_cycle_id", "to_cycle_id", "reason"],
         )
@@ -690,8 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help=JSON_HELP)
     audit.set_defaults(func=cmd_audit)
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register_cli(sub)
+    for register in (
+        run.register_cli,
+        lora.register_cli,
+        report.register_cli,
+        demo.register_cli,
+        gc.register_cli,
+    ):
+        register(sub)
     _accept_url_after_command(sub)
     return parser
 
@@ -707,16 +659,6 @@ def _accept_url_after_command(subparsers: Any) -> None:
             _accept_url_after_command(action)
         if not nested and "--url" not in command._option_string_actions:
             command.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
-
-
-# Modules that add commands of their own, each through `register_cli(subparsers)`.
-COMMAND_MODULES = (
-    "sona_store.scheduler",  # run
-    "sona_store.lora_io",  # export-lora, import-lora, lora-use
-    "sona_store.report",  # report
-    "sona_store.demo",  # demo
-    "sona_store.gc_cli",  # gc, retention
-)
 
 
 def log_level(args: argparse.Namespace) -> int:

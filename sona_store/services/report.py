@@ -11,7 +11,6 @@ neither needs a display nor changes the backend of a program that imports us.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import html
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from sona_store.db.models import AuditEvent, Cycle, LoraVersion, Pattern, Vector
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.types import FLOAT32, utcnow
 from sona_store.files import private_dir, write_private
-from sona_store.lora_io import MissingExtraError
+from sona_store.services.lora_io import MissingExtraError
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
@@ -512,29 +511,6 @@ def write_report(store: SonaStore | Engine, out_dir: str | Path) -> list[Path]:
     write_private(page, lambda p: Path(p).write_text(text, encoding="utf-8"))
     written.append(page)
     return written
-
-
-# -- command line ---------------------------------------------------------------------
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from sona_store.cli import _open
-
-    store = _open(args)
-    try:
-        files = write_report(store, args.out)
-    finally:
-        store.close()
-    print(f"wrote {len(files)} files to {Path(args.out)}; open {files[-1]}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    report = subparsers.add_parser(
-        "report", help="write PNG charts and an index.html of the learning history"
-    )
-    report.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
-    report.set_defaults(func=cmd_report)
 
 
 __all__ = ["CHARTS", "ReportData", "load_report_data", "render_html", "write_report"]

@@ -10,20 +10,7 @@ from typing import Any
 import numpy as np
 
 from sona_store.db.models import Pattern as PatternRow
-
-NORM_EPSILON = 1e-8
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The reference's pattern similarity: cosine in float64, 0 when the lengths
-    differ or a norm is under 1e-8."""
-    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if x.shape != y.shape:
-        return 0.0
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-    if nx < NORM_EPSILON or ny < NORM_EPSILON:
-        return 0.0
-    return float(x @ y / (nx * ny))
+from sona_store.learning.embedding import NORM_EPSILON, cosine
 
 
 @dataclass(frozen=True)

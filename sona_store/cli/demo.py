@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from sona_store.config import SonaConfig
 from sona_store.db.engine import mask_url
-from sona_store.scheduler import SonaScheduler
+from sona_store.scheduler.service import SonaScheduler
 from sona_store.store import SonaStore
 
 DEMO_URL = "sqlite:///sona-demo.db"

@@ -36,7 +36,7 @@ from sona_store.db.models import Trajectory
 from sona_store.db.retention import Policy as Policy
 from sona_store.db.types import utcnow
 from sona_store.errors import ValidationError
-from sona_store.validation import archived_id, read_jsonl, validate_batch
+from sona_store.services.validation import archived_id, read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
 

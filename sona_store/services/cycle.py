@@ -28,6 +28,7 @@ from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, So
 from sona_store.learning.background import learn
 from sona_store.learning.patterns import ExtractedPattern, extract_patterns
 from sona_store.learning.routes import route_statistics
+from sona_store.results import CycleResult
 
 logger = logging.getLogger("sona_store.cycle")
 
@@ -95,7 +96,7 @@ def run_cycle(
     actor: str | None = None,
     scheduled_for: dt.datetime | None = None,
     wait_for_lock: bool = True,
-) -> cycles.CycleResult:
+) -> CycleResult:
     """Run one cycle and return its record. Raises CycleInProgressError when
     `wait_for_lock` is False and another cycle holds the lock, SlotTakenError
     when `scheduled_for` already has a cycle, CycleFailedError on any other
@@ -122,7 +123,7 @@ def run_cycle(
                 scheduled_for=scheduled_for,
                 clock=clock,
             )
-        return cycles.CycleResult.from_row(record)
+        return cycles.cycle_result(record)
     except Exception as exc:
         failure = cycle_failure(exc, scheduled_for)
     fail_cycle(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sona_store.cli import _confirm, _open, _print_json
+from sona_store.cli.common import confirm, open_store, print_json
 from sona_store.db.retention import DAY_S, Policy
 
 
@@ -32,7 +32,7 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    store = _open(args)
+    store = open_store(args)
     limits = _limits(args)
     policy = store.retention_policy()
     shown = Policy(
@@ -47,12 +47,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
         f"Delete the vectors of consumed trajectories {shown.describe()}, outside the "
         f"retention window ({'archived to ' + archive if archive else 'NOT archived'})?"
     )
-    if not _confirm(args, question):
+    if not confirm(args, question):
         print("nothing done")
         return 0
     result = store.gc(archive=args.archive, **limits)
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     elif not result.trajectories:
         print(f"nothing to delete under {result.policy.describe()}")
     else:
@@ -66,7 +66,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    store = _open(args)
+    store = open_store(args)
     if args.retention_command == "set":
         limits = _limits(args)
         if limits["older_than"] is None and limits["horizon_cycles"] is None:
@@ -79,7 +79,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
     else:
         policy = store.retention_policy()
         if args.json:
-            _print_json(policy.to_dict())
+            print_json(policy.to_dict())
         else:
             print(f"retention policy: {policy.describe()}")
             if policy.archive_dir:

@@ -7,7 +7,7 @@ replica of `sona-store run` reports the same values (aggregate them with
 `max`, not `sum`). Register it in any registry:
 
     from prometheus_client import REGISTRY
-    from sona_store.metrics import StoreCollector
+    from sona_store.scheduler.metrics import StoreCollector
     REGISTRY.register(StoreCollector(store))
 
 `ServiceMetrics` counts what one `SonaScheduler` process did: its attempts by
@@ -26,7 +26,7 @@ from sona_store.db.figures import StoreFigures, store_figures
 from sona_store.errors import MissingExtraError
 
 if TYPE_CHECKING:
-    from sona_store.scheduler import SonaScheduler, TickReport
+    from sona_store.scheduler.service import SonaScheduler, TickReport
     from sona_store.store import SonaStore
 
 logger = logging.getLogger("sona_store.metrics")

@@ -201,11 +201,11 @@ _NEIGHBOUR = "while True: pass"  # one core's worth of pure CPU work
 
 def bench_busy_cycle(backend: Backend, template: str, n: int, reps: int) -> list[Figure]:
     """The cycle beside a CPU-bound neighbour process (`while True: pass`),
-    with the cycle's BLAS limit (`sona_store.cycle.CYCLE_BLAS_THREADS`) and
+    with the cycle's BLAS limit (`sona_store.services.cycle.CYCLE_BLAS_THREADS`) and
     without it (the BLAS library's own count), alternating within each
     repetition, each on a fresh clone; the speed-up is the median of the
     per-repetition ratios."""
-    from sona_store import cycle as cycle_module
+    from sona_store.services import cycle as cycle_module
 
     limit = cycle_module.CYCLE_BLAS_THREADS
     times: dict[str, list[float]] = {"limited": [], "unlimited": []}

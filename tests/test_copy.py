@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sona_store import SonaConfig, SonaStore
 from sona_store.db import trajectories
 from sona_store.db.engine import connection_transaction
-from sona_store.validation import validate_batch
+from sona_store.services.validation import validate_batch
 
 from .helpers import make_trajectories
 

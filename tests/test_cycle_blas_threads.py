@@ -10,8 +10,8 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sona_store import SonaConfig, SonaStore
-from sona_store import cycle as cycle_module
-from sona_store.cycle import CycleFailedError, blas_threads
+from sona_store.services import cycle as cycle_module
+from sona_store.services.cycle import CycleFailedError, blas_threads
 
 from .helpers import make_trajectories
 

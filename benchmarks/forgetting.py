@@ -7,7 +7,7 @@ A's outputs depend on (without protection, learning B undoes part of A). Each
 cycle feeds `sona_store.learning.background.learn` (the function every store
 cycle calls) four high-quality patterns (0.9) around the task's direction and
 two low-quality ones (0.1) in random directions, which push away. The adapter
-has the default shape (12 layers, rank 8) at 64 dims instead of 256 (4x faster;
+has the default shape (12 layers, rank 8) at 64 dims instead of 256 (a quarter of the work;
 the rule has no dim-dependent constant) and the default rate, base_lora_lr =
 1e-4: at that rate a task takes about 10^4 cycles to learn (the time constant
 is 1 / (lr * activity)), so each task runs `--cycles` cycles.

@@ -1,11 +1,13 @@
 """SonaConfig: every setting of the reference's SonaConfig, its presets, and the
-fixed constants of its loops (SEED.md, "Configuration and presets")."""
+fixed constants of its loops (docs/reference.md#configuration-and-presets)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from sona_store.errors import ConfigError
@@ -19,6 +21,59 @@ KMEANS_CONVERGENCE = 0.001
 MIN_CLUSTER_SIZE = 1
 PATTERN_QUALITY_THRESHOLD = 0.05
 RETENTION_WINDOW = 10_000
+
+# The reference's presets: what each changes from the defaults above
+# (docs/reference.md#configuration-and-presets has the whole table).
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "max_throughput": MappingProxyType(
+            dict(
+                base_lora_rank=4,
+                micro_lora_lr=0.0005,
+                background_interval_ms=7_200_000,
+                quality_threshold=0.4,
+            )
+        ),
+        "max_quality": MappingProxyType(
+            dict(
+                base_lora_rank=16,
+                base_lora_lr=0.001,
+                background_interval_ms=1_800_000,
+                quality_threshold=0.2,
+            )
+        ),
+        "edge_deployment": MappingProxyType(
+            dict(
+                micro_lora_rank=1,
+                base_lora_rank=4,
+                micro_lora_lr=0.001,
+                ewc_lambda=1000.0,
+                pattern_clusters=50,
+                quality_threshold=0.5,
+            )
+        ),
+        "batch_processing": MappingProxyType(dict(micro_lora_lr=0.001, quality_threshold=0.3)),
+        "for_ephemeral": MappingProxyType(
+            dict(
+                base_lora_rank=4,
+                ewc_lambda=1000.0,
+                pattern_clusters=50,
+                background_interval_ms=60_000,
+                quality_threshold=0.3,
+            )
+        ),
+        "for_coordinator": MappingProxyType(
+            dict(
+                base_lora_rank=16,
+                micro_lora_lr=0.001,
+                base_lora_lr=0.0005,
+                pattern_clusters=200,
+                background_interval_ms=300_000,
+                quality_threshold=0.4,
+            )
+        ),
+    }
+)
 
 # Fields earlier versions stored that no longer exist: a stored configuration holding
 # them still loads, and they are dropped. trajectory_capacity was the reference's
@@ -105,80 +160,41 @@ class SonaConfig:
                 f"quality_threshold must be in [0, 1], got {self.quality_threshold!r}"
             )
 
-    # -- presets (SEED.md table) -------------------------------------------------
+    # -- presets (docs/reference.md#configuration-and-presets) -------------------
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SonaConfig:
+        """The reference's preset `name` (a key of PRESETS), with `overrides`."""
+        try:
+            values = PRESETS[name]
+        except KeyError:
+            known = ", ".join(PRESETS)
+            raise ConfigError(f"unknown preset {name!r}; the presets are {known}") from None
+        return cls(**{**values, **overrides})
 
     @classmethod
     def max_throughput(cls, **overrides: Any) -> SonaConfig:
-        return cls._preset(
-            dict(
-                base_lora_rank=4,
-                micro_lora_lr=0.0005,
-                background_interval_ms=7_200_000,
-                quality_threshold=0.4,
-            ),
-            overrides,
-        )
+        return cls.preset("max_throughput", **overrides)
 
     @classmethod
     def max_quality(cls, **overrides: Any) -> SonaConfig:
-        return cls._preset(
-            dict(
-                base_lora_rank=16,
-                base_lora_lr=0.001,
-                background_interval_ms=1_800_000,
-                quality_threshold=0.2,
-            ),
-            overrides,
-        )
+        return cls.preset("max_quality", **overrides)
 
     @classmethod
     def edge_deployment(cls, **overrides: Any) -> SonaConfig:
-        return cls._preset(
-            dict(
-                micro_lora_rank=1,
-                base_lora_rank=4,
-                micro_lora_lr=0.001,
-                ewc_lambda=1000.0,
-                pattern_clusters=50,
-                quality_threshold=0.5,
-            ),
-            overrides,
-        )
+        return cls.preset("edge_deployment", **overrides)
 
     @classmethod
     def batch_processing(cls, **overrides: Any) -> SonaConfig:
-        return cls._preset(dict(micro_lora_lr=0.001, quality_threshold=0.3), overrides)
+        return cls.preset("batch_processing", **overrides)
 
     @classmethod
     def for_ephemeral(cls, **overrides: Any) -> SonaConfig:
-        return cls._preset(
-            dict(
-                base_lora_rank=4,
-                ewc_lambda=1000.0,
-                pattern_clusters=50,
-                background_interval_ms=60_000,
-                quality_threshold=0.3,
-            ),
-            overrides,
-        )
+        return cls.preset("for_ephemeral", **overrides)
 
     @classmethod
     def for_coordinator(cls, **overrides: Any) -> SonaConfig:
-        return cls._preset(
-            dict(
-                base_lora_rank=16,
-                micro_lora_lr=0.001,
-                base_lora_lr=0.0005,
-                pattern_clusters=200,
-                background_interval_ms=300_000,
-                quality_threshold=0.4,
-            ),
-            overrides,
-        )
-
-    @classmethod
-    def _preset(cls, values: dict[str, Any], overrides: dict[str, Any]) -> SonaConfig:
-        return cls(**{**values, **overrides})
+        return cls.preset("for_coordinator", **overrides)
 
     # -- serialisation -----------------------------------------------------------
 

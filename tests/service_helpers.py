@@ -54,6 +54,18 @@ class Processes:
             name, [sys.executable, "-m", "sona_store.cli.main", "--url", url, "run", *args]
         )
 
+    def paused_service(
+        self, name: str, url: str, marker: Path, release: Path, *args: str
+    ) -> subprocess.Popen[bytes]:
+        """`sona-store --url URL run ARGS` whose cycles stop inside their
+        transaction (the cycle lock held, before patterns are extracted): the
+        process writes `marker` there and goes on only once `release` exists.
+        A test then acts at a known point of a cycle, however fast or slow the
+        machine runs it."""
+        return self.script(
+            name, PAUSED_SERVICE, str(marker), str(release), "--url", url, "run", *args
+        )
+
     def script(self, name: str, source: str, *args: str) -> subprocess.Popen[bytes]:
         path = self.directory / f"{name}.py"
         path.write_text(source)
@@ -87,6 +99,34 @@ class Processes:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+PAUSED_SERVICE = r"""
+import os, sys, time
+from pathlib import Path
+
+from sona_store.cli.main import main
+from sona_store.services import cycle as cycle_module
+
+marker, release = Path(sys.argv[1]), Path(sys.argv[2])
+real_extract = cycle_module.extract_patterns
+
+
+def paused_extract(*args, **kwargs):
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, marker)
+    deadline = time.monotonic() + 300  # never released: end with a code of our own
+    while not release.exists():
+        if time.monotonic() > deadline:
+            os._exit(5)
+        time.sleep(0.01)
+    return real_extract(*args, **kwargs)
+
+
+cycle_module.extract_patterns = paused_extract
+sys.exit(main(sys.argv[3:]))
+"""
 
 
 def wait_for(

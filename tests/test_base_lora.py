@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sona_store import SonaConfig
 from sona_store.learning.base_lora import (
     DEFAULT_SEED,
     BaseLoraWeights,
@@ -15,12 +16,13 @@ from sona_store.learning.base_lora import (
     flat_params,
     forward,
     initial_base_lora,
-    merged_delta,
     pattern_drive,
     proximal_step,
     with_params,
 )
 from sona_store.learning.ewc import EwcConfig, EwcState, ewc_step, with_weights
+
+from .oracles.base_lora import merged_delta
 
 
 def f32(*values: float) -> np.ndarray:
@@ -55,7 +57,11 @@ def test_scale_and_shape_properties():
     assert (w.layers, w.rank, w.dim, w.param_count) == (2, 4, 8, 64)
     assert w.scale == 1.0  # alpha defaults to rank
     assert initial_base_lora(layers=2, rank=2, dim=8, alpha=4.0).scale == 2.0
-    assert initial_base_lora().param_count == 12 * 8 * 256 == 24576
+    defaults = SonaConfig()
+    fresh = initial_base_lora(
+        defaults.base_lora_layers, defaults.base_lora_rank, defaults.hidden_dim
+    )
+    assert fresh.param_count == defaults.base_lora_param_count == 12 * 8 * 256 == 24576
 
 
 def test_weights_are_read_only_copies():

@@ -74,6 +74,7 @@ NEEDS_METHOD = {
 }
 
 
+@pytest.mark.slow
 def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "latest.json"
     env = dict(os.environ)

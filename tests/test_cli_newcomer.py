@@ -201,6 +201,7 @@ def test_a_closed_pipe_ends_quietly_as_unix_tools_do(filled, tmp_path):
 # -- 8. history filters ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_history_filters_by_status_and_time(filled, tmp_path):
     def cycles(*args: str) -> list[tuple[int, str]]:
         proc = sona("--url", filled, "history", "--json", *args, cwd=tmp_path)

@@ -28,9 +28,6 @@ from .service_helpers import (
 pytestmark = pytest.mark.slow
 
 CONFIG = SonaConfig(hidden_dim=8, pattern_clusters=4, retention_window=2000)
-# Cycles of several seconds (k-means++ seeding of 2250 centres over 4500 x 256 points),
-# so a kill reliably lands inside one.
-SLOW = SonaConfig(hidden_dim=256, pattern_clusters=2250)
 PASSWORD = "0utage-Pa55word"
 
 WRITER = """
@@ -147,22 +144,28 @@ def test_two_services_four_writers_and_manual_cycles_share_one_store(db_url, pro
     )
 
 
-def test_sigkill_mid_cycle_leaves_the_store_as_before_and_a_replica_finishes(db_url, procs):
-    total = 4500
-    with SonaStore(db_url, SLOW) as store:
-        store.record_trajectories(make_trajectories(total, 256))
+def test_sigkill_mid_cycle_leaves_the_store_as_before_and_a_replica_finishes(
+    db_url, procs, tmp_path
+):
+    total = 200
+    with SonaStore(db_url, CONFIG) as store:
+        store.record_trajectories(make_trajectories(total, 8))
+    marker = tmp_path / "in-cycle"
     with inspector(db_url) as engine:
         before = snapshot(engine)
-        victim = procs.service("victim", db_url, "--interval", "3600")
-        wait_for(lambda: "scheduling" in procs.log(victim), 60, "the first service to start")
-        wait_for(lambda: cycle_lock_held(db_url), 60, "its cycle to start", 0.01)
+        # Its cycle stops inside the transaction and is never released: the
+        # kill lands in the middle of it whatever the machine's speed.
+        victim = procs.paused_service(
+            "victim", db_url, marker, tmp_path / "never", "--interval", "3600"
+        )
+        wait_for(marker.exists, 120, "the first service's cycle to start")
         survivor = procs.service("survivor", db_url, "--interval", "3600")
         # Let the other replica come up and wait for the lock (on SQLite it waits
-        # while opening the store), as long as the victim's cycle leaves time.
+        # while opening the store); the kill does not depend on it.
         deadline = time.monotonic() + 2.0
         while "scheduling" not in procs.log(survivor) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cycle_lock_held(db_url), "the cycle ended before the kill: make it longer"
+        assert victim.poll() is None and cycle_lock_held(db_url)
         victim.kill()
         assert procs.wait(victim, 30) == -9
         assert snapshot(engine) == before, "a killed cycle must leave nothing behind"

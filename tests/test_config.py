@@ -1,4 +1,4 @@
-"""SonaConfig: the reference's defaults and presets (SEED.md table), loop
+"""SonaConfig: the reference's defaults and presets (docs/reference.md#configuration-and-presets), loop
 constants, and validation at construction."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from sona_store import ConfigError, SonaConfig
+from sona_store.config import PRESETS
 
-# The table of SEED.md, "Configuration (SonaConfig) and presets".
+# The table of docs/reference.md#configuration-and-presets.
 COLUMNS = (
     "micro_lora_rank",
     "base_lora_rank",
@@ -35,6 +36,17 @@ def test_presets_match_the_reference(name):
     assert config.hidden_dim == config.embedding_dim == 256
     for column, expected in zip(COLUMNS, TABLE[name], strict=True):
         assert getattr(config, column) == pytest.approx(expected), column
+
+
+def test_each_named_preset_is_its_row_of_the_table():
+    assert set(PRESETS) == set(TABLE) - {"default"}
+    for name in PRESETS:
+        assert getattr(SonaConfig, name)(hidden_dim=16) == SonaConfig.preset(name, hidden_dim=16)
+
+
+def test_an_unknown_preset_is_refused_naming_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'fastest'.*max_throughput"):
+        SonaConfig.preset("fastest")
 
 
 def test_loop_constants_and_embedding_dim_default():

@@ -14,15 +14,15 @@ from sona_store.learning.ewc import (
     EwcState,
     TaskMemory,
     anchor_terms,
-    consolidate_all_tasks,
     detect_task_boundary,
     ewc_step,
-    regularization_loss,
     start_new_task,
     update_fisher,
     validate_state,
     with_weights,
 )
+
+from .oracles.ewc import consolidate_all_tasks, regularization_loss
 
 
 def f32(*values: float) -> np.ndarray:

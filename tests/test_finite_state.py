@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
 from sona_store.errors import ValidationError
 from sona_store.learning.ewc import EwcConfig, EwcState, check_finite
 from sona_store.learning.micro_lora import (
-    MicroAccumulator,
     MicroLoraWeights,
     accumulate,
     accumulate_groups,
     initial_micro_lora,
 )
 from sona_store.services.validation import MICRO_SIGNAL_MAX_NORM
+
+from .helpers import make_trajectories
+from .oracles.micro_lora import MicroAccumulator
 
 DIM = 8
 
@@ -82,3 +85,49 @@ def test_ewc_state_check_finite():
     state.fisher = np.array([0, np.inf, 0], np.float32)
     with pytest.raises(ValueError, match="NaN or infinite"):
         check_finite(state)
+
+
+def _count(store: SonaStore, table: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        ({"activations": [0.5] * 8, "reward": 1e39}, "steps.reward"),
+        ({"activations": [3e38] * 8, "reward": 0.9}, "steps.activations"),
+    ],
+)
+def test_values_that_overflow_float32_are_rejected(store, step, field):
+    """Finite in float64, infinite once in float32: the store used to accept
+    them, store a NaN embedding, and fail every later cycle and flush."""
+    good = make_trajectories(3, 8)
+    bad = {"query_embedding": [0.1] * 8, "quality": 0.5, "steps": [step, step]}
+    with pytest.raises(ValueError, match=field) as info:
+        store.record_trajectories([*good, bad])
+    assert "trajectory 3" in str(info.value)
+    assert _count(store, "trajectories") == 0
+
+
+def test_a_pattern_embedding_that_would_overflow_is_rejected(store):
+    """Query plus reward-weighted activations beyond float32, while the
+    learning signal (activations alone, normalised) stays finite: only the
+    embedding each cycle computes overflows, so validation must compute it."""
+    good = make_trajectories(3, 8)
+    step = {"activations": [1e38] * 8, "reward": 1.0}
+    bad = {"query_embedding": [3e38] * 8, "quality": 0.5, "steps": [step]}
+    with pytest.raises(ValueError, match="steps.activations") as info:
+        store.record_trajectories([*good, bad])
+    assert "trajectory 3" in str(info.value)
+    assert _count(store, "trajectories") == 0
+
+
+def test_large_values_whose_embedding_stays_finite_are_kept(store):
+    """Near float32's limit (past the cheap bound) but finite throughout: the
+    embeddings are computed exactly, found finite, and the batch is kept."""
+    step = {"activations": [1e38] * 8, "reward": 0.5}
+    big = {"query_embedding": [1e38] * 8, "quality": 0.5, "steps": [step]}
+    ids = store.record_trajectories([*make_trajectories(3, 8), big])
+    assert len(ids) == 4
+    assert store.run_cycle(force=True).status == "completed"

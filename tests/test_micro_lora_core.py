@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from sona_store.learning.micro_lora import (
-    InstantLoop,
-    MicroAccumulator,
     MicroLoraWeights,
-    apply,
     apply_update,
     initial_micro_lora,
     update_delta,
 )
 from sona_store.learning.signal import learning_signal
+
+from .oracles.micro_lora import InstantLoop, MicroAccumulator, apply
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden" / "micro"
 GOLDEN_CASES = sorted(GOLDEN_DIR.glob("*.json"))

@@ -72,6 +72,16 @@ def test_readme_opens_with_the_two_commands():
     assert "python -m pytest -q" in ci
 
 
+def test_readme_gives_the_fast_subset_beside_the_full_run():
+    """`-m "not slow"` is the quick loop; CI still runs every test."""
+    assert 'python -m pytest -q -m "not slow"' in README
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'markers = \[\s*"slow: ', pyproject)  # registered, so -m can select it
+    ci = (ROOT / ".ci" / "run").read_text()
+    pytest_lines = [line for line in ci.splitlines() if "python -m pytest" in line]
+    assert pytest_lines and not any("slow" in line for line in pytest_lines)
+
+
 def test_python_tour_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
@@ -93,6 +103,7 @@ def test_python_tour_runs(tmp_path, monkeypatch):
     namespace["store"].close()
 
 
+@pytest.mark.slow
 def test_cli_tour_runs(tmp_path):
     pytest.importorskip("safetensors")
     pytest.importorskip("matplotlib")
@@ -117,6 +128,7 @@ def test_cli_tour_runs(tmp_path):
     assert (tmp_path / "report" / "index.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(PG_ADMIN_URL is None, reason="no PostgreSQL configured")
 def test_postgresql_commands_run(tmp_path):
     url = create_pg_database()

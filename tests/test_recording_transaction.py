@@ -4,6 +4,7 @@ the page size the trajectory rows were measured with."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -249,3 +250,87 @@ def _json(value):
     import json
 
     return json.loads(value) if isinstance(value, str) else value
+
+
+def test_recording_succeeds_when_the_flush_after_it_fails(db_url, monkeypatch):
+    """The batch committed: a flush that fails after it (the database busy)
+    keeps its signals pending instead of failing the call."""
+    store = SonaStore(db_url, CONFIG)
+    try:
+
+        def unavailable(*args, **kwargs):
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(store._instant, "_apply", unavailable)
+        ids = store.record_trajectories(make_trajectories(12, 8))
+        assert len(ids) == 12  # committed, and the caller is told so
+        assert store.pending_signals == 12  # nothing dropped
+        monkeypatch.undo()
+        assert store.flush() == 12
+    finally:
+        store.close()
+
+
+LIFECYCLE = SonaConfig(hidden_dim=4)
+
+
+def test_closing_a_store_twice_is_harmless(tmp_path):
+    """close() is idempotent: its background thread and engine are let go once."""
+    store = SonaStore(f"sqlite:///{tmp_path / 'twice.db'}", LIFECYCLE)
+    store.close()
+    store.close()
+
+
+def test_a_store_dropped_unclosed_takes_its_checkpoint_thread_along(tmp_path):
+    """A store garbage-collected without close() does not leave its WAL
+    checkpoint thread behind."""
+    import gc
+    import threading
+    import time
+
+    def count() -> int:
+        return sum(t.name == "sona-wal-checkpoint" for t in threading.enumerate())
+
+    before = count()
+    [item] = make_trajectories(1, 4)
+    for i in range(5):
+        store = SonaStore(f"sqlite:///{tmp_path / f's{i}.db'}", LIFECYCLE)
+        store.record_trajectories([item])
+        del store
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert count() == before
+
+
+def test_signals_of_a_batch_whose_commit_was_not_reported_are_adopted(db_url, monkeypatch):
+    """The commit took effect but the call failed after it (say, the
+    connection dropped): the batch's signals, dropped from memory, must be
+    found in the database by the next flush."""
+    import contextlib
+
+    import sona_store.store as store_module
+
+    store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=10))
+    try:
+        store.record_trajectories(make_trajectories(1, 8, seed=1))  # adopted once
+        real = store_module.connection_transaction
+
+        @contextlib.contextmanager
+        def commit_then_fail(engine, **kwargs):
+            with real(engine, **kwargs) as connection:
+                yield connection
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("connection lost"))
+
+        monkeypatch.setattr(store_module, "connection_transaction", commit_then_fail)
+        with pytest.raises(sa.exc.OperationalError):
+            store.record_trajectories(make_trajectories(4, 8, seed=2))
+        monkeypatch.undo()
+        store.record_trajectories(make_trajectories(5, 8, seed=3))
+        with store.engine.connect() as conn:
+            applied = conn.execute(sa.text("SELECT count(*) FROM micro_lora_signals")).scalar()
+        assert applied == 10  # 1 + 4 (committed, unreported) + 5
+        assert store.pending_signals == 0
+    finally:
+        store.close()

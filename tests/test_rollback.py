@@ -149,6 +149,20 @@ def _table_counts(store: SonaStore) -> dict:
         }
 
 
+def test_restore_of_a_requeued_cycle_is_refused(store):
+    store.record_trajectories(make_trajectories(12, 8, seed=1))
+    store.run_cycle(force=True)
+    store.record_trajectories(make_trajectories(12, 8, seed=2))
+    second = store.run_cycle(force=True)
+    store.rollback(second.cycle_id, requeue=True)
+    head = store.head()
+    with pytest.raises(RollbackError, match="requeued"):
+        store.restore(second.cycle_id)
+    assert store.head() == head
+    # Its trajectories go to the next cycle, once.
+    assert store.run_cycle(force=True).trajectories_processed == 12
+
+
 def test_invalid_rollbacks_are_refused_and_change_nothing(rstore):
     rstore.record_trajectories(make_trajectories(3, 8))
     skipped = rstore.run_cycle()

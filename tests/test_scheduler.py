@@ -25,7 +25,6 @@ from sona_store.services.scheduling import interval_delta, run_scheduled_cycle
 
 from .helpers import make_trajectories
 from .service_helpers import (
-    cycle_lock_held,
     cycles,
     inspector,
     snapshot,
@@ -33,10 +32,6 @@ from .service_helpers import (
 )
 
 SMALL = SonaConfig(hidden_dim=8, pattern_clusters=4)
-# Cycles of several seconds (k-means++ over 4500 x 256 with 2250 clusters), so a
-# signal sent once the cycle lock is seen held lands in the middle of one.
-SLOW = SonaConfig(hidden_dim=256, pattern_clusters=2250)
-SLOW_TRAJECTORIES = 4500
 PASSWORD = "s3cret-Pa55word"
 
 
@@ -120,6 +115,7 @@ def test_a_slot_key_is_unique(store):
         run_cycle(store.engine, store.config, trigger="scheduled", scheduled_for=slot)
 
 
+@pytest.mark.slow
 def test_two_replicas_firing_together_make_one_cycle_per_slot(db_url):
     replicas = [SonaStore(db_url, SMALL) for _ in range(2)]
     try:
@@ -205,6 +201,7 @@ def test_failed_attempts_are_recorded_once_the_database_answers(db_url, tmp_path
         live.close()
 
 
+@pytest.mark.slow
 def test_cli_never_prints_the_password_of_an_unreachable_database(db_url, tmp_path, procs):
     if make_url(db_url).get_backend_name() == "sqlite":
         pytest.skip("SQLite URLs carry no password")
@@ -219,6 +216,7 @@ def test_cli_never_prints_the_password_of_an_unreachable_database(db_url, tmp_pa
 # -- the service process --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_once_runs_the_due_slot_then_nothing(db_url, procs):
     with SonaStore(db_url, SMALL) as store:
         store.record_trajectories(make_trajectories(12, 8))
@@ -235,6 +233,7 @@ def test_run_once_runs_the_due_slot_then_nothing(db_url, procs):
     assert "completed for slot" in procs.log(first)
 
 
+@pytest.mark.slow
 def test_restart_neither_runs_an_extra_cycle_nor_skips_one(db_url, procs):
     """Stopped right after a cycle and restarted at once, the service runs its
     next cycle for exactly the next slot of the database's schedule."""
@@ -263,40 +262,45 @@ def test_restart_neither_runs_an_extra_cycle_nor_skips_one(db_url, procs):
 
 
 @pytest.mark.slow
-# "finish" gives the cycle a grace no loaded machine exhausts (the cycle takes
-# seconds on a quiet one, and overran 30 s under load): the test asserts that a
-# granted grace is used to finish, not how fast the cycle is.
+# The service's cycle pauses inside its transaction until the test releases it
+# (service_helpers.PAUSED_SERVICE), so SIGTERM always lands in a running cycle:
+# "finish" releases it after the signal, within a grace no wait of ours
+# exhausts; "abandon" never does, so the 0.2 s grace must run out.
 @pytest.mark.parametrize("grace", [600.0, 0.2], ids=["finish", "abandon"])
-def test_sigterm_during_a_cycle_leaves_it_completed_or_absent(db_url, procs, grace):
-    with SonaStore(db_url, SLOW) as store:
-        store.record_trajectories(make_trajectories(SLOW_TRAJECTORIES, 256))
+def test_sigterm_during_a_cycle_leaves_it_completed_or_absent(db_url, procs, tmp_path, grace):
+    recorded = 40
+    with SonaStore(db_url, SMALL) as store:
+        store.record_trajectories(make_trajectories(recorded, 8))
+    marker, release = tmp_path / "in-cycle", tmp_path / "release"
     with inspector(db_url) as engine:
         before = snapshot(engine)
-        proc = procs.service("svc", db_url, "--interval", "3600", "--grace", str(grace))
-        wait_for(lambda: "scheduling" in procs.log(proc), 60, "the service to start")
-        wait_for(lambda: cycle_lock_held(db_url), 60, "the service's cycle to start", 0.01)
-        signalled = time.monotonic()
-        rc = procs.terminate(proc, grace + 30)
-        took = time.monotonic() - signalled
+        proc = procs.paused_service(
+            "svc", db_url, marker, release, "--interval", "3600", "--grace", str(grace)
+        )
+        wait_for(marker.exists, 120, "the service's cycle to start")
+        proc.send_signal(signal.SIGTERM)
+        if grace >= 30:
+            wait_for(lambda: "SIGTERM received" in procs.log(proc), 60, "the signal handled")
+            assert proc.poll() is None  # waiting for the paused cycle, as granted
+            release.write_text("go")
+        rc = procs.wait(proc, 120)
         rows = cycles(engine)
         after = snapshot(engine)
     log = procs.log(proc)
     assert "SIGTERM received" in log
-    if rows:  # it finished: whole
+    if grace >= 30:  # it finished: whole
+        assert rc == 0, log
         [row] = rows
         assert row["status"] == "completed"
-        assert row["trajectories_processed"] == SLOW_TRAJECTORIES
+        assert row["trajectories_processed"] == recorded
         assert after["pending"] == 0
         assert after["head"][0]["cycle_id"] == row["id"]
-    else:  # it was abandoned: nothing of it
-        assert after == before
-    if grace >= 30:
-        assert rc == 0, log
-        assert rows, "a cycle given its grace to finish should have finished"
-    else:
+    else:  # still paused when the grace ran out: abandoned, nothing of it kept
         assert rc == 1, log
         assert "abandoning it" in log
-        assert took < grace + 30
+        assert not release.exists()
+        assert rows == []
+        assert after == before
 
 
 def _attempts(store: SonaStore) -> int:

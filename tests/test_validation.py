@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
 from sona_store.errors import ValidationError
+from sona_store.services.validation import validate_batch
 
 from .conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database
 from .helpers import make_trajectories
@@ -359,3 +361,55 @@ def test_bulk_and_item_paths_accept_the_same_numbers(store):
     expected = np.array([float(x) for x in query], dtype=np.float32).tobytes()
     assert [bytes(row[0]) for row in stored] == [expected, expected]
     assert bytes(stored[0][1]) == bytes(stored[1][1])
+
+
+# Both validation paths (bulk and item by item) on the same odd values.
+PATHS_CONFIG = SonaConfig(hidden_dim=4, embedding_dim=4)
+PATH_ACTS = [0.5, 0.25, 0.125, 0.75]
+
+
+def _both_paths(query: Any = None, attention: Any = None, *, ignore: bool = True) -> list[Any]:
+    """What each path makes of one trajectory: (query, attention bytes) or
+    "rejected". A `step_idx` sends it through the item-by-item path."""
+    out: list[Any] = []
+    for item_path in (False, True):
+        step: dict[str, Any] = {"activations": PATH_ACTS, "reward": 0.5}
+        if attention is not None:
+            step["attention_weights"] = attention
+        if item_path:
+            step["step_idx"] = 0
+        item = {"query_embedding": PATH_ACTS if query is None else query, "steps": [step]}
+        item["quality"] = 0.5
+        try:
+            with warnings.catch_warnings():
+                if ignore:  # as an application silencing warnings would
+                    warnings.simplefilter("ignore")
+                batch = validate_batch([item], PATHS_CONFIG)
+            out.append((batch.queries[0].tolist(), bytes(batch.attention[0])))
+        except ValidationError:
+            out.append("rejected")
+    return out
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        [np.complex128(0.5 + 2j), 0.25, 0.125, 0.75],  # struct took the real part
+        np.array([np.complex128(0.5 + 9j), 0.25, 0.125, 0.75], dtype=object),
+        np.array([True, 0.25, 0.125, 0.75], dtype=object),  # bools inside objects
+    ],
+    ids=["complex-in-list", "complex-in-object-array", "bool-in-object-array"],
+)
+@pytest.mark.parametrize("ignore", [False, True], ids=["warnings-as-set", "warnings-ignored"])
+def test_refused_on_both_paths(query, ignore):
+    assert _both_paths(query=query, ignore=ignore) == ["rejected", "rejected"]
+
+
+def test_large_integers_store_the_same_float32_on_both_paths():
+    bulk, item = _both_paths(query=[2**60 + 2**36 + 1, 1, 2, 3])
+    assert bulk != "rejected" and bulk == item
+
+
+def test_an_empty_attention_array_is_no_attention_on_both_paths():
+    bulk, item = _both_paths(attention=np.zeros(0, np.float32))
+    assert bulk == item and bulk[1] == b""

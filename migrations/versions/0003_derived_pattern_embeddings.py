@@ -1,11 +1,11 @@
 """Pattern embeddings are derived, not stored: `trajectory_vectors` loses its
 `pattern_embedding` column.
 
-The embedding (SEED.md, "Pattern extraction") is a pure function of a
+The embedding (docs/reference.md#trajectory-embedding) is a pure function of a
 trajectory's query, step activations and rewards, all of which are kept. Each
 cycle now computes it for its retention window, bit for bit as ingest did.
-Writing it on every recorded trajectory cost ~1 KiB a row and ~15% of the
-recording time.
+Writing it on every recorded trajectory cost ~1 KiB a row and a visible
+share of the recording time (benchmarks/README.md, "Fourth round").
 
 Downgrading computes the column again for every trajectory, with the same
 function (sona_store.learning.embedding), so 0002 code finds what it wrote.

@@ -1,9 +1,10 @@
 """Prebuilt statements run on the driver's cursor, for the recording hot path.
 
-SQLAlchemy spends 15 to 50 µs preparing, running and wrapping each statement;
-SQLite runs the hot path's statements in 1 to 4 µs. A recorded batch of 100
-trajectories runs about a dozen of them (its inserts and its micro-LoRA
-flush), so the hot path sends fixed SQL, with every value bound as a
+SQLAlchemy's work preparing, running and wrapping each statement costs
+several times what SQLite needs to run the hot path's small statements
+(benchmarks/README.md, "Figures behind the code's choices"). A recorded
+batch of 100 trajectories runs about a dozen of them (its inserts and its
+micro-LoRA flush), so the hot path sends fixed SQL, with every value bound as a
 parameter, to the DBAPI cursor of the transaction's own Connection. It stays
 inside that Connection's transaction; a driver error is raised as SQLAlchemy's
 exception class, and a connection the dialect reports as broken is
@@ -52,7 +53,8 @@ class Driver:
         try:
             # Planned for its own parameters each time: psycopg prepares a
             # statement on its fifth run, and PostgreSQL's generic plan for
-            # `= ANY(array)` hashes whole tables (3 s a read instead of 5 ms).
+            # `= ANY(array)` hashes whole tables, which turns a read of a few
+            # rows into a scan.
             fetched: list[tuple[Any, ...]] = self._run(
                 cursor, text, params, prepare=False
             ).fetchall()
@@ -133,7 +135,7 @@ class Driver:
         """A value as the column's type sends it to this driver (e.g. SQLite's
         datetime text), converted once."""
         processors = _PROCESSORS.setdefault(self.dialect, {})
-        if column not in processors:  # looking one up costs ~14 µs
+        if column not in processors:  # looking one up is not free: cache it
             impl = column.type.dialect_impl(self.dialect)
             processors[column] = impl.bind_processor(self.dialect)
         process = processors[column]
@@ -166,7 +168,7 @@ def _insert_sql(table: sa.FromClause, columns: Sequence[str], literals: Mapping[
 
 # Values that, when a whole batch holds them in a column, go into the SQL as
 # a literal instead of being bound once a row: binding the usual NULLs, "[]"
-# and step 0 cost ~1 µs a trajectory (a third of the trajectories insert).
+# and step 0 was a large share of the trajectories insert.
 _LITERALS = ((None, "NULL"), ("[]", "'[]'"), (0, "0"))
 
 

@@ -177,8 +177,8 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         # A savepoint (every micro-LoRA flush has one) copies each page it first
-        # changes to a statement journal: in a temporary file by default, ~40
-        # µs for a flush's few 16 KiB pages; in memory, a memcpy.
+        # changes to a statement journal: in a temporary file by default, a
+        # file write per flush; in memory, a memcpy.
         cursor.execute("PRAGMA temp_store = MEMORY")
         if not in_memory:
             # Takes effect only on a file with no pages yet (a new store); an
@@ -302,10 +302,11 @@ def transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Session]
 @contextlib.contextmanager
 def connection_transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Connection]:
     """`transaction` without the ORM, for the recording hot path: a Session's
-    own bookkeeping costs about 60 µs a transaction and 50 µs a savepoint,
-    more than the statements of a small batch's micro-LoRA flush."""
+    own bookkeeping for a transaction and a savepoint costs more than the
+    statements of a small batch's micro-LoRA flush (benchmarks/README.md,
+    "Figures behind the code's choices")."""
     with translate_errors(engine), engine.connect() as connection:
-        if immediate:  # set in place (an option engine per call cost ~50 µs here)
+        if immediate:  # set in place: an option engine per call costs a Session's worth
             connection.execution_options(**{IMMEDIATE: True})
         with connection.begin():
             yield connection

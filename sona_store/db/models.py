@@ -205,7 +205,7 @@ class Trajectory(Base):
 class TrajectoryVectors(Base):
     """A trajectory's query vector. Its pattern embedding (what clustering
     uses) is derived from the query and the steps by each cycle, not stored:
-    writing it cost recording ~15% of its time (migration 0003)."""
+    writing it slowed recording (migration 0003)."""
 
     __tablename__ = "trajectory_vectors"
 

@@ -203,12 +203,13 @@ def load_window_with_routes(
     completed cycles, oldest first (the reference's pattern-bank order).
     Returns (ids, pattern embeddings (n, dim), qualities, model routes).
 
-    The embeddings are derived, not stored (storing them cost recording ~15%
-    of its time): computed here from each query and its steps by the function
+    The embeddings are derived, not stored (storing them slowed recording,
+    migration 0003): computed here from each query and its steps by the function
     validation checks them with. The window's ids come first (narrow rows);
     then, WINDOW_FETCH trajectories at a time in id order, their queries and
-    their steps, read through the driver's cursor (SQLAlchemy rows took 2.5x
-    the driver's time at 100k and held every row's bytes at once)."""
+    their steps, read through the driver's cursor (SQLAlchemy rows cost
+    several times the driver's time on large windows and held every row's
+    bytes at once)."""
     driver = Driver(session.connection())
     ids, qualities, routes = _window_ids(driver, limit)
     embeddings = np.empty((len(ids), dim), dtype=FLOAT32)

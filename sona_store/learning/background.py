@@ -1,4 +1,5 @@
-"""The learning step of a background cycle (SEED.md Loop B, steps 4 to 6), redesigned
+"""The learning step of a background cycle (docs/reference.md#loop-b-the-background-cycle,
+steps 4 to 6), redesigned
 so that the base LoRA learns what it claims (docs/learning.md, "Base LoRA"):
 
 - sign-aware: each pattern is a signed target, pulling the adapter's output toward its

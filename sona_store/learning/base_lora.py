@@ -1,7 +1,8 @@
 """The base LoRA adapter (12 layers), redesigned so that it actually adapts.
 
 The reference starts every layer's `down` at zero, so `up` never reaches the output, and
-its update writes only the first dim/12 entries of each layer (SEED.md, defect 3). Here
+its update writes only the first dim/12 entries of each layer (docs/reference.md#known-defects-and-our-fixes,
+defect 3). Here
 each layer's `down` (rank x dim) is a fixed, seeded random projection, and only `up`
 (rank x dim, starting at zero) is learned, by a sign-aware, bounded rule: each of a
 cycle's patterns is a signed target (`pattern_drive`) for the rows its direction drives,
@@ -22,7 +23,6 @@ import numpy as np
 
 from sona_store.errors import ValidationError
 
-DEFAULT_LAYERS = 12
 # Seed of layer 0's projection; layer l uses DEFAULT_SEED + l. Changing it changes every
 # fresh adapter, so it is fixed here; stored adapters keep their own `down` regardless.
 DEFAULT_SEED = 0x50A  # 1290
@@ -85,9 +85,9 @@ class BaseLoraWeights:
 
 
 def initial_base_lora(
-    layers: int = DEFAULT_LAYERS,
-    rank: int = 8,
-    dim: int = 256,
+    layers: int,
+    rank: int,
+    dim: int,
     alpha: float | None = None,
     seed: int = DEFAULT_SEED,
 ) -> BaseLoraWeights:
@@ -141,15 +141,6 @@ def forward(weights: BaseLoraWeights, layer_idx: int, x: np.ndarray) -> np.ndarr
     # Row form works for both shapes: (x down^T) up == (up^T (down x))^T.
     delta = (arr @ down.T) @ up
     out: np.ndarray = (arr + np.float32(weights.scale) * delta).astype(np.float32)
-    return out
-
-
-def merged_delta(weights: BaseLoraWeights, layer_idx: int) -> np.ndarray:
-    """The dense (dim, dim) matrix W = scale * up[l]^T down[l], so forward(x) == x + W x;
-    for inspection and tests, not the hot path."""
-    _check_layer(weights, layer_idx)
-    w = np.float32(weights.scale) * (weights.up[layer_idx].T @ weights.down[layer_idx])
-    out: np.ndarray = w.astype(np.float32)
     return out
 
 

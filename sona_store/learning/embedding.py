@@ -1,5 +1,5 @@
-"""Trajectory embeddings: the vector a trajectory is clustered by (SEED.md,
-"Pattern extraction", first bullet)."""
+"""Trajectory embeddings: the vector a trajectory is clustered by
+(docs/reference.md#trajectory-embedding)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EWC++ (online elastic weight consolidation), as the reference runs it (SEED.md, "EWC++"),
+"""EWC++ (online elastic weight consolidation), as the reference runs it (docs/reference.md#ewc),
 held as plain state so a persistence layer can store and restore it bit for bit.
 
 Every operation is a pure function: it returns new arrays (or a new `EwcState`) and never
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 
@@ -252,44 +251,6 @@ def anchor_terms(state: EwcState, config: EwcConfig) -> tuple[np.ndarray, np.nda
         weight += f
         pull += f * task.optimal_weights.astype(np.float64)
     return lam * pull, lam * weight
-
-
-def regularization_loss(state: EwcState, w: np.ndarray, config: EwcConfig) -> float:
-    """lambda / 2 * sum over tasks and parameters of importance * F * (w - w*)^2: how far
-    w has drifted from what earlier tasks needed. 0 with no remembered task."""
-    validate_state(state, config)
-    w = _check_vector(w, config.param_count, "weights")
-    if not state.tasks:
-        return 0.0
-    fisher = np.stack([t.fisher for t in state.tasks])
-    optimal = np.stack([t.optimal_weights for t in state.tasks])
-    importance = np.array([t.importance for t in state.tasks], dtype=np.float32)[:, None]
-    diff = w[None, :] - optimal
-    total = np.sum(importance * fisher * diff * diff, dtype=np.float64)
-    return float(np.float32(state.lambda_) * np.float32(total) / np.float32(2.0))
-
-
-def consolidate_all_tasks(state: EwcState, config: EwcConfig) -> EwcState:
-    """Merge the task ring into one task, as the reference does: its Fisher is the
-    importance-weighted mean, its importance the sum, its weights the current ones and
-    its task_id 0. No remembered task: the state is returned unchanged."""
-    validate_state(state, config)
-    if not state.tasks:
-        return state
-    fisher = np.stack([t.fisher for t in state.tasks]).astype(np.float32)
-    importance = np.array([t.importance for t in state.tasks], dtype=np.float32)
-    total = np.float32(importance.sum(dtype=np.float32))
-    # np.sum over an axis gives an array (numpy's stubs allow a scalar).
-    merged = cast(np.ndarray, np.sum(fisher * importance[:, None], axis=0, dtype=np.float32))
-    if total > 0:
-        merged = cast(np.ndarray, merged / total)
-    consolidated = TaskMemory(
-        task_id=0,
-        fisher=merged.astype(np.float32),
-        optimal_weights=state.weights.astype(np.float32, copy=True),
-        importance=float(total),
-    )
-    return dataclasses.replace(state, tasks=(consolidated,))
 
 
 def with_weights(state: EwcState, w: np.ndarray) -> EwcState:

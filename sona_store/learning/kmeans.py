@@ -1,5 +1,6 @@
 """Deterministic k-means++ seeding and Lloyd iterations, as the reference runs
-them (SEED.md, "Pattern extraction"), vectorised over points and dimensions.
+them (docs/reference.md#seeding-and-lloyd-iterations), vectorised over points
+and dimensions.
 
 Two things make it fast without changing any decision the reference makes:
 - distances come from the expansion |x|^2 - 2 x.c + |c|^2 (one float32 matrix

@@ -1,33 +1,33 @@
 """Loop A's micro-LoRA: a rank-1/2 adapter that learns from every finished
-trajectory (SEED.md, "Loop A", steps 2 and 3).
+trajectory (docs/reference.md#micro-lora).
 
 The pieces are split so a persistence layer can version them:
 
 - `MicroLoraWeights` is an immutable value (read-only arrays): every update
   makes a new one, so each version can be stored and rolled back to.
-- `MicroAccumulator` is the pending gradient a process gathers locally;
-  `update_delta` turns it into the change to `up`. Deltas of several
-  processes add, so each can apply its own to the stored weights.
-- `InstantLoop` ties them together in memory, as the reference's loop does.
+- `accumulate_groups` sums a batch of signals in runs of the flush threshold
+  and `update_delta` turns each run into the change to `up`; `apply_groups`
+  applies them in order, as the reference's instant loop applies every
+  `micro_flush_threshold` signals. Deltas of several processes add, so each
+  can apply its own to the stored weights.
+- `MicroProjector` serves the adapter (`x + delta`).
 
 All arithmetic is float32 in the reference's operation order (sequential
 sums, ``lr / count`` computed first), which reproduces the published npm
-build's outputs bit for bit rather than merely within tolerance.
+build's outputs bit for bit rather than merely within tolerance. The
+reference's own one-signal-at-a-time loop is kept in tests/oracles/, which
+these batched functions are tested against.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass
 
 import numpy as np
-
-from sona_store.learning.signal import learning_signal
 
 GOLDEN_RATIO_STEP = np.float32(0.618033988749895)  # the same float32 as 0.618034
 INIT_SPREAD = np.float32(0.02)
 MIN_RANK, MAX_RANK = 1, 2
-DEFAULT_FLUSH_THRESHOLD = 100
 
 
 def _frozen_f32(array: np.ndarray) -> np.ndarray:
@@ -35,12 +35,6 @@ def _frozen_f32(array: np.ndarray) -> np.ndarray:
     out = np.array(array, dtype=np.float32, copy=True, order="C")
     out.flags.writeable = False
     return out
-
-
-def _sequential_sum(values: np.ndarray, axis: int) -> np.ndarray:
-    """Float32 sum in index order along `axis`, as the reference's loops add."""
-    # `take` along an axis gives an array (numpy's stubs say a scalar).
-    return cast(np.ndarray, np.cumsum(values, axis=axis, dtype=np.float32).take(-1, axis=axis))
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,72 +89,6 @@ def initial_micro_lora(rank: int, dim: int) -> MicroLoraWeights:
     return MicroLoraWeights(down=down, up=np.zeros((rank, dim), dtype=np.float32))
 
 
-def apply(weights: MicroLoraWeights, x: np.ndarray) -> np.ndarray:
-    """`x + scale * sum_r (x . down_r) * up_r` for one vector (dim,) or a
-    batch (n, dim); returns a new float32 array of the same shape."""
-    xs = np.asarray(x, dtype=np.float32)
-    if xs.ndim not in (1, 2) or xs.shape[-1] != weights.dim:
-        raise ValueError(f"input must be ({weights.dim},) or (n, {weights.dim}); got {xs.shape}")
-    batch = np.atleast_2d(xs)
-    # (n, rank): each row's projection on each down row, summed left to right.
-    projected = _sequential_sum(batch[:, None, :] * weights.down[None, :, :], axis=2)
-    # (n, dim): sum over rank rows in order, then scaled, then added to x.
-    lifted = _sequential_sum(projected[:, :, None] * weights.up[None, :, :], axis=1)
-    out = batch + lifted * weights.scale
-    shaped: np.ndarray = out.reshape(xs.shape)
-    return shaped
-
-
-@dataclass
-class MicroAccumulator:
-    """Pending gradient for `up` that one process gathers before a flush.
-
-    Float32 like the reference's accumulator (parity needs the same rounding).
-    """
-
-    grad_up: np.ndarray
-    count: int = 0
-    _dim: int = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.grad_up = np.array(self.grad_up, dtype=np.float32, copy=True, order="C")
-        if self.grad_up.ndim != 2:
-            raise ValueError(f"grad_up must be (rank, dim), got {self.grad_up.shape}")
-        if self.count < 0:
-            raise ValueError(f"count must be >= 0, got {self.count}")
-        self._dim = int(self.grad_up.shape[1])
-
-    @classmethod
-    def empty(cls, rank: int, dim: int) -> MicroAccumulator:
-        """A zeroed accumulator for an adapter of that shape."""
-        return cls(grad_up=np.zeros((rank, dim), dtype=np.float32), count=0)
-
-    def add(self, gradient: np.ndarray, quality: float) -> None:
-        """`grad_up[r, :] += gradient * quality` for every rank row; count += 1.
-
-        Rejects a gradient of the wrong length or with NaN/inf values (the
-        reference silently ignores the first and lets the second poison `up`).
-        """
-        g = np.asarray(gradient, dtype=np.float32)
-        q = np.float32(quality)
-        if g.shape != (self._dim,):
-            raise ValueError(f"gradient must have shape ({self._dim},), got {g.shape}")
-        if not (np.isfinite(q) and np.isfinite(g).all()):
-            raise ValueError("gradient and quality must be finite")
-        with np.errstate(over="ignore", invalid="ignore"):
-            grad_up = self.grad_up + (g * q)[None, :]
-        _check_sum(grad_up)
-        self.grad_up = grad_up
-        self.count += 1
-
-    def take(self) -> tuple[np.ndarray, int]:
-        """Hand over (grad_up, count) and start again from zero."""
-        taken = (self.grad_up, self.count)
-        self.grad_up = np.zeros_like(taken[0])
-        self.count = 0
-        return taken
-
-
 def update_delta(grad_up: np.ndarray, count: int, lr: float) -> np.ndarray:
     """The change to `up` for a pending gradient: `grad_up * (lr / count)`.
 
@@ -187,61 +115,13 @@ def apply_update(
     return MicroLoraWeights(down=weights.down, up=weights.up + update_delta(grad_up, count, lr))
 
 
-class InstantLoop:
-    """Loop A in memory: signal -> accumulate -> apply every `flush_threshold`
-    signals (or on `flush`), as the reference's instant loop does."""
-
-    def __init__(
-        self,
-        weights: MicroLoraWeights,
-        lr: float,
-        flush_threshold: int = DEFAULT_FLUSH_THRESHOLD,
-    ) -> None:
-        if flush_threshold < 1:
-            raise ValueError(f"flush_threshold must be >= 1, got {flush_threshold}")
-        self._weights = weights
-        self.lr = float(lr)
-        self.flush_threshold = int(flush_threshold)
-        self.accumulator = MicroAccumulator.empty(weights.rank, weights.dim)
-
-    @property
-    def weights(self) -> MicroLoraWeights:
-        """The current adapter (what `apply` should use)."""
-        return self._weights
-
-    @property
-    def pending(self) -> int:
-        """Signals accumulated since the last applied update."""
-        return self.accumulator.count
-
-    def observe(
-        self,
-        query: np.ndarray,
-        step_activations: np.ndarray,
-        step_rewards: np.ndarray,
-        quality: float,
-    ) -> bool:
-        """Learn from one finished trajectory; True if this applied an update."""
-        gradient = learning_signal(query, step_activations, step_rewards)
-        self.accumulator.add(gradient, quality)
-        if self.accumulator.count >= self.flush_threshold:
-            return self.flush()
-        return False
-
-    def flush(self) -> bool:
-        """Apply whatever is pending; True if there was anything."""
-        grad_up, count = self.accumulator.take()
-        if count == 0:
-            return False
-        self._weights = apply_update(self._weights, grad_up, count, self.lr)
-        return True
-
-
 @dataclass(frozen=True, eq=False)
 class MicroProjector:
-    """`apply` for serving: two BLAS products instead of the reference's
-    sequential sums, 4-5x faster per call and within float32 rounding (about
-    1e-7) of `apply`. Built once per weights version."""
+    """The forward pass `x + scale * sum_r (x . down_r) * up_r` for serving:
+    two BLAS products instead of the reference's sequential sums (the
+    reference's order is not needed for an output nothing is stored from),
+    within float32 rounding (about 1e-7) of them. Built once per weights
+    version."""
 
     down: np.ndarray  # (rank, dim)
     lifted: np.ndarray  # (dim, rank): (up * scale).T
@@ -261,9 +141,10 @@ class MicroProjector:
 
 
 def accumulate(gradients: np.ndarray, qualities: np.ndarray, rank: int) -> tuple[np.ndarray, int]:
-    """What a fresh `MicroAccumulator` holds after `add`-ing each (gradient,
-    quality) in order, computed at once: the float32 running sum in index order
-    (`cumsum` never reorders), so the result is bit for bit the same."""
+    """The reference's pending gradient after adding each (gradient, quality)
+    in order, `grad_up[r] += gradient * quality` for every rank row, computed
+    at once: the float32 running sum in index order (`cumsum` never reorders),
+    so the result is bit for bit the one-at-a-time sum."""
     g = np.asarray(gradients, dtype=np.float32)
     q = np.asarray(qualities, dtype=np.float32)
     if g.ndim != 2 or len(q) != len(g):

@@ -1,5 +1,6 @@
-"""Learned patterns from clustered trajectory embeddings (SEED.md, "Patterns"),
-which the background cycle learns from (sona_store.learning.background)."""
+"""Learned patterns from clustered trajectory embeddings
+(docs/reference.md#patterns-search-and-pruning), which the background cycle
+learns from (sona_store.learning.background)."""
 
 from __future__ import annotations
 

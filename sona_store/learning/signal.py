@@ -1,5 +1,5 @@
 """Loop A's learning signal: the REINFORCE gradient one finished trajectory
-teaches the micro-LoRA (SEED.md, "Loop A", step 1).
+teaches the micro-LoRA (docs/reference.md#learning-signal).
 
 Follows the published npm build (0.1.8), checked against its binary:
 

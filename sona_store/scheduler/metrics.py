@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sona_store.metrics")
 
-# Seconds. A cycle over 10k trajectories takes ~0.3-0.5 s, over 100k ~2.5-4 s.
+# Seconds, from well under a second (a default-size window) to minutes (a
+# large window on a busy machine); benchmarks/README.md has measured cycle times.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LOCK_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 UP_HELP = "1 when this scrape read the store's database, else 0"

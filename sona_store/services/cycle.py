@@ -1,4 +1,5 @@
-"""One background learning cycle: the reference's Loop B (SEED.md), in one
+"""One background learning cycle: the reference's Loop B
+(docs/reference.md#loop-b-the-background-cycle), in one
 database transaction. Either everything a cycle does is committed, or nothing
 of it is and a `failed` record says why."""
 

@@ -75,8 +75,9 @@ def signals_of(ids: list[int], gradients: np.ndarray, qualities: np.ndarray) -> 
 @dataclass(frozen=True)
 class BatchSignals:
     """One recorded batch's signals as columns (ids ascending). Most batches
-    are applied whole in their own transaction: no `Signal` is made for them
-    (a hundred cost ~50 µs, 2% of recording them)."""
+    are applied whole in their own transaction: no `Signal` is made for them,
+    since building one object a trajectory is a visible share of recording
+    (benchmarks/README.md, "Figures behind the code's choices")."""
 
     ids: list[int]
     gradients: np.ndarray  # (n, hidden_dim) float32

@@ -110,7 +110,7 @@ def replay_without_quarantined(
                 "quarantine_id": quarantine_id,
             }
         )
-    if replays:  # one statement: a round trip a version cost PostgreSQL ~1/3 of the replay
+    if replays:  # one statement: a round trip a version was a large share of the replay
         session.execute(sa.insert(MicroLoraReplay), replays)
     replayed = {v.origin for v in todo}
     removed = [t for t, v in applied_in.items() if v in replayed]

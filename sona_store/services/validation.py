@@ -427,8 +427,8 @@ def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
     `width` finite numbers, no bools; None otherwise, and the item-by-item
     path names the problem.
 
-    Lists are packed with `struct`, three times faster than numpy's
-    conversion: it takes exactly what `float()` takes from an object without
+    Lists are packed with `struct`, which converts them faster than numpy
+    (benchmarks/README.md, "Figures behind the code's choices"): it takes exactly what `float()` takes from an object without
     parsing text, refusing strings, None and nesting, and raises on values
     beyond float32. Bools get through it as 0.0 and 1.0, so only rows holding
     an exact 0 or 1 have their element types checked."""

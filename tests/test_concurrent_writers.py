@@ -20,6 +20,8 @@ from sona_store import SonaConfig, SonaStore
 
 from .helpers import make_trajectories
 
+pytestmark = pytest.mark.slow  # writer processes
+
 CONFIG = SonaConfig(hidden_dim=8, micro_flush_threshold=10)
 BATCH = 10  # one whole flush group: every batch's flush is due
 WAIT = 120.0  # seconds a step may take before the test fails (a hang guard, not a timing)

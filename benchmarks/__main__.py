@@ -28,6 +28,7 @@ from benchmarks import (
     forgetting,
     ingest,
     quarantine,
+    recording,
     reference,
     rollback,
     storage,
@@ -52,7 +53,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="node_modules holding @ruvector/sona@0.1.8 (default: $NODE_PATH)",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
+    parser.add_argument(
+        "--only",
+        metavar="SECTION[,SECTION]",
+        help=f"run only these sections ({', '.join(SECTIONS)}); for development",
+    )
     return parser.parse_args(argv)
+
+
+SECTIONS = (
+    "cycle",
+    "scaling",
+    "ingest",
+    "recording",
+    "calls",
+    "rollback",
+    "quarantine",
+    "storage",
+    "forgetting",
+)
 
 
 def run_backend(
@@ -61,13 +80,16 @@ def run_backend(
     ref: reference.ReferenceResult,
     errors: list[str],
     reference_rate: Callable[[], float] | None = None,
+    only: set[str] | None = None,
 ) -> list[Figure]:
-    """Every benchmark on one backend. `reference_rate`: the reference's
-    recording rate, measured anew on each call (the ingest repetitions pair
-    with it)."""
+    """Every benchmark on one backend (or the `only` sections). `reference_rate`:
+    the reference's recording rate, measured anew on each call (the ingest
+    and recording repetitions pair with it)."""
     figures: list[Figure] = []
 
     def section(name: str, body: Callable[[], list[Figure]]) -> None:
+        if only is not None and name not in only:
+            return
         try:
             figures.extend(body())
         except Exception:  # report and go on: one broken section must not hide the rest
@@ -76,6 +98,8 @@ def run_backend(
             progress(f"{backend.name} {name} FAILED:\n{text}")
 
     sizes = sorted({plan.cycle_n, *plan.scaling.values()})
+    if only is not None and not only & {"cycle", "scaling", "calls"}:
+        sizes = []
     templates: dict[int, str] = {}
     for n in sizes:
         progress(f"{backend.name}: preparing a store of {n:,} trajectories")
@@ -126,6 +150,12 @@ def run_backend(
         return out
 
     section("ingest", ingest_section)
+    section(
+        "recording",
+        lambda: recording.bench_recording(
+            backend, make_workload(plan.record_n), plan.record_n, plan.record_reps, reference_rate
+        ),
+    )
     section("writers", lambda: writers.bench_writers(backend, plan.writers_n, plan.writers_reps))
 
     def calls_section() -> list[Figure]:
@@ -205,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         jsonl = Path(scratch) / f"workload_{plan.cycle_n}.jsonl"
         make_workload(plan.cycle_n).write_jsonl(jsonl)
         progress(f"workload: {plan.cycle_n:,} trajectories -> {jsonl.name}")
+        only = set(args.only.split(",")) if args.only else None
+        if only is not None and only - set(SECTIONS):
+            raise SystemExit(f"unknown section(s): {', '.join(sorted(only - set(SECTIONS)))}")
         ref = reference.check(args.seed_engine)
-        if ref.available:
+        # Sections that compare with seed_bench.js's medians need its full runs.
+        if ref.available and (only is None or only & {"cycle", "ingest", "calls"}):
             progress(f"reference: {plan.reference_reps} run(s) of seed_bench.js")
             ref = reference.run(jsonl, cycle.CLUSTERS, args.seed_engine, plan.reference_reps)
         progress(ref.message if not ref.available else f"reference: {ref.median('cycle_s')} s")
@@ -228,14 +262,15 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"backend unavailable: {exc}")
                 continue
             try:
-                figures.extend(run_backend(backend, plan, ref, errors, reference_rate))
+                figures.extend(run_backend(backend, plan, ref, errors, reference_rate, only))
             finally:
                 backend.close()
-        progress(f"forgetting: {plan.forgetting_seeds} task draw(s)")
-        try:  # pure learning, no database: once, not per backend
-            figures.extend(forgetting.figures(plan.forgetting_cycles, plan.forgetting_seeds))
-        except Exception:
-            errors.append(f"forgetting: {traceback.format_exc().strip().splitlines()[-1]}")
+        if only is None or "forgetting" in only:
+            progress(f"forgetting: {plan.forgetting_seeds} task draw(s)")
+            try:  # pure learning, no database: once, not per backend
+                figures.extend(forgetting.figures(plan.forgetting_cycles, plan.forgetting_seeds))
+            except Exception:
+                errors.append(f"forgetting: {traceback.format_exc().strip().splitlines()[-1]}")
 
     payload = {
         "generated_at": started.isoformat(),

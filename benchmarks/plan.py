@@ -30,6 +30,8 @@ class Plan:
     storage_cycles: int = 5
     forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
     forgetting_seeds: int = 3
+    record_n: int = 2_000  # trajectories of each per-call recording measurement
+    record_reps: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +58,8 @@ FULL = Plan(
     writers_reps=3,
     storage_n=20_000,
     storage_cycles=10,
+    record_n=5_000,
+    record_reps=3,
 )
 
 QUICK = Plan(
@@ -76,4 +80,5 @@ QUICK = Plan(
     reference_reps=1,
     forgetting_cycles=2_000,
     forgetting_seeds=1,
+    record_n=400,
 )

@@ -5,15 +5,23 @@ from importlib.metadata import PackageNotFoundError, version
 
 from sona_store.config import SonaConfig
 from sona_store.errors import (
+    AdapterError,
     ConfigError,
     CycleInProgressError,
     CycleNotFoundError,
+    DatabaseBusyError,
+    DatabaseError,
     DatabaseUnavailableError,
+    FileAccessError,
+    InvalidInputError,
+    LoraVersionNotFoundError,
+    NotFoundError,
     QuarantineError,
     QuarantineNotFoundError,
     RollbackError,
     SchemaVersionError,
     SonaStoreError,
+    TransactionConflictError,
     ValidationError,
     VectorsDroppedError,
 )
@@ -28,12 +36,19 @@ except PackageNotFoundError:  # a checkout on sys.path without an install
     __version__ = "0+unknown"
 
 __all__ = [
+    "AdapterError",
     "ConfigError",
     "CycleInProgressError",
     "CycleNotFoundError",
     "CycleResult",
+    "DatabaseBusyError",
+    "DatabaseError",
     "DatabaseUnavailableError",
+    "FileAccessError",
     "GcResult",
+    "InvalidInputError",
+    "LoraVersionNotFoundError",
+    "NotFoundError",
     "Pattern",
     "Policy",
     "QuarantineError",
@@ -47,6 +62,7 @@ __all__ = [
     "SonaConfig",
     "SonaStore",
     "SonaStoreError",
+    "TransactionConflictError",
     "ValidationError",
     "VectorsDroppedError",
     "__version__",

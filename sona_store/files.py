@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sona_store.errors import FileAccessError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -35,24 +37,39 @@ def create_private_file(path: str | os.PathLike[str]) -> bool:
 
 
 def private_dir(path: str | os.PathLike[str]) -> Path:
-    """`path` as a folder, created (with its parents) 0700 if missing."""
+    """`path` as a folder, created (with its parents) 0700 if missing; one the
+    system refuses is a FileAccessError naming it."""
     folder = Path(path)
-    if not folder.is_dir():
-        folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        if not folder.is_dir():
+            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FileAccessError(f"{folder}: cannot create the folder ({_reason(exc)})") from exc
     return folder
 
 
 def write_private(path: Path, write: Callable[[str], object]) -> None:
     """Write through a temporary 0600 file beside `path` and rename it into
-    place, so a reader (or a crash) never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    place, so a reader (or a crash) never sees half a file. What the system
+    refuses (no permission, a full disk) is a FileAccessError naming `path`."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise FileAccessError(f"{path}: cannot write it ({_reason(exc)})") from exc
     os.close(fd)  # mkstemp makes it 0600
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise FileAccessError(f"{path}: cannot write it ({_reason(exc)})") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "private_dir", "write_private"]

@@ -1,17 +1,25 @@
 """SonaStore: the library's front door. It opens (and if empty, creates) a
-store at a database URL and delegates each operation to one module: recording
-to `db.trajectories`, cycles to `cycle`, rollback to `rollback`, quarantine
-to `quarantine`."""
+store at a database URL and delegates each operation to one service, handing
+it the engine, configuration and actor it needs (never itself): recording to
+the store's writer (`services.writer`, which inserts through
+`db.trajectories`), cycles to `services.cycle`, rollback to `services.rollback`,
+quarantine to `services.quarantine`, LoRA export and import to
+`services.lora_io`, the report to `services.report`. Whatever moves the head
+is followed by invalidating the store's own cache, here and nowhere else."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from itertools import islice
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -23,10 +31,11 @@ from sona_store.config import SonaConfig
 from sona_store.db import cycles, routes, state, trajectories
 from sona_store.db import quarantines as quarantine_rows
 from sona_store.db.access_log import AccessLog
-from sona_store.db.checkpoint import WalCheckpointer
+from sona_store.db.checkpoint import is_sqlite_file, wal_checkpoint
 from sona_store.db.engine import (
     connection_transaction,
     create_store_engine,
+    engine_durability,
     engine_schema,
     mask_url,
     normalise_url,
@@ -48,6 +57,8 @@ from sona_store.db.types import utcnow
 from sona_store.errors import (
     ConfigError,
     CycleNotFoundError,
+    RecordingError,
+    RecordingTimeoutError,
     StoreSchemaError,
     ValidationError,
 )
@@ -61,15 +72,23 @@ from sona_store.learning.routes import EXPLORE_MODES, RouteModel, RouteRecommend
 from sona_store.recording import TrajectoryBuilder
 from sona_store.results import CycleResult
 from sona_store.services import cycle as cycle_module
+from sona_store.services import lora_io, retention
 from sona_store.services import quarantine as quarantine_module
-from sona_store.services import retention
+from sona_store.services import report as report_module
 from sona_store.services import rollback as rollback_module
 from sona_store.services.instant import BatchSignals, InFlight, InstantLearner
+from sona_store.services.lora_io import LoraMove
 from sona_store.services.pattern_index import Pattern, PatternIndex, ScoredPattern
 from sona_store.services.quarantine import QuarantineResult, ReleaseResult
 from sona_store.services.retention import GcResult, Policy
 from sona_store.services.rollback import HeadMove
-from sona_store.services.validation import check_vector, read_jsonl, validate_batch
+from sona_store.services.validation import (
+    TrajectoryBatch,
+    check_vector,
+    read_jsonl,
+    validate_batch,
+)
+from sona_store.services.writer import Housekeeping, Writer
 
 logger = logging.getLogger("sona_store")
 
@@ -86,6 +105,21 @@ class SonaStore:
     with the defaults). `schema` (PostgreSQL only) keeps the store in that
     schema of the database, apart from any other store there
     (`sona_store.db.stores`); SQLite keeps one store per file.
+
+    Recording (README, "Recording at the router's pace"): with `background`
+    (the default) the store owns one thread, its writer, which commits
+    recorded trajectories in groups (one transaction for whatever has
+    arrived), applies micro-LoRA flushes, writes pattern access counts and
+    checkpoints a SQLite file's log when the writing pauses. Callers validate
+    on their own thread. `max_delay` (seconds): how long a trajectory ended
+    with `wait=False` may wait for others to share its commit; `max_queued`:
+    trajectories queued at most (more callers block, nothing is dropped);
+    `write_timeout` (seconds): how long a caller waits on a failing database
+    before RecordingTimeoutError. `background=False` (and an in-memory
+    SQLite store): no thread at all; each call commits on the caller's
+    thread. `durability` (SQLite): "normal"
+    (commits survive the process being killed) or "full" (also a power
+    loss: one fsync per commit).
     """
 
     def __init__(
@@ -98,18 +132,29 @@ class SonaStore:
         actor: str | None = None,
         engine: Engine | None = None,
         head_refresh_seconds: float = 0.5,
+        background: bool = True,
+        max_delay: float = 0.02,
+        max_queued: int = 10_000,
+        write_timeout: float = 30.0,
+        durability: str = "normal",
     ):
+        _check_recording_options(max_delay, max_queued, write_timeout)
         self.url = resolve_url(url) if engine is None else engine.url
         if engine is not None and engine_schema(engine) != schema:
             raise StoreSchemaError(
                 f"schema={schema!r} but the engine was created for schema "
                 f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
             )
+        if engine is not None and engine_durability(engine) != durability:
+            raise ConfigError(
+                f"durability={durability!r} but the engine was created with "
+                f"{engine_durability(engine)!r}: pass create_store_engine(url, durability=...)"
+            )
         if engine is None and not create:
             # A schema on SQLite is the mistake to name, before a missing file.
             refuse_on_sqlite(schema, normalise_url(self.url).get_backend_name())
             require_existing_file(self.url)
-        self.engine = engine or create_store_engine(self.url, schema=schema)
+        self.engine = engine or create_store_engine(self.url, schema=schema, durability=durability)
         self.schema = schema
         self.actor = actor or cycles.default_actor()
         ensure_schema(self.engine, create=create)
@@ -118,7 +163,23 @@ class SonaStore:
         self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
         self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
         self._accesses = AccessLog(self.engine)
-        self._checkpointer = WalCheckpointer(self.engine) if _is_sqlite_file(self.engine) else None
+        self._writer: Writer | None = None
+        # An in-memory SQLite database exists once a thread (SQLAlchemy gives
+        # each thread its own connection, hence its own database): it has
+        # no writer, and records on the caller's thread.
+        if background and not _in_memory_sqlite(self.engine):
+            self._writer = _start_writer(
+                self.engine,
+                self.config,
+                self._instant,
+                self._accesses,
+                max_delay=max_delay,
+                max_queued=max_queued,
+                write_timeout=write_timeout,
+            )
+            # A store dropped without close(): its writer writes what is
+            # queued and stops (it holds nothing of the store itself).
+            weakref.finalize(self, self._writer.stop_soon)
 
     # -- opening --------------------------------------------------------------
 
@@ -169,21 +230,24 @@ class SonaStore:
         )
 
     def close(self) -> None:
-        """Write pending pattern accesses and release connections. Pending
-        micro-LoRA signals are not applied here (as in the reference, they wait
-        for the next flush); their trajectories are stored, and the next store
-        that flushes applies them."""
+        """Commit every queued trajectory, write pending pattern accesses and
+        release connections. Raises UnwrittenTrajectoriesError (with their
+        count) when the queued trajectories could not be written within
+        `write_timeout`. Pending micro-LoRA signals are not applied here (as
+        in the reference, they wait for the next flush); their trajectories
+        are stored, and the next store that flushes applies them."""
         try:
+            if self._writer is not None:
+                self._writer.close()
             self._accesses.flush()
         finally:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
             self.engine.dispose()
 
     def __enter__(self) -> SonaStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Leaving the block commits what is queued (see `close`)."""
         self.close()
 
     def __repr__(self) -> str:
@@ -194,25 +258,30 @@ class SonaStore:
 
     def record_trajectories(self, items: Iterable[dict[str, Any]]) -> list[int]:
         """Validate every item, then insert them all in one transaction; returns
-        their ids in order. A bad item raises ValidationError and writes nothing.
-        The trajectories then feed the instant loop, in order."""
+        their ids in order, once committed. A bad item raises ValidationError
+        and writes nothing. The trajectories then feed the instant loop, in
+        order. With the writer, the transaction may hold other callers'
+        trajectories too (never part of this batch without the rest)."""
         if not self.enabled:
             return []
         batch = validate_batch(items, self.config)
+        if not len(batch):
+            return []
+        if self._writer is not None:
+            return self._writer.result(self._writer.submit(batch, wait=True))
+        return self._record_now(batch)
+
+    def _record_now(self, batch: TrajectoryBatch) -> list[int]:
+        """Commit a validated batch on the caller's thread (`background=False`)."""
         self._learn_quietly(self._instant.adopt_orphans_once)
-        inflight = InFlight()
+        recorder = _GroupRecorder(self.config, self._instant)
+        committed = False
         try:
             with connection_transaction(self.engine, immediate=True) as connection:
-                ids = trajectories.insert_batch(connection, batch)
-                # Due micro-LoRA groups are applied in this same transaction;
-                # a failing flush leaves the trajectories to commit regardless.
-                gradients = fit_width(batch.signals, self.config.hidden_dim)
-                fresh = BatchSignals(ids, gradients, batch.qualities)
-                self._instant.record(connection, fresh, inflight)
-        except BaseException:
-            self._instant.settle(inflight, committed=False)
-            raise
-        self._instant.settle(inflight, committed=True)
+                ids = recorder.commit(connection, batch, None)
+            committed = True
+        finally:
+            recorder.settle(committed)
         return ids
 
     def _learn_quietly(self, step: Callable[..., object], *args: Any) -> None:
@@ -227,21 +296,67 @@ class SonaStore:
         """Start a trajectory; nothing is written until `end_trajectory`. A query
         of the wrong dimension (or not finite) is refused here, where it was
         given, not when the trajectory ends."""
-        check_vector(query_embedding, "query_embedding", self.config.embedding_size)
-        return TrajectoryBuilder(query_embedding)
+        checked = check_vector(query_embedding, "query_embedding", self.config.embedding_size)
+        return TrajectoryBuilder(checked)
 
     def end_trajectory(
+        self, builder: TrajectoryBuilder, quality: float | None = None, *, wait: bool = True
+    ) -> Any:
+        """Validate, persist and commit one trajectory. `wait=True`: returns
+        its id once committed (RecordingTimeoutError if the database fails
+        for longer than `write_timeout`; the trajectory stays queued).
+        `wait=False`: returns as soon as it is queued, a
+        `concurrent.futures.Future` of its id; the writer commits it at most
+        `max_delay` later (README: what a crash then loses). None when the
+        store is disabled. Invalid input raises ValidationError here, in
+        either mode, and nothing is queued."""
+        if not self.enabled:
+            return None
+        batch = validate_batch([builder.to_item(quality)], self.config)
+        if self._writer is None:
+            ids = self._record_now(batch)
+            if wait:
+                return ids[0]
+            done: Future[int] = Future()
+            done.set_result(ids[0])
+            return done
+        future = self._writer.submit(batch, wait=wait)
+        if wait:
+            return self._writer.result(future)[0]
+        return _first_id(future)
+
+    async def end_trajectory_async(
         self, builder: TrajectoryBuilder, quality: float | None = None
     ) -> int | None:
-        """Validate, persist and commit one trajectory; returns its id (None
-        when the store is disabled)."""
-        ids = self.record_trajectories([builder.to_item(quality)])
-        return ids[0] if ids else None
+        """`end_trajectory` for asyncio: validates in the calling task (a bad
+        trajectory raises at once) and awaits the commit without blocking
+        the event loop; its id (None when disabled). A full queue is waited
+        for in a worker thread; RecordingTimeoutError after `write_timeout`."""
+        if not self.enabled:
+            return None
+        batch = validate_batch([builder.to_item(quality)], self.config)
+        writer = self._writer
+        if writer is None:
+            return (await asyncio.to_thread(self._record_now, batch))[0]
+        try:
+            future = writer.submit(batch, wait=True, block=False)
+        except BlockingIOError:
+            future = await asyncio.to_thread(writer.submit, batch, wait=True)
+        try:
+            ids = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), writer.write_timeout
+            )
+        except TimeoutError:
+            raise RecordingTimeoutError(
+                f"not committed within {writer.write_timeout:g} s; the trajectory stays "
+                "queued and is written when the database is back"
+            ) from None
+        return ids[0]
 
     @contextlib.contextmanager
     def trajectory(self, query_embedding: Any) -> Iterator[TrajectoryBuilder]:
         """`with store.trajectory(q) as t: ...; t.quality = 0.8` records on exit
-        (not when the block raises)."""
+        (not when the block raises), waiting for the commit."""
         builder = self.begin_trajectory(query_embedding)
         yield builder
         self.end_trajectory(builder)
@@ -276,8 +391,32 @@ class SonaStore:
                 ids.extend(trajectories.insert_batch(session.connection(), batch))
                 if progress is not None:
                     progress(len(ids))
-        self._learn_quietly(self._instant.catch_up)
+        # Whole groups of the new signals, applied on the writer (if any).
+        if self._writer is not None:
+            self._writer.wrote()
+            try:
+                self._writer.call(self._catch_up_quietly, "the micro-LoRA catch-up")
+            except RecordingError as exc:  # the file is committed: the signals stay pending
+                logger.warning("micro-LoRA flush deferred (its signals stay pending): %s", exc)
+        else:
+            self._catch_up_quietly()
         return ids
+
+    def _wrote(self) -> None:
+        """After a transaction that may move the head: drop the cached state,
+        and have the writer checkpoint the log once writing pauses."""
+        self._cache.invalidate()
+        if self._writer is not None:
+            self._writer.wrote()
+
+    def _catch_up_quietly(self) -> int:
+        try:
+            return self._instant.catch_up()
+        except Exception as exc:
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
+            return 0
 
     # -- cycles -----------------------------------------------------------------
 
@@ -287,7 +426,7 @@ class SonaStore:
                 self.engine, self.config, force=force, trigger=trigger, actor=self.actor
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     # -- rollback -----------------------------------------------------------------
 
@@ -306,7 +445,7 @@ class SonaStore:
                 self.engine, cycle_id, actor=actor or self.actor, reason=reason, requeue=requeue
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     def restore(
         self, cycle_id: int, *, reason: str | None = None, actor: str | None = None
@@ -317,7 +456,60 @@ class SonaStore:
                 self.engine, cycle_id, actor=actor or self.actor, reason=reason
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
+
+    # -- LoRA adapters in and out ---------------------------------------------------
+
+    def export_lora(
+        self,
+        out_dir: str | os.PathLike[str],
+        version: int | None = None,
+        tier: str | None = None,
+        target_modules: list[str] | tuple[str, ...] | None = None,
+        *,
+        layer_prefix: str = lora_io.DEFAULT_LAYER_PREFIX,
+    ) -> Path:
+        """Write a LoRA version (None: the current one of `tier`, base by
+        default) as a PEFT adapter directory (docs/lora_export.md); returns it."""
+        return lora_io.export_lora(
+            self.engine, out_dir, version, tier, target_modules, layer_prefix=layer_prefix
+        )
+
+    def import_lora(
+        self,
+        in_dir: str | os.PathLike[str],
+        reason: str,
+        *,
+        tier: str | None = None,
+        actor: str | None = None,
+    ) -> LoraMove:
+        """Store a PEFT adapter directory as a new version of its tier and make
+        it current, audited; `lora_move.to_version_id` is the new version. A
+        bad adapter raises AdapterError and writes nothing."""
+        try:
+            return lora_io.import_lora(
+                self.engine, self.config, in_dir, reason, actor=actor or self.actor, tier=tier
+            )
+        finally:
+            self._wrote()
+
+    def use_lora_version(
+        self, version_id: int, reason: str, *, actor: str | None = None
+    ) -> LoraMove:
+        """Make an existing LoRA version current for its tier (undoing an
+        import, or going back to any earlier version), audited. Cycles, EWC++
+        state and patterns stay as they are."""
+        try:
+            return lora_io.use_lora_version(
+                self.engine, version_id, reason, actor=actor or self.actor
+            )
+        finally:
+            self._wrote()
+
+    def report(self, out_dir: str | os.PathLike[str]) -> list[Path]:
+        """Write PNG charts of the learning history and an `index.html` into
+        `out_dir` (the `report` extra); returns the files, the page last."""
+        return report_module.write_report(self.engine, out_dir)
 
     # -- quarantine ---------------------------------------------------------------
 
@@ -344,7 +536,7 @@ class SonaStore:
                 self.engine, self.config, selection, reason=reason, actor=actor or self.actor
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
 
     def release(
         self, quarantine_id: int, *, reason: str | None = None, actor: str | None = None
@@ -356,7 +548,7 @@ class SonaStore:
                 self.engine, quarantine_id, actor=actor or self.actor, reason=reason
             )
         finally:
-            self._cache.invalidate()
+            self._wrote()
         self._instant.readopt()
         return released
 
@@ -412,14 +604,17 @@ class SonaStore:
         lets go (each argument None: the stored policy's value; `older_than`
         in seconds or a timedelta), archiving them first to `archive`; one
         audit row. Their metadata rows stay. See docs/operations.md."""
-        return retention.gc(
-            self.engine,
-            self.config,
-            older_than=older_than,
-            horizon_cycles=horizon_cycles,
-            archive=archive,
-            actor=self.actor,
-        )
+        try:
+            return retention.gc(
+                self.engine,
+                self.config,
+                older_than=older_than,
+                horizon_cycles=horizon_cycles,
+                archive=archive,
+                actor=self.actor,
+            )
+        finally:
+            self._wrote()
 
     def retention_policy(self) -> Policy:
         """The stored policy (Policy() when none: every vector is kept)."""
@@ -557,8 +752,11 @@ class SonaStore:
         each with its `score` (that similarity). Served from memory; accesses
         are counted and written in batches."""
         found = self._pattern_index().search(self._query(query), k)
-        if found:
-            self._accesses.touch([p.id for p in found])
+        if found and self._accesses.touch([p.id for p in found]):
+            if self._writer is not None:
+                self._writer.accesses_due()
+            else:  # no background thread: written here (`background=False`)
+                self._accesses.flush()
         return found
 
     def recommend_routes(
@@ -609,7 +807,7 @@ class SonaStore:
                 .values(pruned_at=now)
                 .execution_options(synchronize_session=False)
             )
-        self._cache.invalidate()
+        self._wrote()
         return int(cast(sa.CursorResult[Any], result).rowcount)
 
     # -- instant loop ------------------------------------------------------------
@@ -645,8 +843,11 @@ class SonaStore:
         return projector(vector)
 
     def flush(self) -> int:
-        """Apply every pending micro-LoRA signal and write counted pattern
-        accesses; returns the number of signals applied."""
+        """Wait until every queued trajectory is committed, then apply every
+        pending micro-LoRA signal and write counted pattern accesses (on the
+        writer's thread); returns the number of signals applied."""
+        if self._writer is not None:
+            return self._writer.flush()
         applied = self._instant.flush()
         self._accesses.flush()
         return applied
@@ -672,9 +873,26 @@ class SonaStore:
                 # background_enabled would always have been this same flag.
                 "instant_enabled": self.enabled,
                 "micro_signals_pending_here": self._instant.pending,
+                "recording": self.recording_stats(),
                 "database_url": mask_url(self.engine.url),
                 "schema": self.schema,
             }
+
+    def recording_stats(self) -> dict[str, Any]:
+        """The writer's figures, read without the database (`background=False`:
+        only that)."""
+        if self._writer is None:
+            return {"background": False}
+        stats = self._writer.stats
+        return {
+            "background": True,
+            "queued": self._writer.queued,
+            "groups_committed": stats.groups,
+            "trajectories_committed": stats.trajectories,
+            "retries": stats.retries,
+            "wal_checkpoints": stats.checkpoints,
+            "last_error": stats.last_error,
+        }
 
     def head(self) -> dict[str, int | None]:
         with transaction(self.engine) as session:
@@ -739,8 +957,90 @@ def _finite_output(out: np.ndarray, tier: str) -> np.ndarray:
     return out
 
 
-def _is_sqlite_file(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+class _GroupRecorder:
+    """One recording transaction's insert and its micro-LoRA share: the
+    trajectories go in, whole groups of signals (queued + fresh) are applied
+    in the same transaction, and `settle` queues the rest once the outcome
+    is known (or gives back what was taken, see `InstantLearner.settle`)."""
+
+    def __init__(self, config: SonaConfig, instant: InstantLearner):
+        self.config = config
+        self.instant = instant
+        self._inflight: InFlight | None = None
+
+    def commit(
+        self, connection: sa.Connection, batch: TrajectoryBatch, ids: list[int] | None
+    ) -> list[int]:
+        self._inflight = InFlight()
+        ids = trajectories.insert_batch(connection, batch, ids)
+        # Due micro-LoRA groups are applied in this same transaction; a
+        # failing flush leaves the trajectories to commit regardless.
+        gradients = fit_width(batch.signals, self.config.hidden_dim)
+        self.instant.record(
+            connection, BatchSignals(ids, gradients, batch.qualities), self._inflight
+        )
+        return ids
+
+    def settle(self, committed: bool) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            self.instant.settle(inflight, committed=committed)
+
+    def prepare(self) -> None:
+        try:
+            self.instant.adopt_orphans_once()
+        except Exception as exc:
+            logger.warning(
+                "micro-LoRA flush deferred (its signals stay pending): %s", short_error(exc)
+            )
+
+
+def _start_writer(
+    engine: Engine,
+    config: SonaConfig,
+    instant: InstantLearner,
+    accesses: AccessLog,
+    **options: Any,
+) -> Writer:
+    """The store's writer, holding only the parts it works with (not the store)."""
+    recorder = _GroupRecorder(config, instant)
+    checkpoint = (lambda: wal_checkpoint(engine)) if is_sqlite_file(engine) else None
+    housekeeping = Housekeeping(
+        flush=instant.flush,
+        accesses=accesses.flush,
+        checkpoint=checkpoint,
+        prepare=recorder.prepare,
+    )
+    return Writer(engine, recorder.commit, recorder.settle, housekeeping, **options)
+
+
+def _in_memory_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and not is_sqlite_file(engine)
+
+
+def _first_id(future: Future[list[int]]) -> Future[int]:
+    """A future of the one id of a one-trajectory job."""
+    first: Future[int] = Future()
+    first.set_running_or_notify_cancel()  # cancelling would not unqueue it
+
+    def done(source: Future[list[int]]) -> None:
+        error = source.exception()
+        if error is not None:
+            first.set_exception(error)
+        else:
+            first.set_result(source.result()[0])
+
+    future.add_done_callback(done)
+    return first
+
+
+def _check_recording_options(max_delay: float, max_queued: int, write_timeout: float) -> None:
+    if not (isinstance(max_delay, int | float) and 0 <= max_delay <= 10):
+        raise ConfigError(f"max_delay must be a number of seconds in [0, 10], got {max_delay!r}")
+    if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+        raise ConfigError(f"max_queued must be a positive integer, got {max_queued!r}")
+    if not (isinstance(write_timeout, int | float) and write_timeout > 0):
+        raise ConfigError(f"write_timeout must be a positive number, got {write_timeout!r}")
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:

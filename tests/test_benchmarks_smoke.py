@@ -40,6 +40,12 @@ FIGURES = [
     "writers_1_per_s",
     "writers_4_per_s",
     "writers_scaling_x",
+    *(
+        f"record_{threads}t_{mode}_{what}"
+        for threads in (1, 8)
+        for mode in ("wait", "nowait")
+        for what in ("per_s", "p99_us", "wal_bytes")
+    ),
     "micro_lora_us",
     "find_patterns_us",
     "base_lora_us",

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from sona_store import SonaConfig, SonaStore
 from sona_store.db.engine import create_store_engine
 from sona_store.db.models import Base
-from sona_store.services.lora_io import export_lora
 
 from .helpers import make_trajectories
 from .service_helpers import child_env, inspector, snapshot
@@ -105,7 +104,7 @@ def learned(db_url: str, tmp_path: Path) -> tuple[str, Path, int]:
         store.run_cycle(force=True)
         store.rollback(first, reason="to have something to restore")
         store.record_trajectories(make_trajectories(12, DIM, seed=3))
-        export_lora(store, tmp_path / "adapter")
+        store.export_lora(tmp_path / "adapter")
     path = tmp_path / "batch.jsonl"
     path.write_text("".join(json.dumps(i) + "\n" for i in make_trajectories(300, DIM, seed=4)))
     return db_url, path, first

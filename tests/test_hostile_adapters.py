@@ -19,9 +19,6 @@ from sona_store.errors import ValidationError
 from sona_store.services.lora_io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    export_lora,
-    import_lora,
-    use_lora_version,
 )
 
 from .test_cli import assert_one_line_error, run
@@ -32,7 +29,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 
 def _exported(store: SonaStore, folder: Path, tier: str = "base") -> Path:
-    return export_lora(store, folder, tier=tier)
+    return store.export_lora(folder, tier=tier)
 
 
 def _refused(store: SonaStore, folder: Path, *needles: str, capsys=None) -> None:
@@ -40,7 +37,7 @@ def _refused(store: SonaStore, folder: Path, *needles: str, capsys=None) -> None
     the CLI prints it as one line."""
     before = _counts(store)
     with pytest.raises(ValueError) as info:
-        import_lora(store, folder, "hostile")
+        store.import_lora(folder, "hostile")
     for needle in needles:
         assert needle in str(info.value), (needle, str(info.value))
     assert _counts(store) == before
@@ -130,7 +127,7 @@ def test_an_alpha_that_overflows_is_refused(lstore, tmp_path, capsys):  # noqa: 
 def test_a_bounded_adapter_still_imports(lstore, tmp_path):  # noqa: F811
     folder = _exported(lstore, tmp_path / "fine")
     _scaled_weights(folder, 3.0)
-    version = import_lora(lstore, folder, "three times stronger")
+    version = lstore.import_lora(folder, "three times stronger").to_version_id
     assert lstore.head()["base_lora_version_id"] == version
 
 
@@ -149,7 +146,7 @@ def test_lora_use_refuses_a_stored_version_that_overflows(lstore):  # noqa: F811
         )
     before = lstore.head()
     with pytest.raises(ValueError, match="would overflow"):
-        use_lora_version(lstore, bad, "try it")
+        lstore.use_lora_version(bad, "try it")
     assert lstore.head() == before
 
 

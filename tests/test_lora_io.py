@@ -22,9 +22,6 @@ from sona_store.services.lora_io import (
     CONFIG_NAME,
     METADATA_NAME,
     WEIGHTS_NAME,
-    export_lora,
-    import_lora,
-    use_lora_version,
 )
 
 from .helpers import make_trajectories
@@ -69,7 +66,7 @@ def _has_view(store: SonaStore, name: str) -> bool:
 def test_export_base_gives_peft_names_shapes_and_exact_values(lstore, tmp_path):
     current = lstore.lora_state()
     assert np.abs(current.up).max() > 0
-    out = export_lora(lstore, tmp_path / "adapter", target_modules=["q_proj", "v_proj"])
+    out = lstore.export_lora(tmp_path / "adapter", target_modules=["q_proj", "v_proj"])
     assert out == tmp_path / "adapter"
     tensors = load_file(str(out / WEIGHTS_NAME))
     expected = {
@@ -115,7 +112,7 @@ def test_export_base_gives_peft_names_shapes_and_exact_values(lstore, tmp_path):
 
 
 def test_export_default_module_an_older_version_and_the_micro_tier(lstore, tmp_path):
-    initial = export_lora(lstore, tmp_path / "v1", version=1)
+    initial = lstore.export_lora(tmp_path / "v1", version=1)
     tensors = load_file(str(initial / WEIGHTS_NAME))
     assert set(tensors) == {
         f"{PREFIX}.{i}.sona_adapter.lora_{ab}.weight" for i in range(3) for ab in "AB"
@@ -125,7 +122,7 @@ def test_export_default_module_an_older_version_and_the_micro_tier(lstore, tmp_p
 
     micro = lstore.lora_state(tier="micro")
     assert np.abs(micro.up).max() > 0
-    out = export_lora(lstore, tmp_path / "micro", tier="micro")
+    out = lstore.export_lora(tmp_path / "micro", tier="micro")
     tensors = load_file(str(out / WEIGHTS_NAME))
     assert set(tensors) == {
         f"{PREFIX}.0.sona_adapter.lora_A.weight",
@@ -144,11 +141,11 @@ def test_export_default_module_an_older_version_and_the_micro_tier(lstore, tmp_p
     assert meta["tier"] == "micro" and meta["layers"] == 1
 
     with pytest.raises(ValueError, match="is a base version, not micro"):
-        export_lora(lstore, tmp_path / "x", version=1, tier="micro")
+        lstore.export_lora(tmp_path / "x", version=1, tier="micro")
     with pytest.raises(LookupError, match="no LoRA version 999"):
-        export_lora(lstore, tmp_path / "x", version=999)
+        lstore.export_lora(tmp_path / "x", version=999)
     with pytest.raises(ValueError, match="target modules"):
-        export_lora(lstore, tmp_path / "x", target_modules=["a b"])
+        lstore.export_lora(tmp_path / "x", target_modules=["a b"])
 
 
 # -- import ---------------------------------------------------------------------------
@@ -161,14 +158,16 @@ def test_import_of_an_export_is_bit_exact_current_and_audited(db_url, tmp_path):
             store.record_trajectories(make_trajectories(12, DIM, seed=seed))
             store.run_cycle(force=True)
         exported = store.lora_state()
-        export_lora(store, tmp_path / "a")
+        store.export_lora(tmp_path / "a")
         store.record_trajectories(make_trajectories(12, DIM, seed=3))
         store.run_cycle(force=True)
         before = store.head()["base_lora_version_id"]
         probe = np.linspace(-1, 1, DIM).astype(np.float32)
         learned_output = store.apply_base_lora(0, probe)  # fills the cache
 
-        version = import_lora(store, tmp_path / "a", "known-good adapter", actor="tester")
+        version = store.import_lora(
+            tmp_path / "a", "known-good adapter", actor="tester"
+        ).to_version_id
 
         assert store.head()["base_lora_version_id"] == version
         imported = store.lora_state(version)
@@ -205,7 +204,7 @@ def test_import_of_an_export_is_bit_exact_current_and_audited(db_url, tmp_path):
             assert len(rows) == 1 and rows[0]._mapping["reason"] == "known-good adapter"
 
         # Re-exporting the imported version gives the same bytes of tensors.
-        export_lora(store, tmp_path / "b")
+        store.export_lora(tmp_path / "b")
         first = load_file(str(tmp_path / "a" / WEIGHTS_NAME))
         second = load_file(str(tmp_path / "b" / WEIGHTS_NAME))
         assert first.keys() == second.keys()
@@ -217,9 +216,9 @@ def test_import_of_an_export_is_bit_exact_current_and_audited(db_url, tmp_path):
 def test_import_micro_and_rollbackable_by_lora_use(lstore, tmp_path):
     micro_before = lstore.lora_state(tier="micro")
     base_before = lstore.lora_state()
-    export_lora(lstore, tmp_path / "micro", version=2)  # the initial micro version
+    lstore.export_lora(tmp_path / "micro", version=2)  # the initial micro version
     assert lstore.lora_state(2).tier == "micro"
-    version = import_lora(lstore, tmp_path / "micro", "reset the instant loop")
+    version = lstore.import_lora(tmp_path / "micro", "reset the instant loop").to_version_id
     head = lstore.head()
     assert head["micro_lora_version_id"] == version
     assert head["base_lora_version_id"] == base_before.version_id  # untouched
@@ -227,7 +226,7 @@ def test_import_micro_and_rollbackable_by_lora_use(lstore, tmp_path):
     assert np.array_equal(imported.up, lstore.lora_state(2).up)
     assert imported.alpha == lstore.lora_state(2).alpha
 
-    move = use_lora_version(lstore, micro_before.version_id, "undo the reset")
+    move = lstore.use_lora_version(micro_before.version_id, "undo the reset")
     assert (move.tier, move.from_version_id, move.to_version_id) == (
         "micro",
         version,
@@ -241,11 +240,11 @@ def test_import_micro_and_rollbackable_by_lora_use(lstore, tmp_path):
 
 def test_lora_use_restores_the_previous_base_weights_bit_for_bit(lstore, tmp_path):
     previous = lstore.lora_state()
-    export_lora(lstore, tmp_path / "initial", version=1)
-    version = import_lora(lstore, tmp_path / "initial", "try the untrained adapter")
+    lstore.export_lora(tmp_path / "initial", version=1)
+    version = lstore.import_lora(tmp_path / "initial", "try the untrained adapter").to_version_id
     assert not lstore.lora_state().up.any()
 
-    move = use_lora_version(lstore, previous.version_id, "the learned one was better")
+    move = lstore.use_lora_version(previous.version_id, "the learned one was better")
     assert move.audit_id == lstore.audit_log(limit=1)[0]["id"]
     now = lstore.lora_state()
     assert now.version_id == previous.version_id
@@ -260,14 +259,14 @@ def test_lora_use_restores_the_previous_base_weights_bit_for_bit(lstore, tmp_pat
         "head_cycle_id": lstore.head()["cycle_id"],
     }
     with pytest.raises(ValueError, match="already the current base LoRA"):
-        use_lora_version(lstore, previous.version_id, "again")
+        lstore.use_lora_version(previous.version_id, "again")
     with pytest.raises(LookupError, match="no LoRA version 999"):
-        use_lora_version(lstore, 999, "nothing")
+        lstore.use_lora_version(999, "nothing")
 
 
 def test_a_cycle_after_an_import_learns_from_it_and_rolls_back_to_it(lstore, tmp_path):
-    export_lora(lstore, tmp_path / "a", version=1)
-    version = import_lora(lstore, tmp_path / "a", "start over")
+    lstore.export_lora(tmp_path / "a", version=1)
+    version = lstore.import_lora(tmp_path / "a", "start over").to_version_id
     lstore.record_trajectories(make_trajectories(12, DIM, seed=9))
     result = lstore.run_cycle(force=True)
     assert result.ewc_updated
@@ -354,26 +353,26 @@ TAMPERINGS = [
 def test_a_tampered_adapter_raises_naming_the_problem_and_writes_nothing(lstore, tmp_path):
     before = _counts(lstore)
     for case in TAMPERINGS:
-        folder = export_lora(lstore, tmp_path / case.replace(" ", "_"))
+        folder = lstore.export_lora(tmp_path / case.replace(" ", "_"))
         needle = _tamper(folder, case)
         with pytest.raises(ValueError) as info:
-            import_lora(lstore, folder, f"tampered: {case}")
+            lstore.import_lora(folder, f"tampered: {case}")
         assert needle in str(info.value), (case, str(info.value))
         assert _counts(lstore) == before, case
 
 
 def test_micro_import_checks_the_scale_and_the_reason_is_required(lstore, tmp_path):
     before = _counts(lstore)
-    folder = export_lora(lstore, tmp_path / "micro", tier="micro")
+    folder = lstore.export_lora(tmp_path / "micro", tier="micro")
     with pytest.raises(ValueError, match="needs a reason"):
-        import_lora(lstore, folder, "  ")
+        lstore.import_lora(folder, "  ")
     with pytest.raises(ValueError, match="the adapter is a micro LoRA, not base"):
-        import_lora(lstore, folder, "wrong tier", tier="base")
+        lstore.import_lora(folder, "wrong tier", tier="base")
     config = json.loads((folder / CONFIG_NAME).read_text())
     config["lora_alpha"] = 2  # alpha/r = 1, but the micro scale is 1/sqrt(2)
     (folder / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"scale is 1/sqrt\(rank\)"):
-        import_lora(lstore, folder, "wrong scale")
+        lstore.import_lora(folder, "wrong scale")
     assert _counts(lstore) == before
 
 
@@ -397,7 +396,7 @@ def test_a_plain_peft_adapter_without_store_metadata_imports(lstore, tmp_path):
     (folder / CONFIG_NAME).write_text(
         json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 16, "target_modules": ["mlp"]})
     )
-    version = import_lora(lstore, folder, "adapter from a training run")
+    version = lstore.import_lora(folder, "adapter from a training run").to_version_id
     stored = lstore.lora_state(version)
     assert np.array_equal(stored.down, down) and np.array_equal(stored.up, up)
     assert stored.alpha == 16.0
@@ -463,7 +462,7 @@ def test_cli_export_import_and_lora_use(lstore, tmp_path, capsys):
 
 def test_cli_errors_are_one_line(lstore, tmp_path, capsys):
     url = lstore.url
-    folder = export_lora(lstore, tmp_path / "bad")
+    folder = lstore.export_lora(tmp_path / "bad")
     _tamper(folder, "nan")
     for args, needle in (
         (["import-lora", str(folder), "--reason", "x"], "contains NaN"),
@@ -480,13 +479,13 @@ def test_cli_errors_are_one_line(lstore, tmp_path, capsys):
 def test_an_older_export_with_its_metadata_in_adapter_config_imports_as_its_tier(lstore, tmp_path):
     """Exports before sona_store.json kept the metadata in a `sona_store`
     section of adapter_config.json: its tier is still honoured."""
-    out = export_lora(lstore, tmp_path / "old", tier="micro")
+    out = lstore.export_lora(tmp_path / "old", tier="micro")
     meta = json.loads((out / METADATA_NAME).read_text())
     (out / METADATA_NAME).unlink()
     config = json.loads((out / CONFIG_NAME).read_text())
     (out / CONFIG_NAME).write_text(json.dumps({**config, "sona_store": meta}))
     before = lstore.head()
-    version = import_lora(lstore, out, reason="an older export")
+    version = lstore.import_lora(out, reason="an older export").to_version_id
     after = lstore.head()
     assert after["micro_lora_version_id"] == version != before["micro_lora_version_id"]
     assert after["base_lora_version_id"] == before["base_lora_version_id"]

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.services.lora_io import export_lora
 
 from .helpers import make_trajectories
 
@@ -78,7 +77,7 @@ def learned(db_url: str) -> SonaStore:
 
 
 def test_micro_export_loads_without_warnings_and_adapts_layer_0_only(learned, tmp_path, caplog):
-    out = export_lora(learned, tmp_path / "micro", tier="micro")
+    out = learned.export_lora(tmp_path / "micro", tier="micro")
     model = _load_silently(str(out), caplog)
     x = np.linspace(-1, 1, DIM).astype(np.float32)
     with torch.no_grad():
@@ -91,7 +90,7 @@ def test_micro_export_loads_without_warnings_and_adapts_layer_0_only(learned, tm
 
 
 def test_base_export_loads_without_warnings_and_matches_the_store(learned, tmp_path, caplog):
-    out = export_lora(learned, tmp_path / "base", tier="base")
+    out = learned.export_lora(tmp_path / "base", tier="base")
     model = _load_silently(str(out), caplog)
     x = np.linspace(-1, 1, DIM).astype(np.float32)
     with torch.no_grad():

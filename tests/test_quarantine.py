@@ -449,13 +449,12 @@ def test_an_imported_micro_lora_is_a_reset_the_replay_never_crosses(stores, tmp_
     """Signals applied before a micro-LoRA import are not in the imported
     weights: quarantining them replays nothing; after the import, from it."""
     pytest.importorskip("safetensors")
-    from sona_store.services.lora_io import export_lora, import_lora
 
     a, _ = stores
     early = a.record_trajectories(bad(4))
-    export_lora(a, tmp_path / "micro", tier="micro")
+    a.export_lora(tmp_path / "micro", tier="micro")
     a.record_trajectories(good(1))
-    imported = import_lora(a, tmp_path / "micro", reason="known good", tier="micro")
+    imported = a.import_lora(tmp_path / "micro", reason="known good", tier="micro").to_version_id
     before = a.lora_state(tier="micro").up.copy()
     result = a.quarantine(early, reason="before the import")
     assert result.micro_versions_replayed == 0 and result.micro_signals_removed == 0

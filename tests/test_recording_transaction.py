@@ -103,51 +103,78 @@ def test_an_existing_sqlite_file_keeps_its_page_size(tmp_path):
         store.close()
 
 
-def test_wal_is_checkpointed_off_the_writers_thread(tmp_path):
-    """After recording, a thread of the store copies the log into the
-    database file: nothing is left for the writer's own checkpoint."""
+def _checkpoints(store: SonaStore) -> int:
+    return store.stats()["recording"]["wal_checkpoints"]
+
+
+def test_wal_is_checkpointed_by_the_writer_when_recording_pauses(tmp_path):
+    """After recording, the store's writer copies the log into the database
+    file: nothing is left for a committing connection's own checkpoint."""
     import time
+
+    from sona_store.db.checkpoint import wal_checkpoint
 
     store = SonaStore(f"sqlite:///{tmp_path / 'wal.db'}", CONFIG)
     try:
-        checkpointer = store._checkpointer
-        assert checkpointer is not None
-        before = checkpointer.checkpoints
+        before = _checkpoints(store)
         store.record_trajectories(make_trajectories(50, 8))
         deadline = time.monotonic() + 10
-        while checkpointer.checkpoints == before and time.monotonic() < deadline:
+        while _checkpoints(store) == before and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert checkpointer.checkpoints > before
-        busy, logged, copied = checkpointer.checkpoint()
+        assert _checkpoints(store) > before
+        busy, logged, copied = wal_checkpoint(store.engine)
         assert busy == 0 and logged == copied  # the log is fully in the file
-        thread = checkpointer._thread
     finally:
         store.close()
-    assert thread is not None and not thread.is_alive()
 
 
 def test_checkpoints_wait_for_the_commits_to_pause(tmp_path, monkeypatch):
-    """A checkpoint during a burst of commits slows the writer: the thread
-    waits until commits pause, then copies the whole log."""
+    """A checkpoint during a burst of commits slows the writer: it waits
+    until commits pause, then copies the whole log."""
     import time
 
-    from sona_store.db import checkpoint
+    from sona_store.db.checkpoint import wal_checkpoint
+    from sona_store.services import writer
 
-    monkeypatch.setattr(checkpoint, "QUIET_S", 1.0)
+    monkeypatch.setattr(writer, "QUIET_S", 1.0)
     store = SonaStore(f"sqlite:///{tmp_path / 'burst.db'}", CONFIG)
     try:
-        checkpointer = store._checkpointer
-        before = checkpointer.checkpoints
+        before = _checkpoints(store)
         burst_ends = time.monotonic() + 1.5
         while time.monotonic() < burst_ends:  # a commit every ~20 ms
             store.record_trajectories(make_trajectories(2, 8))
             time.sleep(0.02)
-        assert checkpointer.checkpoints == before
+        assert _checkpoints(store) == before
         deadline = time.monotonic() + 10
-        while checkpointer.checkpoints == before and time.monotonic() < deadline:
+        while _checkpoints(store) == before and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert checkpointer.checkpoints == before + 1
-        busy, logged, copied = checkpointer.checkpoint()
+        assert _checkpoints(store) == before + 1
+        busy, logged, copied = wal_checkpoint(store.engine)
+        assert busy == 0 and logged == copied
+    finally:
+        store.close()
+
+
+def test_a_cycle_alone_has_its_log_checkpointed(tmp_path):
+    """A store that only runs cycles (a service) still has the writer copy
+    the log into the file once its commits pause."""
+    import time
+
+    from sona_store.db.checkpoint import wal_checkpoint
+
+    url = f"sqlite:///{tmp_path / 'cycles.db'}"
+    recorder = SonaStore(url, CONFIG, background=False)
+    recorder.record_trajectories(make_trajectories(40, 8))
+    recorder.close()
+    store = SonaStore(url)
+    try:
+        before = _checkpoints(store)
+        assert store.run_cycle(force=True).status == "completed"
+        deadline = time.monotonic() + 10
+        while _checkpoints(store) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _checkpoints(store) > before
+        busy, logged, copied = wal_checkpoint(store.engine)
         assert busy == 0 and logged == copied
     finally:
         store.close()
@@ -165,19 +192,37 @@ def test_sqlite_checkpoints_in_a_commit_only_past_a_large_log(tmp_path):
         store.close()
 
 
-def test_postgres_and_memory_stores_have_no_checkpointer(db_url):
+def _threads() -> set[object]:
+    import threading
+
+    return set(threading.enumerate())
+
+
+def test_a_store_owns_one_background_thread_or_none(db_url):
+    """The writer is the store's one thread (recording, flushes, access
+    counts, checkpoints), gone after close; `background=False` starts none
+    and records on the caller's thread."""
+    before = _threads()
     store = SonaStore(db_url, CONFIG)
     try:
-        expected = db_url.startswith("sqlite")
-        assert (store._checkpointer is not None) == expected
+        store.record_trajectories(make_trajectories(3, 8))
+        store.find_patterns([0.1] * 8)
+        store.flush()
+        assert [t.name for t in _threads() - before] == ["sona-store-writer"]
     finally:
         store.close()
-    memory = SonaStore("sqlite://", CONFIG)
+    assert _threads() - before == set()
+    plain = SonaStore(db_url, background=False)
     try:
-        assert memory._checkpointer is None
-        assert len(memory.record_trajectories(make_trajectories(3, 8))) == 3
+        assert len(plain.record_trajectories(make_trajectories(3, 8))) == 3
+        assert plain.end_trajectory(plain.begin_trajectory([0.1] * 8), 0.5) == 7
+        queued = plain.end_trajectory(plain.begin_trajectory([0.1] * 8), 0.5, wait=False)
+        assert queued.result(timeout=0) == 8  # committed already, on this thread
+        assert plain.flush() == 5  # 3 + 1 + 1 signals pending (threshold 10)
+        assert _threads() - before == set()
+        assert plain.stats()["recording"] == {"background": False}
     finally:
-        memory.close()
+        plain.close()
 
 
 def test_the_ledger_names_exactly_the_applied_trajectories(db_url):
@@ -312,7 +357,9 @@ def test_signals_of_a_batch_whose_commit_was_not_reported_are_adopted(db_url, mo
 
     import sona_store.store as store_module
 
-    store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=10))
+    # On the caller's thread: the writer's retry of such a commit is
+    # tests/test_group_commit.py's.
+    store = SonaStore(db_url, SonaConfig(hidden_dim=8, micro_flush_threshold=10), background=False)
     try:
         store.record_trajectories(make_trajectories(1, 8, seed=1))  # adopted once
         real = store_module.connection_transaction

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
 from sona_store.cli.main import main
-from sona_store.services.lora_io import MissingExtraError, export_lora, import_lora
-from sona_store.services.report import CHARTS, load_report_data, write_report
+from sona_store.services.lora_io import MissingExtraError
+from sona_store.services.report import CHARTS, load_report_data
 
 from .helpers import make_trajectories
 
@@ -49,8 +49,8 @@ def history_store(db_url: str, tmp_path: Path) -> SonaStore:
         store.run_cycle(force=True)
     store.run_cycle(force=True)  # nothing pending: skipped
     store.rollback(3, reason="bad patterns")
-    export_lora(store, tmp_path / "initial", version=1)
-    import_lora(store, tmp_path / "initial", "reset the adapter")
+    store.export_lora(tmp_path / "initial", version=1)
+    store.import_lora(tmp_path / "initial", "reset the adapter")
     # A task boundary (EWC++ needs 50+ samples to detect one): mark cycle 2's state.
     with store.engine.begin() as conn:
         conn.execute(
@@ -66,7 +66,7 @@ def history_store(db_url: str, tmp_path: Path) -> SonaStore:
 
 def test_report_of_a_store_with_history(history_store, tmp_path):
     out = tmp_path / "report"
-    files = write_report(history_store, out)
+    files = history_store.report(out)
     page = _check_report(files, out)
     # The table of last cycles, newest first, with statuses and the skip reason.
     rows = re.findall(r"<tr><td>(\d+)</td>", page)
@@ -91,7 +91,7 @@ def test_report_of_a_store_with_history(history_store, tmp_path):
 
 def test_report_of_an_empty_store(db_url, tmp_path):
     with SonaStore(db_url, CONFIG) as store:
-        files = write_report(store, tmp_path / "empty")
+        files = store.report(tmp_path / "empty")
     page = _check_report(files, tmp_path / "empty")
     assert "No cycles yet." in page
     text = " ".join(page.split())
@@ -112,7 +112,7 @@ def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, c
     SonaStore(url, CONFIG).close()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with SonaStore(url) as store, pytest.raises(MissingExtraError, match=r"sona-store\[report\]"):
-        write_report(store, tmp_path / "r")
+        store.report(tmp_path / "r")
     capsys.readouterr()
     assert main(["--url", url, "report", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err

@@ -16,12 +16,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from sona_store import SonaConfig, SonaStore
-from sona_store.db.cycles import normalise_slot
 from sona_store.db.engine import create_store_engine
 from sona_store.db.types import utcnow
 from sona_store.scheduler.service import SonaScheduler, scrub_password
 from sona_store.services.cycle import SlotTakenError, run_cycle
-from sona_store.services.scheduling import interval_delta, run_scheduled_cycle
+from sona_store.services.scheduling import interval_delta, normalise_slot, run_scheduled_cycle
 
 from .helpers import make_trajectories
 from .service_helpers import (

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from sona_store.cli.console import printable, resolve_url
+from sona_store.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from sona_store.store import SonaStore
@@ -76,6 +77,6 @@ def confirm(args: argparse.Namespace, question: str) -> bool:
     if args.yes:
         return True
     if not sys.stdin.isatty():
-        raise ValueError(f"{question} Refusing without confirmation: add --yes")
+        raise InvalidInputError(f"{question} Refusing without confirmation: add --yes")
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")

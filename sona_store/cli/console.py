@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from sona_store.db.engine import URL_ENV
 from sona_store.db.engine import resolve_url as store_url
+from sona_store.errors import FileAccessError, InvalidInputError
 
 MAX_URL_FILE_BYTES = 64 * 1024
 # C0 controls, DEL and C1 controls: ESC sequences, OSC titles, bells, CR, ...
@@ -33,7 +34,7 @@ def resolve_url(args: Any) -> str:
     the default SQLite file."""
     url, path = getattr(args, "url", None), getattr(args, "url_file", None)
     if url and path:
-        raise ValueError("give --url or --url-file, not both")
+        raise InvalidInputError("give --url or --url-file, not both")
     if url:
         return str(url)
     if path:
@@ -47,17 +48,21 @@ def read_url_file(path: str | os.PathLike[str]) -> str:
     try:
         size = file.stat().st_size
     except OSError as exc:
-        raise ValueError(f"--url-file {file}: {exc.strerror}") from None
+        raise FileAccessError(f"--url-file {file}: {exc.strerror}") from None
     if size > MAX_URL_FILE_BYTES:
-        raise ValueError(f"--url-file {file}: larger than {MAX_URL_FILE_BYTES} bytes")
+        raise InvalidInputError(f"--url-file {file}: larger than {MAX_URL_FILE_BYTES} bytes")
     try:
         text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--url-file {file}: cannot read it ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise FileAccessError(f"--url-file {file}: cannot read it ({type(exc).__name__})") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"--url-file {file}: cannot read it ({type(exc).__name__})"
+        ) from None
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             return line.strip()
-    raise ValueError(f"--url-file {file}: holds no URL")
+    raise InvalidInputError(f"--url-file {file}: holds no URL")
 
 
 def url_password(url: str | None) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sona_store.cli.common import confirm, open_store, print_json
 from sona_store.db.retention import DAY_S, Policy
+from sona_store.errors import InvalidInputError
 
 
 def _days(value: str) -> float:
@@ -70,7 +71,9 @@ def cmd_retention(args: argparse.Namespace) -> int:
     if args.retention_command == "set":
         limits = _limits(args)
         if limits["older_than"] is None and limits["horizon_cycles"] is None:
-            raise ValueError("give --older-than-days and/or --horizon-cycles (or use: clear)")
+            raise InvalidInputError(
+                "give --older-than-days and/or --horizon-cycles (or use: clear)"
+            )
         audit = store.set_retention_policy(archive_dir=args.archive, reason=args.reason, **limits)
         print(f"retention policy: {store.retention_policy().describe()} (audit #{audit})")
     elif args.retention_command == "clear":

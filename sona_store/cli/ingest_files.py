@@ -10,6 +10,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO, cast
 
+from sona_store.errors import FileAccessError, InvalidInputError
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -36,13 +38,13 @@ class JsonlSource:
                 try:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{self.name}: line {number} is not UTF-8 text (byte {exc.start + 1} "
                         f"of the line: {raw[exc.start : exc.start + 1]!r}); JSONL input must "
                         "be UTF-8, plain or gzip-compressed"
                     ) from None
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name}: the gzip data is damaged after line {number} ({exc})"
             ) from None
 
@@ -52,7 +54,12 @@ class JsonlSource:
 
 
 def open_jsonl(path: str) -> JsonlSource:
-    """`-` is stdin; any other path is opened (a missing one raises OSError naming it)."""
+    """`-` is stdin; any other path is opened (one that cannot be is a
+    FileAccessError naming it)."""
     if path == "-":
         return JsonlSource("<stdin>", getattr(sys.stdin, "buffer", sys.stdin), owned=False)
-    return JsonlSource(path, open(path, "rb"), owned=True)  # noqa: SIM115
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 (closed by JsonlSource.close)
+    except OSError as exc:
+        raise FileAccessError(f"{path}: cannot open it ({exc.strerror or exc})") from exc
+    return JsonlSource(path, stream, owned=True)

@@ -8,22 +8,14 @@ from typing import Any
 
 from sona_store.cli.common import open_store
 from sona_store.db.models import LORA_TIERS
-from sona_store.services.lora_io import (
-    DEFAULT_LAYER_PREFIX,
-    DEFAULT_TARGET_MODULES,
-    METADATA_NAME,
-    export_lora,
-    import_lora_move,
-    use_lora_version,
-)
+from sona_store.services.lora_io import DEFAULT_LAYER_PREFIX, DEFAULT_TARGET_MODULES, METADATA_NAME
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
     modules = [m.strip() for m in args.target_modules.split(",")] if args.target_modules else None
     store = open_store(args)
     try:
-        out = export_lora(
-            store,
+        out = store.export_lora(
             args.out_dir,
             version=args.version,
             tier=args.tier,
@@ -43,7 +35,7 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 def cmd_import_lora(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        move = import_lora_move(store, args.dir, args.reason, tier=args.tier)
+        move = store.import_lora(args.dir, args.reason, tier=args.tier)
     finally:
         store.close()
     print(
@@ -56,7 +48,7 @@ def cmd_import_lora(args: argparse.Namespace) -> int:
 def cmd_lora_use(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        move = use_lora_version(store, args.version, args.reason)
+        move = store.use_lora_version(args.version, args.reason)
     finally:
         store.close()
     print(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from sona_store.cli import demo, gc, lora, report, run
 from sona_store.cli.common import (
@@ -43,7 +43,7 @@ from sona_store.db.engine import (
     store_label,
 )
 from sona_store.db.models import CYCLE_STATUSES
-from sona_store.errors import SonaStoreError
+from sona_store.errors import FileAccessError, InvalidInputError, SonaStoreError
 
 if TYPE_CHECKING:
     pass
@@ -114,7 +114,7 @@ def _upgrade_every_store(args: argparse.Namespace) -> int:
     from sona_store.db.stores import list_stores
 
     if schema_of(args) is not None:
-        raise ValueError("--all-schemas upgrades every store: leave out --schema")
+        raise InvalidInputError("--all-schemas upgrades every store: leave out --schema")
     probe = create_store_engine(url_of(args))
     try:
         stores = list_stores(probe)
@@ -243,23 +243,30 @@ def _vector(text: str) -> list[float]:
     `query_embedding` (one trajectory line), or a file holding either."""
     source = text.strip()
     if not source.startswith(("[", "{")):
-        with open(text, encoding="utf-8") as f:
-            source = f.read().strip()
+        try:
+            with open(text, encoding="utf-8") as f:
+                source = f.read().strip()
+        except OSError as exc:
+            raise FileAccessError(f"--near {text}: cannot read it ({exc.strerror or exc})") from exc
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"--near {text}: not UTF-8 text") from None
     try:
         value = json.loads(source)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--near: not a JSON array or object: {exc}") from None
+        raise InvalidInputError(f"--near: not a JSON array or object: {exc}") from None
     if isinstance(value, dict):
         value = value.get("query_embedding")
     if not isinstance(value, list):
-        raise ValueError("--near: expected a JSON array of numbers or {'query_embedding': [...]}")
+        raise InvalidInputError(
+            "--near: expected a JSON array of numbers or {'query_embedding': [...]}"
+        )
     return value
 
 
 def cmd_patterns(args: argparse.Namespace) -> int:
     if args.near is not None:
         if args.cycle is not None:
-            raise ValueError("--near searches the current patterns: it takes no --cycle")
+            raise InvalidInputError("--near searches the current patterns: it takes no --cycle")
         found = open_store(args).find_patterns(_vector(args.near), k=args.k)
         if args.json:
             print_json([p.to_dict(with_centroid=False) for p in found])
@@ -354,9 +361,9 @@ def parse_ids(text: str) -> list[int]:
         try:
             lo, hi = int(first), int(last if dash else first)
         except ValueError:
-            raise ValueError(f"--ids: {part!r} is not an id or a range like 1-500") from None
+            raise InvalidInputError(f"--ids: {part!r} is not an id or a range like 1-500") from None
         if lo < 1 or hi < lo:
-            raise ValueError(f"--ids: {part!r} is not a range of positive ids, low to high")
+            raise InvalidInputError(f"--ids: {part!r} is not a range of positive ids, low to high")
         ids.extend(range(lo, hi + 1))
     return ids
 
@@ -693,10 +700,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _broken_pipe()
-    except (SonaStoreError, ValueError, LookupError, OSError, ArgumentError) as exc:
+    # What a user can cause or meet is a SonaStoreError (or a URL SQLAlchemy
+    # cannot parse); what the database itself refused (a full disk, a table
+    # gone) is said in its own words. Anything else is a bug: its traceback shows.
+    except (SonaStoreError, ArgumentError) as exc:
         print(error_line(exc, password), file=sys.stderr)
         return EXIT_USER_ERROR
-    except SQLAlchemyError as exc:  # e.g. a full disk: what the database said, no SQL
+    except DBAPIError as exc:  # e.g. a full disk: what the database said, no SQL
         logger.debug("database error", exc_info=True)
         print(
             error_line(f"database error: {describe_database_error(exc)}", password), file=sys.stderr

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from sona_store.cli.common import open_store
-from sona_store.services.report import write_report
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        files = write_report(store, args.out)
+        files = store.report(args.out)
     finally:
         store.close()
     print(f"wrote {len(files)} files to {Path(args.out)}; open {files[-1]}")

@@ -13,6 +13,7 @@ from typing import Any
 from sona_store.cli.common import schema_of
 from sona_store.cli.console import resolve_url, url_password
 from sona_store.db.engine import create_store_engine
+from sona_store.errors import InvalidInputError
 from sona_store.scheduler.service import (
     DEFAULT_GRACE_S,
     SonaScheduler,
@@ -28,7 +29,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = resolve_url(args)
     schema = schema_of(args)
     if args.once and args.metrics_port is not None:
-        raise ValueError("--metrics-port serves a running service; --once exits after one attempt")
+        raise InvalidInputError(
+            "--metrics-port serves a running service; --once exits after one attempt"
+        )
     if args.log_format == "json":
         from sona_store.scheduler.logjson import use_json_logs
 

@@ -1,9 +1,10 @@
 """Pattern accesses (find_patterns hits) counted in memory and written in
-batches, so serving a query never waits on a database write."""
+batches, so serving a query never waits on a database write: `touch` says
+when the counts are due, and the store has its writer thread write them
+(or, with `background=False`, writes them on the caller's thread)."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
@@ -12,11 +13,9 @@ from typing import cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sona_store.db.engine import short_error, transaction
+from sona_store.db.engine import transaction
 from sona_store.db.models import Pattern
 from sona_store.db.types import utcnow
-
-logger = logging.getLogger("sona_store")
 
 
 class AccessLog:
@@ -30,36 +29,19 @@ class AccessLog:
         self._since = time.monotonic()
         self._flushing = False
 
-    def touch(self, pattern_ids: list[int]) -> None:
+    def touch(self, pattern_ids: list[int]) -> bool:
+        """Count accesses; True when the counts are due to be written (many
+        counted, or the oldest count is old), once until they are."""
         with self._lock:
             self._counts.update(pattern_ids)
             self._pending += len(pattern_ids)
-            due = (
+            due = not self._flushing and (
                 self._pending >= self.max_pending
                 or time.monotonic() - self._since >= self.max_age_seconds
             )
-        if due:
-            self._flush_in_background()
-
-    def _flush_in_background(self) -> None:
-        """Write the counts off the caller's thread: on SQLite the write may
-        wait for a cycle's lock, and serving a query must not."""
-        with self._lock:
-            if self._flushing:
-                return
-            self._flushing = True
-            self._since = time.monotonic()
-
-        def run() -> None:
-            try:
-                self.flush()
-            except Exception as exc:  # the counts were kept for the next attempt
-                logger.warning("pattern access counts not written yet: %s", short_error(exc))
-            finally:
-                with self._lock:
-                    self._flushing = False
-
-        threading.Thread(target=run, name="sona-access-log", daemon=True).start()
+            if due:
+                self._flushing = True
+        return due
 
     def flush(self) -> int:
         """Write the counted accesses (access_count += n, last_accessed = now)."""
@@ -67,6 +49,7 @@ class AccessLog:
             counts, self._counts = self._counts, Counter()
             self._pending = 0
             self._since = time.monotonic()
+            self._flushing = False
         if not counts:
             return 0
         now = utcnow()

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db.models import CYCLE_STATUSES, AuditEvent, Cycle, StoreHead
 from sona_store.db.types import utcnow
-from sona_store.errors import CycleNotFoundError
+from sona_store.errors import CycleNotFoundError, InvalidInputError
 from sona_store.results import CycleResult
 
 
@@ -110,13 +110,13 @@ def history(
         wanted = sorted(set(status))
         unknown = [s for s in wanted if s not in CYCLE_STATUSES]
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown cycle status {unknown[0]!r}: one of {', '.join(CYCLE_STATUSES)}"
             )
         statement = statement.where(Cycle.status.in_(wanted))
     if since is not None:
         if since.tzinfo is None:
-            raise ValueError("since must be a timezone-aware datetime")
+            raise InvalidInputError("since must be a timezone-aware datetime")
         statement = statement.where(
             sa.func.coalesce(Cycle.last_attempt_at, Cycle.started_at) >= since
         )
@@ -132,34 +132,8 @@ def add_audit(session: Session, *, actor: str, action: str, **fields: Any) -> Au
     return event
 
 
-# -- the schedule ---------------------------------------------------------------
-# Scheduled cycles run on a grid anchored in the database, not in any process:
-# every replica (and a restarted service) derives the same next slot from the
-# last scheduled cycle, so the slot can serve as an idempotency key.
-
-
-def normalise_slot(moment: dt.datetime) -> dt.datetime:
-    """UTC, truncated to whole milliseconds: the same instant always gives the
-    same key, whatever the backend's or the platform's timestamp precision."""
-    moment = moment.astimezone(dt.timezone.utc)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+# -- the schedule's queries (the schedule itself: services/scheduling.py) -------------
 
 
 def last_scheduled_slot(session: Session) -> dt.datetime | None:
     return session.scalar(sa.select(sa.func.max(Cycle.scheduled_for)))
-
-
-def next_slot(session: Session, interval: dt.timedelta, now: dt.datetime) -> dt.datetime:
-    """The slot the next scheduled cycle is for: due once it is not after `now`,
-    otherwise the time to wake up for it.
-
-    No scheduled cycle yet: `now`. Otherwise the last slot plus `interval`; if
-    that has already passed (the service was down), the latest grid point not
-    after `now`, so missed slots are coalesced into one cycle, not replayed."""
-    last = last_scheduled_slot(session)
-    if last is None:
-        return normalise_slot(now)
-    due = normalise_slot(last) + interval
-    if due <= now:
-        due += ((now - due) // interval) * interval
-    return due

@@ -14,14 +14,17 @@ invalidated, as `Connection.execute` would do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 INSERT_CHUNK = 2000  # rows per executemany call; keeps parameter lists bounded
+MULTIROW = 128  # rows per multi-row INSERT on SQLite (6 columns: 768 parameters)
 
 
 class Driver:
@@ -111,8 +114,24 @@ class Driver:
         literals: Mapping[str, str],
     ) -> None:
         sql = _insert_sql(table, columns, literals)
+        if self.dialect.name == "sqlite" and columns:
+            self._insert_multirow(sql, len(columns), rows)
+            return
         for start in range(0, len(rows), INSERT_CHUNK):
             self.executemany(sql, rows[start : start + INSERT_CHUNK])
+
+    def _insert_multirow(self, sql: str, width: int, rows: list[tuple[Any, ...]]) -> None:
+        """SQLite: rows as multi-row INSERTs (VALUES (..), (..), ...), MULTIROW
+        rows a statement, the rest in power-of-two pieces (a few statement
+        texts per table, each built once). sqlite3's executemany releases the
+        GIL around every row; a multi-row statement once, so the writer thread
+        does not hand the GIL back and forth with recording threads per row."""
+        start, n = 0, len(rows)
+        while start < n:
+            k = MULTIROW if n - start >= MULTIROW else 1 << ((n - start).bit_length() - 1)
+            chunk = rows[start : start + k]
+            self._run(self._cursor, _multirow(sql, width, k), list(chain.from_iterable(chunk)))
+            start += k
 
     @contextlib.contextmanager
     def savepoint(self, name: str) -> Iterator[None]:
@@ -164,6 +183,14 @@ def _insert_sql(table: sa.FromClause, columns: Sequence[str], literals: Mapping[
     names = [*columns, *literals]
     values = ["?"] * len(columns) + list(literals.values())
     return f"INSERT INTO {cast(sa.Table, table).name} ({', '.join(names)}) VALUES ({', '.join(values)})"
+
+
+@functools.lru_cache(maxsize=256)
+def _multirow(sql: str, width: int, rows: int) -> str:
+    """`sql` (one row's INSERT, `width` bound columns) for `rows` rows."""
+    head, values = sql.split(" VALUES ", 1)
+    del width  # part of the cache key: the same text never has two widths
+    return f"{head} VALUES {', '.join([values] * rows)}"
 
 
 # Values that, when a whole batch holds them in a column, go into the SQL as

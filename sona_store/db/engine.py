@@ -22,12 +22,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.db.driver import Driver
+from sona_store.db.failures import classify, is_sqlite_busy
 from sona_store.db.stores import refuse_on_sqlite, validate_schema_name
-from sona_store.errors import ConfigError, DatabaseUnavailableError
+from sona_store.errors import (
+    ConfigError,
+    DatabaseBusyError,
+    DatabaseUnavailableError,
+    TransactionConflictError,
+)
 from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
@@ -38,6 +44,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
 SCHEMA = "sona_schema"  # engine-wide execution option: the store's schema, if any
+DURABILITY = "sona_durability"  # engine-wide execution option: "normal" or "full"
+DURABILITY_LEVELS = ("normal", "full")
 
 
 def store_label(engine: Engine) -> str:
@@ -94,26 +102,40 @@ def _require_psycopg() -> None:
         ) from None
 
 
-def create_store_engine(url: str | URL, *, schema: str | None = None, **options: Any) -> Engine:
-    """An engine for the store at `url` (PostgreSQL: in `schema`, if given)."""
+def create_store_engine(
+    url: str | URL, *, schema: str | None = None, durability: str = "normal", **options: Any
+) -> Engine:
+    """An engine for the store at `url` (PostgreSQL: in `schema`, if given).
+    `durability` (SQLite): "normal" commits survive the process being
+    killed; "full" also a power loss (SQLite's synchronous=FULL: the log is
+    synced at every commit). PostgreSQL commits are as durable as the
+    server's `synchronous_commit` makes them, either way."""
     parsed = normalise_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+        raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
     refuse_on_sqlite(schema, backend)
+    if durability not in DURABILITY_LEVELS:
+        raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
+    options["execution_options"] = {
+        **options.get("execution_options", {}),
+        DURABILITY: durability,
+    }
     if schema is not None:
-        options["execution_options"] = {
-            **options.get("execution_options", {}),
-            SCHEMA: validate_schema_name(schema),
-        }
+        options["execution_options"][SCHEMA] = validate_schema_name(schema)
     if backend == "sqlite":
-        return _sqlite_engine(parsed, options)
+        return _sqlite_engine(parsed, options, durability)
     _require_psycopg()
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
     engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
     if schema is not None:
         _use_schema(engine, schema)
     return engine
+
+
+def engine_durability(engine: Engine | Connection) -> str:
+    """The durability an engine was created with ("normal" unless told)."""
+    return str(engine.get_execution_options().get(DURABILITY, "normal"))
 
 
 def engine_schema(engine: Engine | Connection) -> str | None:
@@ -152,7 +174,7 @@ SQLITE_PAGE_SIZE = 16384
 SQLITE_AUTOCHECKPOINT_PAGES = 4096
 
 
-def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
+def _sqlite_engine(url: URL, options: dict[str, Any], durability: str) -> Engine:
     connect_args = {
         "timeout": SQLITE_BUSY_TIMEOUT_S,
         "check_same_thread": False,
@@ -191,7 +213,10 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
             # file gets it from `sona-store db vacuum`.
             cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _use_wal(cursor)
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            # NORMAL in WAL mode: a commit survives the process being killed,
+            # not a power loss; FULL syncs the log at every commit (the
+            # writer's group commit makes that one sync per group).
+            cursor.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
             cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")
         cursor.close()
         from sona_store.db.sqlfunctions import register_sqlite_functions
@@ -218,47 +243,34 @@ def _use_wal(cursor: Any) -> None:
             cursor.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if not is_sqlite_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
 
+_WHAT = {
+    DatabaseUnavailableError: "is unavailable",
+    DatabaseBusyError: "did not grant a lock in time",
+    TransactionConflictError: "rolled the transaction back: it conflicted with a concurrent one",
+}
+
+
 @contextlib.contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
-    """Turn a lost or refused connection into DatabaseUnavailableError, with the
-    URL's password masked."""
+    """Turn the database's own failures (unreachable or gone, a lock not
+    granted in time, a conflict with a concurrent transaction; see `failures`)
+    into their SonaStoreError, with the URL's password masked. Anything else
+    propagates unchanged."""
     try:
         yield
-    except OperationalError as exc:
-        if _is_connection_problem(exc):
-            raise DatabaseUnavailableError(
-                f"database {mask_url(engine.url)} is unavailable: {_first_line(exc.orig)}"
-            ) from exc
-        raise
     except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise DatabaseUnavailableError(
-                f"database {mask_url(engine.url)} connection was lost: {_first_line(exc.orig)}"
-            ) from exc
-        raise
-
-
-def _is_connection_problem(exc: OperationalError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    text = str(exc.orig).lower()
-    return any(
-        marker in text
-        for marker in (
-            "connection",
-            "could not connect",
-            "server closed",
-            "terminating",
-            "shutting down",
-            "unable to open database",
-            "the database system is",
-        )
-    )
+        kind = classify(exc)
+        if kind is None:
+            raise
+        what = _WHAT.get(kind, "failed")
+        if kind is DatabaseUnavailableError and exc.connection_invalidated:
+            what = "connection was lost"
+        raise kind(f"database {mask_url(engine.url)} {what}: {_first_line(exc.orig)}") from exc
 
 
 def describe_database_error(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from sona_store.db.models import (
     TrajectoryStep,
     TrajectoryVectors,
 )
+from sona_store.errors import InvalidInputError
 
 CHUNK = 1000  # trajectories a statement (bound ids) or an archive read
 DAY_S = 86400.0
@@ -53,13 +54,15 @@ class Policy:
         if age is not None and (
             isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age <= MAX_AGE_S
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"the age limit must be a number of seconds from 0 to {MAX_AGE_S:g}, got {age!r}"
             )
         if horizon is not None and (
             isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0
         ):
-            raise ValueError(f"the horizon must be a whole number of cycles >= 0, got {horizon!r}")
+            raise InvalidInputError(
+                f"the horizon must be a whole number of cycles >= 0, got {horizon!r}"
+            )
 
     @property
     def deletes_anything(self) -> bool:

@@ -27,7 +27,7 @@ from sona_store.db.engine import (
     translate_errors,
 )
 from sona_store.db.stores import lock_key, quoted
-from sona_store.errors import SchemaVersionError
+from sona_store.errors import FileAccessError, SchemaVersionError
 
 VERSION_TABLE = "sona_store_version"
 UPGRADE_LOCK_KEY = 0x50A5_0001  # PostgreSQL advisory lock held while migrating
@@ -38,7 +38,9 @@ def migrations_dir() -> Path:
     for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
-    raise FileNotFoundError("sona_store's migrations folder is missing from this installation")
+    raise FileAccessError(
+        "sona_store's migrations folder is missing from this installation: reinstall sona-store"
+    )
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -51,7 +53,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
-        raise FileNotFoundError("sona_store's migrations folder has no revisions")
+        raise FileAccessError(
+            "sona_store's migrations folder has no revisions: reinstall sona-store"
+        )
     return head
 
 

@@ -17,6 +17,7 @@ from sona_store.db.driver import Driver
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.models import EwcTaskMemory, LoraVersion, StoreHead, VectorBlob
 from sona_store.db.types import FLOAT32, utcnow
+from sona_store.errors import LoraVersionNotFoundError, NotFoundError
 from sona_store.learning.base_lora import BaseLoraWeights
 from sona_store.learning.ewc import EwcState, TaskMemory
 from sona_store.learning.micro_lora import MicroLoraWeights
@@ -127,7 +128,7 @@ _LORA_VERSION = sa.select(LoraVersion.__table__).where(LoraVersion.id == sa.bind
 def load_lora(db: Executor, version_id: int) -> LoraArrays:
     row = db.execute(_LORA_VERSION, {"id": version_id}).one_or_none()
     if row is None:
-        raise LookupError(f"no LoRA version {version_id}")
+        raise LoraVersionNotFoundError(f"no LoRA version {version_id}")
     blobs = get_blobs(db, [row.down_blob_id, row.up_blob_id])
     shape = (row.layers, row.rank, row.dim)
     return LoraArrays(
@@ -233,7 +234,7 @@ def save_ewc_state(
 def load_ewc_state(session: Session, state_id: int) -> EwcState:
     row = session.get(EwcStateRow, state_id)
     if row is None:
-        raise LookupError(f"no EWC++ state {state_id}")
+        raise NotFoundError(f"no EWC++ state {state_id}")
     tasks = session.scalars(
         sa.select(EwcTaskMemory)
         .where(EwcTaskMemory.ewc_state_id == state_id)
@@ -277,7 +278,7 @@ def get_head(session: Session, *, for_update: bool = False) -> StoreHead:
         statement = statement.with_for_update()
     head = session.scalars(statement).one_or_none()
     if head is None:
-        raise LookupError("the store has no head row: it was not initialised")
+        raise NotFoundError("the store has no head row: it was not initialised")
     return head
 
 
@@ -292,7 +293,7 @@ def micro_lora_pointer(connection: Connection, *, for_update: bool = False) -> i
     locks = for_update and driver.dialect.name == "postgresql"
     version = driver.scalar(_MICRO_POINTER + " FOR UPDATE" if locks else _MICRO_POINTER)
     if version is None:
-        raise LookupError("the store has no head row: it was not initialised")
+        raise NotFoundError("the store has no head row: it was not initialised")
     return int(version)
 
 

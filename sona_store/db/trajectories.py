@@ -69,15 +69,19 @@ def reserve_ids(driver: Driver, n: int) -> list[int]:
     return list(range(start + 1, start + n + 1))
 
 
-def insert_batch(connection: Connection, batch: TrajectoryBatch) -> list[int]:
+def insert_batch(
+    connection: Connection, batch: TrajectoryBatch, ids: list[int] | None = None
+) -> list[int]:
     """Insert validated trajectories, their vectors and steps; ids in batch order.
-    Ids are reserved first so every table goes in as one plain executemany,
-    on the driver's cursor (the recording hot path, see `driver`)."""
+    Ids are reserved first so every table goes in as one binary COPY on
+    PostgreSQL (`db.copy`), one plain executemany on the driver's cursor on
+    SQLite (the recording hot path, see `driver`). `ids`:
+    reserved already (the writer keeps them across a retry, see `writer`)."""
     if not len(batch):
         return []
     driver = Driver(connection)
     n = len(batch)
-    ids = reserve_ids(driver, n)
+    ids = reserve_ids(driver, n) if ids is None else ids
     created = driver.stored(Trajectory.__table__.c.created_at, utcnow())
     contexts = [json.dumps(c) if c else "[]" for c in batch.contexts]
     _insert_columns(

@@ -12,20 +12,28 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
 from sona_store.db import cycles, routes, state, trajectories
 from sona_store.db.engine import mask_url, short_error, transaction
+from sona_store.db.failures import is_unique_violation
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, Pattern
 from sona_store.db.types import utcnow
-from sona_store.errors import CycleInProgressError, DatabaseUnavailableError, SonaStoreError
+from sona_store.errors import (
+    CycleFailedError,
+    CycleInProgressError,
+    DatabaseUnavailableError,
+    SlotTakenError,
+    SonaStoreError,
+)
 from sona_store.learning.background import learn
 from sona_store.learning.patterns import ExtractedPattern, extract_patterns
 from sona_store.learning.routes import route_statistics
@@ -76,16 +84,108 @@ def blas_threads(limit: int | None) -> Iterator[None]:
                 _blas["limiter"] = None
 
 
-class SlotTakenError(SonaStoreError):
-    """Another replica already ran (or is running) the cycle for this slot."""
+class SlotPolicy(Protocol):
+    """What differs between a cycle run by hand and a scheduled one: how the
+    cycle lock is waited for, which slot the cycle is for, and whether that
+    slot is due. Both decide under the lock, inside the cycle's transaction."""
+
+    @property
+    def trigger(self) -> str:
+        """What the cycle record says started it."""
+
+    @property
+    def force(self) -> bool:
+        """Run even below the minimum number of trajectories."""
+
+    def take_lock(self, session: Session) -> None:
+        """Hold the store's cycle lock, or raise CycleInProgressError."""
+
+    def choose_slot(self, session: Session, now: dt.datetime) -> dt.datetime | None:
+        """The slot this cycle is for (None: none), or SlotTakenError."""
+
+    def is_due(self, slot: dt.datetime | None, now: dt.datetime) -> bool:
+        """False: nothing to run now (the attempt returns no result)."""
 
 
-class CycleFailedError(SonaStoreError):
-    """The cycle raised; its work was rolled back and a `failed` record written."""
+@dataclass(frozen=True)
+class GivenSlot:
+    """A cycle run now: by hand (`manual`, or `forced` past the minimum), or for
+    a slot the caller names (`slot`, refused with SlotTakenError if it has a
+    cycle already). `wait`: wait for a running cycle rather than fail at once."""
 
-    def __init__(self, message: str, cycle_id: int | None):
-        super().__init__(message)
-        self.cycle_id = cycle_id
+    force: bool = False
+    trigger: str = "manual"
+    slot: dt.datetime | None = None
+    wait: bool = True
+
+    def take_lock(self, session: Session) -> None:
+        if not acquire_cycle_lock(session, wait=self.wait):
+            raise CycleInProgressError("another cycle is running on this store")
+
+    def choose_slot(self, session: Session, now: dt.datetime) -> dt.datetime | None:
+        if self.slot is not None and cycles.slot_taken(session, self.slot):
+            raise SlotTakenError(f"the slot {self.slot.isoformat()} already has a cycle")
+        return self.slot
+
+    def is_due(self, slot: dt.datetime | None, now: dt.datetime) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class CycleAttempt:
+    """What one attempt did: the slot it was for (or the one not due yet),
+    its cycle's record (None: not due) and the seconds it waited for the lock."""
+
+    slot: dt.datetime | None
+    result: CycleResult | None
+    lock_wait: float
+
+
+def attempt_cycle(
+    engine: Engine, config: SonaConfig, policy: SlotPolicy, *, actor: str | None = None
+) -> CycleAttempt:
+    """One cycle attempt, in one transaction under the cycle lock: `policy`
+    takes the lock and picks the slot; when it is due, the cycle runs. Raises
+    CycleInProgressError (no lock), SlotTakenError (the slot has a cycle),
+    DatabaseUnavailableError, and CycleFailedError after writing the failed
+    record for any other failure."""
+    actor = actor or cycles.default_actor()
+    started_at = utcnow()
+    clock = time.perf_counter()
+    slot: dt.datetime | None = None
+    try:
+        with transaction(engine, immediate=True) as session:
+            policy.take_lock(session)
+            lock_wait = time.perf_counter() - clock
+            # A cycle starts when it holds the lock, so no two records' spans overlap.
+            started_at = utcnow()
+            clock = time.perf_counter()
+            slot = policy.choose_slot(session, started_at)
+            if not policy.is_due(slot, started_at):
+                return CycleAttempt(slot, None, lock_wait)
+            record = cycle_body(
+                session,
+                config,
+                force=policy.force,
+                trigger=policy.trigger,
+                actor=actor,
+                started_at=started_at,
+                scheduled_for=slot,
+                clock=clock,
+            )
+        return CycleAttempt(slot, cycles.cycle_result(record), lock_wait)
+    except Exception as exc:
+        failure = cycle_failure(exc, engine, slot)
+    fail_cycle(
+        engine,
+        config,
+        failure,
+        trigger=policy.trigger,
+        actor=actor,
+        started_at=started_at,
+        scheduled_for=slot,
+        clock=clock,
+    )
 
 
 def run_cycle(
@@ -98,60 +198,38 @@ def run_cycle(
     scheduled_for: dt.datetime | None = None,
     wait_for_lock: bool = True,
 ) -> CycleResult:
-    """Run one cycle and return its record. Raises CycleInProgressError when
-    `wait_for_lock` is False and another cycle holds the lock, SlotTakenError
-    when `scheduled_for` already has a cycle, CycleFailedError on any other
-    failure (after writing the failed record)."""
-    trigger = trigger or ("forced" if force else "manual")
-    actor = actor or cycles.default_actor()
-    started_at = utcnow()
-    clock = time.perf_counter()
-    try:
-        with transaction(engine, immediate=True) as session:
-            if not acquire_cycle_lock(session, wait=wait_for_lock):
-                raise CycleInProgressError("another cycle is running on this store")
-            # A cycle starts when it holds the lock, so no two records' spans overlap.
-            started_at = utcnow()
-            if scheduled_for is not None and cycles.slot_taken(session, scheduled_for):
-                raise SlotTakenError(f"the slot {scheduled_for.isoformat()} already has a cycle")
-            record = cycle_body(
-                session,
-                config,
-                force=force,
-                trigger=trigger,
-                actor=actor,
-                started_at=started_at,
-                scheduled_for=scheduled_for,
-                clock=clock,
-            )
-        return cycles.cycle_result(record)
-    except Exception as exc:
-        failure = cycle_failure(exc, scheduled_for)
-    fail_cycle(
-        engine,
-        config,
-        failure,
-        trigger=trigger,
-        actor=actor,
-        started_at=started_at,
-        scheduled_for=scheduled_for,
-        clock=clock,
+    """Run one cycle now (`attempt_cycle` with a GivenSlot) and return its
+    record. Raises CycleInProgressError when `wait_for_lock` is False and
+    another cycle holds the lock, SlotTakenError when `scheduled_for` already
+    has a cycle, CycleFailedError on any other failure (after writing the
+    failed record)."""
+    policy = GivenSlot(
+        force, trigger or ("forced" if force else "manual"), scheduled_for, wait_for_lock
     )
+    result = attempt_cycle(engine, config, policy, actor=actor).result
+    assert result is not None  # a given slot is always due
+    return result
 
 
-def cycle_failure(exc: Exception, scheduled_for: dt.datetime | None) -> Exception:
+def cycle_failure(exc: Exception, engine: Engine, slot: dt.datetime | None) -> Exception:
     """The error a failed attempt records. Raises instead what is not a
-    failure of the cycle: the lock was busy, the slot has a cycle already (the
-    unique key said so), or the database is down."""
+    failure of the cycle: the lock was busy, the slot has a cycle already, or
+    the database is down. A unique-key violation while a slot was claimed is
+    asked of the database: if the slot now has a cycle, another writer took it
+    (whatever the driver's wording)."""
     if isinstance(exc, CycleInProgressError | SlotTakenError | DatabaseUnavailableError):
         raise exc
-    if (
-        isinstance(exc, IntegrityError)
-        and scheduled_for is not None
-        and "scheduled_for" in str(exc.orig)
-    ):
-        raise SlotTakenError(f"the slot {scheduled_for.isoformat()} already has a cycle") from exc
+    if slot is not None and is_unique_violation(exc) and _slot_taken(engine, slot):
+        raise SlotTakenError(f"the slot {slot.isoformat()} already has a cycle") from exc
     return exc
+
+
+def _slot_taken(engine: Engine, slot: dt.datetime) -> bool:
+    try:
+        with transaction(engine) as session:
+            return cycles.slot_taken(session, slot)
+    except SonaStoreError:  # the database went away: report the first failure
+        return False
 
 
 def fail_cycle(
@@ -389,3 +467,15 @@ def record_failed_cycle(
             "could not record the failed cycle in %s: %s", mask_url(engine.url), short_error(exc)
         )
         return None
+
+
+__all__ = [
+    "CycleAttempt",
+    "CycleFailedError",
+    "GivenSlot",
+    "SlotPolicy",
+    "SlotTakenError",
+    "attempt_cycle",
+    "record_failed_cycle",
+    "run_cycle",
+]

@@ -24,28 +24,34 @@ metadata, tier, version, dim, layers..., is `sona_store.json` beside it), with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from sqlalchemy.engine import Engine
 
-from sona_store.db import cycles, state
+from sona_store.config import SonaConfig
+from sona_store.db import state
 from sona_store.db.engine import transaction
-from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import LORA_TIERS, LoraVersion
 from sona_store.db.types import utcnow
-from sona_store.errors import MissingExtraError
+from sona_store.errors import (
+    AdapterError,
+    FileAccessError,
+    LoraVersionNotFoundError,
+    MissingExtraError,
+)
 from sona_store.files import private_dir, write_private
-
-if TYPE_CHECKING:
-    from sona_store.store import SonaStore
+from sona_store.services.head import lock_head, move_head
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -85,7 +91,7 @@ def _safetensors_numpy() -> Any:
 
 def _check_tier(tier: str) -> str:
     if tier not in LORA_TIERS:
-        raise ValueError(f"tier must be one of {', '.join(LORA_TIERS)}, got {tier!r}")
+        raise AdapterError(f"tier must be one of {', '.join(LORA_TIERS)}, got {tier!r}")
     return tier
 
 
@@ -109,7 +115,7 @@ def tensor_name(prefix: str, layer: int, module: str, ab: str) -> str:
 
 
 def export_lora(
-    store: SonaStore,
+    engine: Engine,
     out_dir: str | os.PathLike[str],
     version: int | None = None,
     tier: str | None = None,
@@ -123,17 +129,19 @@ def export_lora(
     st = _safetensors_numpy()
     modules = list(target_modules or DEFAULT_TARGET_MODULES)
     if not modules or any(not m or not re.fullmatch(r"[\w.]+", m) for m in modules):
-        raise ValueError(f"target modules must be non-empty names like q_proj, got {modules}")
+        raise AdapterError(f"target modules must be non-empty names like q_proj, got {modules}")
     if len(set(modules)) != len(modules):
-        raise ValueError(f"target modules repeat a name: {modules}")
+        raise AdapterError(f"target modules repeat a name: {modules}")
     if not re.fullmatch(r"[\w.]+", layer_prefix):
-        raise ValueError(f"layer prefix must be a dotted name, got {layer_prefix!r}")
-    if version is None:
-        arrays = store.lora_state(None, _check_tier(tier or "base"))
-    else:
-        arrays = store.lora_state(version)
+        raise AdapterError(f"layer prefix must be a dotted name, got {layer_prefix!r}")
+    with transaction(engine) as session:
+        if version is None:
+            head = state.get_head(session)
+            version = getattr(head, _HEAD_POINTER[_check_tier(tier or "base")])
+            tier = None  # the head's version of that tier is of that tier
+        arrays = state.load_lora(session, version)
         if tier is not None and _check_tier(tier) != arrays.tier:
-            raise ValueError(f"LoRA version {version} is a {arrays.tier} version, not {tier}")
+            raise AdapterError(f"LoRA version {version} is a {arrays.tier} version, not {tier}")
     layers, rank, dim = arrays.up.shape
     tensors: dict[str, np.ndarray] = {}
     for i in range(layers):
@@ -211,22 +219,22 @@ def read_adapter(
     in_dir: str | os.PathLike[str], *, rank: int, dim: int, layers: int, tier: str
 ) -> ImportedLora:
     """Read and check a PEFT LoRA directory against the expected shape; every
-    problem is a ValueError that names it."""
+    problem is an AdapterError (a ValueError) that names it."""
     st = _safetensors_numpy()
     folder = Path(in_dir)
     weights_path, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
     for path in (weights_path, config_path):
         if not path.is_file():
-            raise ValueError(f"{path}: no such file (an adapter directory holds both files)")
+            raise AdapterError(f"{path}: no such file (an adapter directory holds both files)")
     config = _read_config(config_path)
     alpha = _check_config(config, config_path, rank=rank, tier=tier)
     modules = config.get("target_modules")
     if modules is not None and (
         not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules)
     ):
-        raise ValueError(f"{config_path}: target_modules must be a list of module names")
+        raise AdapterError(f"{config_path}: target_modules must be a list of module names")
     if modules is not None and not 0 < len(modules) <= MAX_TARGET_MODULES:
-        raise ValueError(
+        raise AdapterError(
             f"{config_path}: target_modules must name 1 to {MAX_TARGET_MODULES} modules, "
             f"got {len(modules)}"
         )
@@ -235,7 +243,7 @@ def read_adapter(
     try:
         tensors = st.load(raw)
     except Exception as exc:  # safetensors raises its own error type
-        raise ValueError(
+        raise AdapterError(
             f"{weights_path}: not a readable safetensors file ({_first_line(exc)})"
         ) from None
     down, up = _collect(tensors, config, weights_path, rank=rank, dim=dim, layers=layers)
@@ -246,17 +254,31 @@ def read_adapter(
 def _read_config(path: Path) -> dict[str, Any]:
     """adapter_config.json as a dict, refusing a file too large or too deeply
     nested to be a PEFT configuration."""
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
+    with _reading(path):
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise AdapterError(
+                f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not an adapter config"
+            )
+        text = path.read_bytes()
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(text.decode("utf-8"))
     except RecursionError:
-        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+        raise AdapterError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a huge integer
-        raise ValueError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+        raise AdapterError(f"{path}: not valid JSON ({_first_line(exc)})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise AdapterError(f"{path}: expected a JSON object")
     return config
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """An adapter file the system will not let us read is the caller's to fix:
+    FileAccessError, naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise FileAccessError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
 
 
 def _read_weights(path: Path, tensors: int, *, tensor_bytes: int) -> bytes:
@@ -264,19 +286,20 @@ def _read_weights(path: Path, tensors: int, *, tensor_bytes: int) -> bytes:
     `tensors` float32 tensors of `tensor_bytes` each (checked before reading)."""
     header_limit = HEADER_BYTES_BASE + HEADER_BYTES_PER_TENSOR * tensors
     size_limit = 8 + header_limit + tensors * tensor_bytes
-    size = path.stat().st_size
-    if size > size_limit:
-        raise ValueError(
-            f"{path}: {size} bytes is more than an adapter of this store's shape can take "
-            f"({size_limit} at most)"
-        )
-    with path.open("rb") as file:
-        raw = file.read(size_limit + 1)
+    with _reading(path):
+        size = path.stat().st_size
+        if size > size_limit:
+            raise AdapterError(
+                f"{path}: {size} bytes is more than an adapter of this store's shape can take "
+                f"({size_limit} at most)"
+            )
+        with path.open("rb") as file:
+            raw = file.read(size_limit + 1)
     if len(raw) > size_limit:
-        raise ValueError(f"{path}: grew while being read; refusing it")
+        raise AdapterError(f"{path}: grew while being read; refusing it")
     header = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
     if header > header_limit:
-        raise ValueError(
+        raise AdapterError(
             f"{path}: not a readable safetensors file (its header claims {header} bytes; "
             f"{tensors} tensors need at most {header_limit})"
         )
@@ -284,12 +307,12 @@ def _read_weights(path: Path, tensors: int, *, tensor_bytes: int) -> bytes:
 
 
 def check_servable(down: np.ndarray, up: np.ndarray, scale: float, where: str) -> None:
-    """Refuse (ValueError) weights whose output could overflow: every layer's
+    """Refuse (AdapterError) weights whose output could overflow: every layer's
     gain scale * ||up||_F * ||down||_F (in float64) at most MAX_LORA_GAIN and
     the scale at most MAX_LORA_SCALE, so a version made current cannot turn
     reasonable inputs into infinities, nor can the cycles that learn from it."""
     if not (math.isfinite(scale) and 0 < scale <= MAX_LORA_SCALE):
-        raise ValueError(
+        raise AdapterError(
             f"{where} its scale (lora_alpha / r) {scale:.6g} is not in (0, {MAX_LORA_SCALE:g}]"
         )
     layers = len(down)
@@ -300,7 +323,7 @@ def check_servable(down: np.ndarray, up: np.ndarray, scale: float, where: str) -
     bad = np.flatnonzero(~(gains <= MAX_LORA_GAIN))
     if len(bad):
         layer = int(bad[0])
-        raise ValueError(
+        raise AdapterError(
             f"{where} layer {layer}'s gain (scale * |up| * |down|) is {gains[layer]:.3g}, above "
             f"{MAX_LORA_GAIN:g}: its output would overflow; refusing it"
         )
@@ -314,7 +337,7 @@ def _first_line(exc: BaseException) -> str:
 def _check_config(config: dict[str, Any], path: Path, *, rank: int, tier: str) -> float:
     """Validate the PEFT fields; returns the alpha to store."""
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
+        raise AdapterError(f"{path}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
     unsupported = {
         "bias": config.get("bias", "none") != "none",
         "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
@@ -325,23 +348,23 @@ def _check_config(config: dict[str, Any], path: Path, *, rank: int, tier: str) -
     }
     for name, used in unsupported.items():
         if used:
-            raise ValueError(f"{path}: {name}={config[name]!r} is not supported by the store")
+            raise AdapterError(f"{path}: {name}={config[name]!r} is not supported by the store")
     r, lora_alpha = config.get("r"), config.get("lora_alpha")
     if isinstance(r, bool) or not isinstance(r, int) or r != rank:
-        raise ValueError(f"{path}: r must be the store's {tier} rank {rank}, got {r!r}")
+        raise AdapterError(f"{path}: r must be the store's {tier} rank {rank}, got {r!r}")
     if (
         isinstance(lora_alpha, bool)
         or not isinstance(lora_alpha, int | float)
         or not math.isfinite(lora_alpha)
         or lora_alpha <= 0
     ):
-        raise ValueError(f"{path}: lora_alpha must be a positive number, got {lora_alpha!r}")
+        raise AdapterError(f"{path}: lora_alpha must be a positive number, got {lora_alpha!r}")
     scale = lora_alpha / (math.sqrt(r) if config.get("use_rslora") else r)
     if tier == "micro":
         # The micro-LoRA's scale is fixed at 1/sqrt(rank); store the alpha its
         # versions always carry (rank) rather than pretend another is honoured.
         if not math.isclose(scale, 1 / math.sqrt(rank), rel_tol=1e-6):
-            raise ValueError(
+            raise AdapterError(
                 f"{path}: a micro-LoRA's scale is 1/sqrt(rank) = {1 / math.sqrt(rank):.6g} "
                 f"(lora_alpha {math.sqrt(rank):.6g}), got lora_alpha/r = {scale:.6g}"
             )
@@ -364,23 +387,23 @@ def _collect(
     for name, tensor in tensors.items():
         match = _KEY.match(name)
         if match is None:
-            raise ValueError(f"{path}: unexpected tensor {name!r} (not a LoRA A/B weight)")
+            raise AdapterError(f"{path}: unexpected tensor {name!r} (not a LoRA A/B weight)")
         prefixes.add(match["prefix"])
         ab = match["ab"]
         expected = (rank, dim) if ab == "A" else (dim, rank)
         if tensor.dtype != np.float32:
-            raise ValueError(f"{path}: tensor {name!r} is {tensor.dtype}, expected float32")
+            raise AdapterError(f"{path}: tensor {name!r} is {tensor.dtype}, expected float32")
         if tensor.shape != expected:
-            raise ValueError(
+            raise AdapterError(
                 f"{path}: tensor {name!r} has shape {tensor.shape}, expected {expected}"
             )
         if not np.isfinite(tensor).all():
-            raise ValueError(f"{path}: tensor {name!r} contains NaN or infinite values")
+            raise AdapterError(f"{path}: tensor {name!r} contains NaN or infinite values")
         found.setdefault((int(match["layer"]), match["module"]), {})[ab] = tensor
     if not found:
-        raise ValueError(f"{path}: holds no LoRA tensors")
+        raise AdapterError(f"{path}: holds no LoRA tensors")
     if len(prefixes) > 1:
-        raise ValueError(f"{path}: tensors use several layer prefixes: {sorted(prefixes)}")
+        raise AdapterError(f"{path}: tensors use several layer prefixes: {sorted(prefixes)}")
     prefix = prefixes.pop()
     declared = config.get("target_modules")
     modules = sorted(declared) if isinstance(declared, list) else sorted({m for _, m in found})
@@ -388,13 +411,13 @@ def _collect(
         for module in modules:
             for ab in "AB":
                 if ab not in found.get((i, module), {}):
-                    raise ValueError(
+                    raise AdapterError(
                         f"{path}: missing tensor {tensor_name(prefix, i, module, ab)!r}"
                     )
     extra = sorted(key for key in found if key[0] >= layers or key[1] not in modules)
     if extra:
         layer, module = extra[0]
-        raise ValueError(
+        raise AdapterError(
             f"{path}: tensors for layer {layer} module {module!r} do not fit the store's "
             f"{layers} layer(s) and target modules {modules}"
         )
@@ -405,7 +428,7 @@ def _collect(
         for module in modules[1:]:
             other = found[(i, module)]
             if not (np.array_equal(other["A"], a) and np.array_equal(other["B"], b)):
-                raise ValueError(
+                raise AdapterError(
                     f"{path}: layer {i} has different weights for {modules[0]!r} and "
                     f"{module!r}; the store keeps one adapter per layer"
                 )
@@ -429,7 +452,7 @@ def _adapter_tier(in_dir: Path, tier: str | None) -> str:
         except (OSError, ValueError):
             pass  # read_adapter reports the adapter's own problem
     if written is not None and tier is not None and written != tier:
-        raise ValueError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
+        raise AdapterError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
     return _check_tier(tier or written or "base")
 
 
@@ -447,43 +470,29 @@ class LoraMove:
 
 
 def import_lora(
-    store: SonaStore,
+    engine: Engine,
+    config: SonaConfig,
     in_dir: str | os.PathLike[str],
     reason: str,
-    actor: str | None = None,
     *,
-    tier: str | None = None,
-) -> int:
-    """Store a PEFT LoRA directory as a new version of its tier and make it
-    current, audited as `import_lora`; returns the new version id. A bad adapter
-    raises ValueError and writes nothing."""
-    return import_lora_move(store, in_dir, reason, actor, tier=tier).to_version_id
-
-
-def import_lora_move(
-    store: SonaStore,
-    in_dir: str | os.PathLike[str],
-    reason: str,
-    actor: str | None = None,
-    *,
+    actor: str,
     tier: str | None = None,
 ) -> LoraMove:
-    """`import_lora`, returning the whole head move (audit id, previous version)."""
+    """Store a PEFT LoRA directory as a new version of its tier and make it
+    current, audited as `import_lora`. A bad adapter raises AdapterError and
+    writes nothing."""
     if not reason or not reason.strip():
-        raise ValueError("an import needs a reason, for the audit trail")
+        raise AdapterError("an import needs a reason, for the audit trail")
     folder = Path(in_dir)
     tier = _adapter_tier(folder, tier)
-    config = store.config
     if tier == "base":
         shape = {"rank": config.base_lora_rank, "layers": config.base_lora_layers}
     else:
         shape = {"rank": config.micro_lora_rank, "layers": 1}
     adapter = read_adapter(folder, dim=config.hidden_dim, tier=tier, **shape)
     pointer = _HEAD_POINTER[tier]
-    with transaction(store.engine, immediate=True) as session:
-        if tier == "base":
-            acquire_cycle_lock(session, wait=True)  # cycles move the base pointer
-        head = state.get_head(session, for_update=True)
+    with transaction(engine, immediate=True) as session:
+        head = lock_head(session, cycle_lock=tier == "base")  # cycles move the base pointer
         previous = getattr(head, pointer)
         version = state.save_lora(
             session,
@@ -495,38 +504,36 @@ def import_lora_move(
             source="import",
             note=reason,
         )
-        state.move_head(session, head, **{pointer: version})
-        event = cycles.add_audit(
+        change = move_head(
             session,
-            actor=actor or store.actor,
+            head,
+            {pointer: version},
             action="import_lora",
+            actor=actor,
             reason=reason,
-            details={
+            links_cycles=False,
+            details=lambda _before, after: {
                 "tier": tier,
                 "from_version_id": previous,
                 "to_version_id": version,
                 "path": folder.resolve().name,
                 "sha256": adapter.sha256,
-                "head_cycle_id": head.cycle_id,
+                "head_cycle_id": after["cycle_id"],
             },
         )
-        move = LoraMove(event.id, tier, previous, version)
-    store._cache.invalidate()
-    return move
+        return LoraMove(change.audit_id, tier, previous, version)
 
 
-def use_lora_version(
-    store: SonaStore, version_id: int, reason: str, actor: str | None = None
-) -> LoraMove:
+def use_lora_version(engine: Engine, version_id: int, reason: str, *, actor: str) -> LoraMove:
     """Make an existing LoRA version current for its tier (undoing an import, or
     going back to any earlier version), audited as `use_lora_version`. Cycles,
     EWC++ state and patterns stay as they are."""
     if not reason or not reason.strip():
-        raise ValueError("moving the LoRA head needs a reason, for the audit trail")
-    with transaction(store.engine, immediate=True) as session:
+        raise AdapterError("moving the LoRA head needs a reason, for the audit trail")
+    with transaction(engine, immediate=True) as session:
         row = session.get(LoraVersion, version_id)
         if row is None:
-            raise LookupError(f"no LoRA version {version_id}")
+            raise LoraVersionNotFoundError(f"no LoRA version {version_id}")
         arrays = state.load_lora(session, version_id)
         check_servable(
             arrays.down,
@@ -534,29 +541,27 @@ def use_lora_version(
             _scale(arrays.tier, arrays.up.shape[1], arrays.alpha),
             f"LoRA version {version_id}:",
         )
-        if row.tier == "base":
-            acquire_cycle_lock(session, wait=True)
         pointer = _HEAD_POINTER[row.tier]
-        head = state.get_head(session, for_update=True)
+        head = lock_head(session, cycle_lock=row.tier == "base")
         previous = getattr(head, pointer)
         if previous == version_id:
-            raise ValueError(f"LoRA version {version_id} is already the current {row.tier} LoRA")
-        state.move_head(session, head, **{pointer: version_id})
-        event = cycles.add_audit(
+            raise AdapterError(f"LoRA version {version_id} is already the current {row.tier} LoRA")
+        change = move_head(
             session,
-            actor=actor or store.actor,
+            head,
+            {pointer: version_id},
             action="use_lora_version",
+            actor=actor,
             reason=reason,
-            details={
+            links_cycles=False,
+            details=lambda _before, after: {
                 "tier": row.tier,
                 "from_version_id": previous,
                 "to_version_id": version_id,
-                "head_cycle_id": head.cycle_id,
+                "head_cycle_id": after["cycle_id"],
             },
         )
-        move = LoraMove(event.id, row.tier, previous, version_id)
-    store._cache.invalidate()
-    return move
+        return LoraMove(change.audit_id, row.tier, previous, version_id)
 
 
 __all__ = [
@@ -568,7 +573,6 @@ __all__ = [
     "MissingExtraError",
     "export_lora",
     "import_lora",
-    "import_lora_move",
     "read_adapter",
     "use_lora_version",
 ]

@@ -27,10 +27,11 @@ from sona_store.config import SonaConfig
 from sona_store.db import cycles, quarantines, state
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
-from sona_store.db.models import Cycle, StoreHead, Trajectory
+from sona_store.db.models import Cycle, Trajectory
 from sona_store.db.quarantines import Selection, format_ranges, id_ranges
 from sona_store.db.types import utcnow
 from sona_store.errors import QuarantineError
+from sona_store.services.head import lock_head, move_head, pointers
 from sona_store.services.micro_replay import replay_without_quarantined
 from sona_store.services.rollback import cut_from, refuse_if_vectors_dropped
 
@@ -64,15 +65,6 @@ class ReleaseResult:
     audit_id: int
     trajectories: int
     pending_again: int  # of them, now waiting for the next cycle
-
-
-def _pointers(head: StoreHead) -> dict[str, int | None]:
-    return {
-        "cycle_id": head.cycle_id,
-        "base_lora_version_id": head.base_lora_version_id,
-        "micro_lora_version_id": head.micro_lora_version_id,
-        "ewc_state_id": head.ewc_state_id,
-    }
 
 
 def _distance(session: Session, a: int | None, b: int | None) -> float:
@@ -128,10 +120,9 @@ def quarantine(
     if not isinstance(reason, str) or not reason.strip():
         raise QuarantineError("a quarantine needs a reason, for the audit trail")
     with transaction(engine, immediate=True) as session:
-        acquire_cycle_lock(session, wait=True)
         # Locked before anything is read: a micro-LoRA flush in flight commits
         # first, and every later one applies to the replayed head.
-        head = state.get_head(session, for_update=True)
+        head = lock_head(session, cycle_lock=True)
         ids = quarantines.select_ids(session, selection)
         if not ids:
             raise QuarantineError(f"no trajectory matches {selection.describe()}: nothing to do")
@@ -142,15 +133,13 @@ def quarantine(
                 f"{sum(held.values())} of the {len(ids)} selected trajectories are already "
                 f"quarantined ({named}): release it first, or narrow the selection"
             )
-        before = _pointers(head)
+        before = pointers(head)
         row = quarantines.add(session, actor=actor, reason=reason, selection=selection, ids=ids)
         cut, to, requeued = _roll_back_base(session, ids)
         micro = replay_without_quarantined(session, config, head.micro_lora_version_id, row.id, ids)
         if micro is not None:
             to["micro_lora_version_id"] = micro.head_version_id
-        if to:
-            state.move_head(session, head, **to)
-        after = _pointers(head)
+        after = {**before, **to}
         result: dict[str, Any] = {
             "quarantine_id": row.id,
             "trajectories": len(ids),
@@ -166,23 +155,25 @@ def quarantine(
                 session, before["base_lora_version_id"], after["base_lora_version_id"]
             ),
         }
-        event = cycles.add_audit(
+        change = move_head(
             session,
-            actor=actor,
+            head,
+            to,
             action="quarantine",
-            cycle_id=cut[0] if cut else None,
-            from_cycle_id=before["cycle_id"],
-            to_cycle_id=after["cycle_id"],
+            actor=actor,
             reason=reason,
-            details={
+            cycle_id=cut[0] if cut else None,
+            details=lambda from_, to_: {
                 **result,
                 "selection": selection.to_dict(),
                 "trajectory_ids": format_ranges(id_ranges(ids), limit=50),
-                "from": before,
-                "to": after,
+                "from": from_,
+                "to": to_,
             },
         )
-        return QuarantineResult(audit_id=event.id, from_head=before, to_head=after, **result)
+        return QuarantineResult(
+            audit_id=change.audit_id, from_head=change.before, to_head=change.after, **result
+        )
 
 
 def release(

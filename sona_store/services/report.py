@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -28,11 +29,8 @@ from sona_store.db.engine import mask_url, transaction
 from sona_store.db.models import AuditEvent, Cycle, LoraVersion, Pattern, VectorBlob
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.types import FLOAT32, utcnow
+from sona_store.errors import MissingExtraError
 from sona_store.files import private_dir, write_private
-from sona_store.services.lora_io import MissingExtraError
-
-if TYPE_CHECKING:
-    from sona_store.store import SonaStore
 
 TABLE_ROWS = 20
 STATUS_COLOURS = {
@@ -489,11 +487,10 @@ def _save_png(fig: Any, path: str) -> None:
     fig.savefig(path, format="png", facecolor="white")
 
 
-def write_report(store: SonaStore | Engine, out_dir: str | Path) -> list[Path]:
+def write_report(engine: Engine, out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write the charts and `index.html` into `out_dir`; returns the files
     written (the PNGs, then the page)."""
     mpl = _matplotlib()
-    engine = store if isinstance(store, Engine) else store.engine
     data = load_report_data(engine)
     out = private_dir(out_dir)
     written: list[Path] = []

@@ -12,12 +12,14 @@ commits, and removed if it does not.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import logging
 import os
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -35,7 +37,7 @@ from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Trajectory
 from sona_store.db.retention import Policy as Policy
 from sona_store.db.types import utcnow
-from sona_store.errors import ValidationError
+from sona_store.errors import FileAccessError, InvalidInputError, ValidationError
 from sona_store.services.validation import archived_id, read_jsonl, validate_batch
 
 logger = logging.getLogger("sona_store")
@@ -65,7 +67,7 @@ class GcResult:
 def as_seconds(value: float | dt.timedelta) -> float:
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ValueError(f"older_than must be seconds >= 0 or a timedelta, got {value!r}")
+        raise InvalidInputError(f"older_than must be seconds >= 0 or a timedelta, got {value!r}")
     return float(seconds)  # the range is checked by Policy
 
 
@@ -176,22 +178,36 @@ class ArchiveWriter:
     """One gzip JSONL file, written as `.partial` and renamed once complete."""
 
     def __init__(self, directory: Path, now: dt.datetime, first_id: int, last_id: int):
-        directory.mkdir(parents=True, exist_ok=True)
         stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
         self.path = directory / f"sona-gc-{stamp}-{first_id}-{last_id}{ARCHIVE_SUFFIX}"
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self._raw: IO[bytes] = open(self.partial, "xb")  # noqa: SIM115 (closed in finish)
+        with self._writing():
+            directory.mkdir(parents=True, exist_ok=True)
+            self._raw: IO[bytes] = open(self.partial, "xb")  # noqa: SIM115 (closed in finish)
         self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The archive folder the caller named refuses (no permission, a full
+        disk): FileAccessError naming the archive; gc then deletes nothing."""
+        try:
+            yield
+        except OSError as exc:
+            raise FileAccessError(
+                f"{self.path}: cannot write the archive ({exc.strerror or exc})"
+            ) from exc
+
     def write(self, items: list[dict[str, Any]]) -> None:
-        self._gzip.write("".join(db.archive_line(item) for item in items).encode())
+        with self._writing():
+            self._gzip.write("".join(db.archive_line(item) for item in items).encode())
 
     def finish(self) -> Path:
-        self._gzip.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self.partial, self.path)
+        with self._writing():
+            self._gzip.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self.partial, self.path)
         return self.path.resolve()
 
     def discard(self) -> None:
@@ -399,11 +415,44 @@ def _chunked(items: Any, size: int) -> Iterable[list[Any]]:
         yield chunk
 
 
-def open_jsonl(path: str | os.PathLike[str]) -> IO[bytes]:
+def open_jsonl(path: str | os.PathLike[str]) -> _ArchiveReader:
     """A JSONL file for reading as bytes (each line is decoded on its own, so
     invalid UTF-8 names its line), gzip or plain, told by its first bytes."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+    try:
+        with open(path, "rb") as probe:
+            gzipped = probe.read(2) == b"\x1f\x8b"
+        if gzipped:
+            return _ArchiveReader(cast(IO[bytes], gzip.open(path, "rb")), path)
+        return _ArchiveReader(open(path, "rb"), path)  # noqa: SIM115 (the caller closes it)
+    except OSError as exc:
+        raise FileAccessError(f"{path}: cannot open it ({exc.strerror or exc})") from exc
+
+
+class _ArchiveReader:
+    """An archive's lines, with damaged gzip data (or a read the system
+    refuses) reported as the caller's problem, naming the file."""
+
+    def __init__(self, stream: IO[bytes], path: str | os.PathLike[str]):
+        self._stream = stream
+        self._path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        number = 0
+        try:
+            for number, line in enumerate(self._stream, start=1):  # noqa: B007
+                yield line
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise InvalidInputError(
+                f"{self._path}: the gzip data is damaged after line {number} ({exc})"
+            ) from None
+        except OSError as exc:
+            raise FileAccessError(f"{self._path}: cannot read it ({exc.strerror or exc})") from exc
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> _ArchiveReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

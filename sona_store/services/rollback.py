@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from sona_store.db import cycles, state, trajectories
+from sona_store.db import cycles, trajectories
 from sona_store.db import retention as retention_db
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
@@ -26,6 +26,7 @@ from sona_store.db.models import Cycle, LoraVersion, StoreHead, Trajectory
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.quarantines import quarantined
 from sona_store.errors import RollbackError, VectorsDroppedError
+from sona_store.services.head import Pointers, lock_head, move_head
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,10 @@ def _both(cycle: Cycle, lora_id: int | None, ewc_id: int | None) -> tuple[int, i
     return lora_id, ewc_id
 
 
-def _pointers(head: StoreHead) -> dict[str, int | None]:
-    return {
-        "cycle_id": head.cycle_id,
-        "base_lora_version_id": head.base_lora_version_id,
-        "ewc_state_id": head.ewc_state_id,
-    }
+def _cycle_pointers(pointers: Pointers) -> Pointers:
+    """The pointers a rollback's audit row names (the micro-LoRA's is not
+    one a rollback moves)."""
+    return {name: pointers[name] for name in ("cycle_id", "base_lora_version_id", "ewc_state_id")}
 
 
 def _refuse_unless(cycle: Cycle, wanted: str, action: str) -> None:
@@ -115,31 +114,37 @@ def _move_and_audit(
     requeued: int | None,
     to: dict[str, int | None],
 ) -> HeadMove:
-    """Move the head to `to` (cycle, base LoRA, EWC++ pointers) and append the
-    audit row saying who, why, from where and what was cut or restored."""
-    before = _pointers(head)
-    state.move_head(session, head, **to)
-    details: dict[str, Any] = {"from": before, "to": _pointers(head), "cycles_rolled_back": cut}
-    if restored:
-        details["cycles_restored"] = restored
-    if requeued is not None:
-        details.update(requeue=True, trajectories_requeued=requeued)
-    event = cycles.add_audit(
+    """Move the head to `to` (cycle, base LoRA, EWC++ pointers) with the audit
+    row saying who, why, from where and what was cut or restored."""
+
+    def details(before: Pointers, after: Pointers) -> dict[str, Any]:
+        written: dict[str, Any] = {
+            "from": _cycle_pointers(before),
+            "to": _cycle_pointers(after),
+            "cycles_rolled_back": cut,
+        }
+        if restored:
+            written["cycles_restored"] = restored
+        if requeued is not None:
+            written.update(requeue=True, trajectories_requeued=requeued)
+        return written
+
+    change = move_head(
         session,
-        actor=actor,
+        head,
+        to,
         action=action,
-        cycle_id=cycle_id,
-        from_cycle_id=before["cycle_id"],
-        to_cycle_id=head.cycle_id,
+        actor=actor,
         reason=reason,
         details=details,
+        cycle_id=cycle_id,
     )
     return HeadMove(
-        audit_id=event.id,
+        audit_id=change.audit_id,
         action=action,
         cycle_id=cycle_id,
-        from_cycle_id=before["cycle_id"],
-        to_cycle_id=head.cycle_id,
+        from_cycle_id=change.before["cycle_id"],
+        to_cycle_id=change.after["cycle_id"],
         cycles_rolled_back=cut,
         cycles_restored=restored,
         trajectories_requeued=requeued or 0,
@@ -230,7 +235,7 @@ def rollback(
         acquire_cycle_lock(session, wait=True)
         cycle = cycles.get_cycle(session, cycle_id, for_update=True)
         _refuse_unless(cycle, "completed", "roll back")
-        head = state.get_head(session, for_update=True)
+        head = lock_head(session, cycle_lock=False)  # held already
         if requeue:
             refuse_if_vectors_dropped(session, _completed_from(session, cycle.id), "requeue")
         cut, to = cut_from(session, cycle)
@@ -269,7 +274,7 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
         acquire_cycle_lock(session, wait=True)
         target = cycles.get_cycle(session, cycle_id, for_update=True)
         _refuse_unless(target, "rolled_back", "restore")
-        head = state.get_head(session, for_update=True)
+        head = lock_head(session, cycle_lock=False)  # held already
         # Walk up from the target to where it joins the current line.
         chain = [target]
         fork = target.parent_cycle_id

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import struct
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
@@ -25,23 +23,54 @@ from sona_store.errors import ValidationError
 from sona_store.learning.embedding import trajectory_embeddings
 from sona_store.learning.signal import batch_learning_signals
 
-TRAJECTORY_FIELDS = {
-    "query_embedding",
-    "steps",
-    "quality",
-    "model_route",
-    "context_ids",
-    "latency_us",
-}
+MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a trajectory or of a step, as both validation paths read
+    it (the bulk path and the item-by-item one once restated the rules and
+    drifted apart): whether it is required, and a number's closed range."""
+
+    name: str
+    required: bool = False
+    low: float | None = None
+    high: float | None = None
+
+    def in_range(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    @property
+    def range_text(self) -> str:
+        return f"[{self.low}, {self.high}]"
+
+
+QUALITY = Field("quality", required=True, low=0.0, high=1.0)
+LATENCY_US = Field("latency_us", low=0, high=MAX_LATENCY_US)
+TRAJECTORY_SPEC = (
+    Field("query_embedding", required=True),
+    QUALITY,
+    Field("steps"),
+    Field("model_route"),
+    Field("context_ids"),
+    LATENCY_US,
+)
+STEP_SPEC = (
+    Field("activations", required=True),
+    Field("reward", required=True),
+    Field("attention_weights"),
+    Field("layer_name"),
+    Field("step_idx", low=0),
+)
+TRAJECTORY_FIELDS = {f.name for f in TRAJECTORY_SPEC}
 # A gc archive line (`retention`) also carries the trajectory's id in the
 # store it came from: checked here, used only by `ingest --restore`.
 ARCHIVED_FIELDS = TRAJECTORY_FIELDS | {"id"}
-REQUIRED_TRAJECTORY_FIELDS = ("query_embedding", "quality")
-STEP_FIELDS = {"activations", "attention_weights", "reward", "layer_name", "step_idx"}
-REQUIRED_STEP_FIELDS = ("activations", "reward")
+REQUIRED_TRAJECTORY_FIELDS = tuple(f.name for f in TRAJECTORY_SPEC if f.required)
+STEP_FIELDS = {f.name for f in STEP_SPEC}
+REQUIRED_STEP_FIELDS = tuple(f.name for f in STEP_SPEC if f.required)
 MAX_TEXT = 200
 _BOOL_TYPES = {bool, np.bool_}
-MAX_LATENCY_US = 2**63 - 1  # a BIGINT column
 # Below this, no float32 operation of a pattern embedding can overflow (a
 # quarter of float32's largest value leaves room for every rounding).
 EMBEDDING_SAFE_BOUND = float(np.finfo(np.float32).max) / 4
@@ -50,6 +79,9 @@ EMBEDDING_SAFE_BOUND = float(np.finfo(np.float32).max) / 4
 # (the reference's rule, golden-tested), so its query's norm is bounded here: a flush
 # then adds at most lr * 1e6 to `up`, and a float32 sum of 1e32 such signals is finite.
 MICRO_SIGNAL_MAX_NORM = 1e6
+# Below this bound on a signal's entries times sqrt(width), neither the
+# signal's float32 sums nor the squares of its norm can overflow.
+SIGNAL_SAFE_BOUND = 1e18
 
 
 @dataclass
@@ -68,14 +100,25 @@ class TrajectoryBatch:
     rewards: np.ndarray  # (m,) float64
     layer_names: list[str | None]
     rewards32: np.ndarray = field(init=False)  # (m,) the rewards as the learning math takes them
-    signals: np.ndarray = field(init=False)  # (n, embedding_dim): Loop A's gradients
+    _signals: np.ndarray | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         with np.errstate(over="ignore", invalid="ignore"):
             self.rewards32 = self.rewards.astype(np.float32)
-            self.signals = batch_learning_signals(
-                self.queries, self.step_owner, self.activations, self.rewards32
-            )
+
+    @property
+    def signals(self) -> np.ndarray:
+        """(n, embedding_dim): Loop A's gradients, computed when first asked
+        for: a live trajectory is validated on its caller's thread without
+        them (bounds prove them finite), and the writer computes a whole
+        group's at once."""
+        signals = self._signals
+        if signals is None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                signals = self._signals = batch_learning_signals(
+                    self.queries, self.step_owner, self.activations, self.rewards32
+                )
+        return signals
 
     def first_non_finite(self) -> tuple[int, str] | None:
         """The first trajectory whose derived float32 values overflow (a finite
@@ -84,7 +127,7 @@ class TrajectoryBatch:
         checks = (
             ("steps.reward", self.step_owner[bad_reward]),  # ascending: steps are by owner
             ("steps.activations", self._overflowing_embeddings()),
-            ("steps.activations", np.flatnonzero(~np.isfinite(self.signals).all(1))),
+            ("steps.activations", self._non_finite_signals()),
             ("query_embedding", self._oversized_signals()),
         )
         found = [
@@ -92,15 +135,35 @@ class TrajectoryBatch:
         ]
         return min(found)[::2] if found else None
 
+    def _non_finite_signals(self) -> np.ndarray:
+        """Trajectories whose learning signal is not finite. A signal sums at
+        most (steps) advantages (each at most 2 max|reward|) times an
+        activation, then squares it for its norm: below SIGNAL_SAFE_BOUND
+        nothing can overflow, and the signals are not computed here."""
+        if not len(self.step_owner):
+            return np.zeros(0, dtype=np.int64)  # signals are the (finite) queries
+        longest = int(np.bincount(self.step_owner).max())
+        bound = 2.0 * longest * _max_abs(self.rewards32) * _max_abs(self.activations)
+        if bound * math.sqrt(self.activations.shape[1] or 1) < SIGNAL_SAFE_BOUND:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(~np.isfinite(self.signals).all(1))
+
     def _oversized_signals(self) -> np.ndarray:
         """Trajectories whose learning signal's norm exceeds MICRO_SIGNAL_MAX_NORM
-        (only a query without steps can: the others are normalised)."""
-        if not len(self.signals):
+        (only a query without steps can: the others are normalised, and a
+        query without steps is its own signal)."""
+        n = len(self.queries)
+        if not n:
             return np.zeros(0, dtype=np.int64)
-        if _max_abs(self.signals) * np.sqrt(self.signals.shape[1]) <= MICRO_SIGNAL_MAX_NORM:
+        stepless = np.flatnonzero(np.bincount(self.step_owner, minlength=n) == 0)
+        if not len(stepless):
             return np.zeros(0, dtype=np.int64)
-        norms = np.linalg.norm(self.signals.astype(np.float64), axis=1)
-        return np.flatnonzero(~(norms <= MICRO_SIGNAL_MAX_NORM))
+        queries = self.queries[stepless]
+        if _max_abs(queries) * np.sqrt(queries.shape[1]) <= MICRO_SIGNAL_MAX_NORM:
+            return np.zeros(0, dtype=np.int64)
+        norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+        oversized: np.ndarray = stepless[~(norms <= MICRO_SIGNAL_MAX_NORM)]
+        return oversized
 
     def _overflowing_embeddings(self) -> np.ndarray:
         """Trajectories whose pattern embedding (computed by each cycle, not
@@ -124,6 +187,32 @@ class TrajectoryBatch:
 
     def __len__(self) -> int:
         return len(self.queries)
+
+    @classmethod
+    def concat(cls, batches: list[TrajectoryBatch]) -> TrajectoryBatch:
+        """Validated batches as one, in order (the writer's group commit),
+        their learning signals carried over rather than computed again."""
+        if len(batches) == 1:
+            return batches[0]
+        offsets = np.cumsum([0, *(len(b) for b in batches[:-1])])
+        merged = cls.__new__(cls)
+        merged.queries = np.concatenate([b.queries for b in batches])
+        merged.qualities = np.concatenate([b.qualities for b in batches])
+        merged.latencies = [x for b in batches for x in b.latencies]
+        merged.routes = [x for b in batches for x in b.routes]
+        merged.contexts = [x for b in batches for x in b.contexts]
+        merged.step_owner = np.concatenate(
+            [b.step_owner + offset for b, offset in zip(batches, offsets, strict=True)]
+        )
+        merged.step_index = np.concatenate([b.step_index for b in batches])
+        merged.activations = np.concatenate([b.activations for b in batches])
+        merged.attention = [x for b in batches for x in b.attention]
+        merged.rewards = np.concatenate([b.rewards for b in batches])
+        merged.layer_names = [x for b in batches for x in b.layer_names]
+        merged.rewards32 = np.concatenate([b.rewards32 for b in batches])
+        known = [b._signals for b in batches if b._signals is not None]
+        merged._signals = np.concatenate(known) if len(known) == len(batches) else None
+        return merged
 
 
 def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.ndarray:
@@ -164,9 +253,15 @@ def _vector(value: Any, *, index: int | None, name: str, dim: int | None) -> np.
     return array
 
 
-def check_vector(value: Any, name: str, dim: int) -> None:
-    """Raise ValidationError, naming `name`, unless `value` is `dim` finite numbers."""
-    _vector(value, index=None, name=name, dim=dim)
+def check_vector(value: Any, name: str, dim: int) -> np.ndarray:
+    """`value` as float32; raises ValidationError, naming `name`, unless it is
+    `dim` finite numbers. A plain list or numeric array takes the bulk path's
+    packing; anything else the item-by-item checks, which name the problem."""
+    fast = _plain_vectors([value], dim) if type(value) in (list, np.ndarray) else None
+    if fast is not None:
+        row: np.ndarray = fast[0]
+        return row
+    return _vector(value, index=None, name=name, dim=dim)
 
 
 def _has_complex(values: Iterable[Any]) -> bool:
@@ -282,8 +377,10 @@ class _BatchBuilder:
             item["query_embedding"], index=index, name="query_embedding", dim=cfg.embedding_dim
         )
         quality = _number(item["quality"], index=index, name="quality")
-        if not 0.0 <= quality <= 1.0:
-            raise ValidationError(f"must be in [0, 1], got {quality}", index=index, field="quality")
+        if not QUALITY.in_range(quality):
+            raise ValidationError(
+                f"must be in {QUALITY.range_text}, got {quality}", index=index, field="quality"
+            )
         steps = item.get("steps")
         steps = [] if steps is None else steps
         if not isinstance(steps, (list, tuple)):
@@ -295,9 +392,9 @@ class _BatchBuilder:
                 raise ValidationError("must be an integer", index=index, field="latency_us")
             # An int keeps its exact value (a float cannot hold every 64-bit one).
             latency = int(latency) if isinstance(latency, (int, np.integer)) else int(latency_value)
-            if not 0 <= latency <= MAX_LATENCY_US:
+            if not LATENCY_US.in_range(latency):
                 raise ValidationError(
-                    f"must be in [0, {MAX_LATENCY_US}]", index=index, field="latency_us"
+                    f"must be in {LATENCY_US.range_text}", index=index, field="latency_us"
                 )
         route = _text(item.get("model_route"), index=index, name="model_route")
         context = item.get("context_ids")
@@ -403,23 +500,9 @@ def validate_batch(
 _NUMBER_TYPES = (int, float)
 
 # A complex number is not a number here: numpy's complex scalars convert to
-# float with a ComplexWarning, dropping the imaginary part. This filter makes
-# that warning an error when a conversion made from this module raises it.
+# float with a ComplexWarning, dropping the imaginary part.
 ComplexWarning = getattr(np, "exceptions", np).ComplexWarning
-warnings.filterwarnings("error", category=ComplexWarning, module=re.escape(__name__))
-
-
-def _complex_warning_is_an_error() -> bool:
-    """Whether the filter above still decides (an application may have put an
-    "ignore" ahead of it, or reset the filters): the first filter that
-    applies to a ComplexWarning raised here must say "error"."""
-    for action, message, category, module, _lineno in list(warnings.filters):
-        if not issubclass(ComplexWarning, category):
-            continue
-        if module is not None and not module.match(__name__):
-            continue
-        return message is None and action == "error"
-    return False
+_COMPLEX = (complex, np.complexfloating)
 
 
 def _plain_vectors(vectors: list[Any], width: int) -> np.ndarray | None:
@@ -459,19 +542,15 @@ def _as_float32(array: np.ndarray) -> np.ndarray:
 
 def _packed(vectors: list[Any], width: int) -> np.ndarray | None:
     """Lists packed with struct, arrays converted; None for anything else.
-    A numpy complex scalar converts with a ComplexWarning, which this module
-    turns into an error (see the filter above): its imaginary part would be
-    dropped."""
+    A list's sum shows a complex (numpy's complex scalars would convert with
+    a ComplexWarning, their imaginary part dropped) without touching the
+    process's warning filters, which an application owns."""
     packer = struct.Struct(f"{width}f")
     rows = []
-    # Without the filter, a sum per list shows a complex (a quarter of the cost).
-    check_sums = not _complex_warning_is_an_error()
     try:
-        if not check_sums and all(type(v) is list and len(v) == width for v in vectors):
-            return _rows(vectors, [packer.pack(*v) for v in vectors], width)  # the usual case
         for v in vectors:
             if type(v) is list and len(v) == width:
-                if check_sums and isinstance(sum(v, 0.0), complex):
+                if isinstance(sum(v, 0.0), _COMPLEX):
                     return None
                 rows.append(packer.pack(*v))
             elif type(v) is np.ndarray and v.shape == (width,) and v.dtype.kind in "iuf":
@@ -501,9 +580,12 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
         steps = item.get("steps", [])
         if (
             type(quality) not in _NUMBER_TYPES
-            or not 0.0 <= quality <= 1.0
-            or "query_embedding" not in item
-            or (latency is not None and (type(latency) is not int or not 0 <= latency < 2**63))
+            or not QUALITY.in_range(quality)
+            or not all(name in item for name in REQUIRED_TRAJECTORY_FIELDS)
+            or (
+                latency is not None
+                and (type(latency) is not int or not LATENCY_US.in_range(latency))
+            )
             or not _plain_text(route)
             or type(context) is not list
             or (context and not all(c is not None and _plain_text(c) for c in context))
@@ -519,7 +601,7 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
             if (
                 type(step) is not dict
                 or not step.keys() <= STEP_FIELDS
-                or "activations" not in step
+                or not all(name in step for name in REQUIRED_STEP_FIELDS)
                 or "step_idx" in step  # rare: the item-by-item path checks it
             ):
                 return None

@@ -32,6 +32,7 @@ from benchmarks import (
     reference,
     rollback,
     storage,
+    writers,
 )
 from benchmarks.backends import Backend, PostgresBackend, SqliteBackend
 from benchmarks.plan import FULL, QUICK, Plan
@@ -114,6 +115,12 @@ def run_backend(
 
     section("cycle", cycle_section)
     section(
+        "busy cycle",
+        lambda: cycle.bench_busy_cycle(
+            backend, templates[plan.cycle_n], plan.cycle_n, plan.busy_cycle_reps
+        ),
+    )
+    section(
         "scaling",
         lambda: cycle.bench_scaling(backend, plan.scaling, templates, plan.scaling_reps),
     )
@@ -149,6 +156,7 @@ def run_backend(
             backend, make_workload(plan.record_n), plan.record_n, plan.record_reps, reference_rate
         ),
     )
+    section("writers", lambda: writers.bench_writers(backend, plan.writers_n, plan.writers_reps))
 
     def calls_section() -> list[Figure]:
         if not cycled:

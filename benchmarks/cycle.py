@@ -194,3 +194,65 @@ def bench_scaling(
 
 def _k(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+_NEIGHBOUR = "while True: pass"  # one core's worth of pure CPU work
+
+
+def bench_busy_cycle(backend: Backend, template: str, n: int, reps: int) -> list[Figure]:
+    """The cycle beside a CPU-bound neighbour process (`while True: pass`),
+    with the cycle's BLAS limit (`sona_store.services.cycle.CYCLE_BLAS_THREADS`) and
+    without it (the BLAS library's own count), alternating within each
+    repetition, each on a fresh clone; the speed-up is the median of the
+    per-repetition ratios."""
+    from sona_store.services import cycle as cycle_module
+
+    limit = cycle_module.CYCLE_BLAS_THREADS
+    times: dict[str, list[float]] = {"limited": [], "unlimited": []}
+    neighbour = subprocess.Popen([sys.executable, "-c", _NEIGHBOUR])
+    try:
+        for rep in range(reps):
+            order = ("limited", "unlimited") if rep % 2 == 0 else ("unlimited", "limited")
+            for variant in order:
+                url = backend.clone(template, f"busy{variant[:2]}{rep}")
+                cycle_module.CYCLE_BLAS_THREADS = limit if variant == "limited" else None
+                try:
+                    times[variant].append(_one_cycle(url))
+                finally:
+                    cycle_module.CYCLE_BLAS_THREADS = limit
+                    backend.drop(url)
+            progress(
+                f"{backend.name} busy cycle rep {rep + 1}/{reps}: "
+                f"{times['limited'][-1]:.3f} s limited, {times['unlimited'][-1]:.3f} s not"
+            )
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    details = {"trajectories": n, "neighbour": _NEIGHBOUR, "blas_threads": limit}
+    figures = [
+        Figure(
+            name=f"cycle_busy_{variant}_s",
+            backend=backend.name,
+            label=f"cycle {n // 1000}k, busy neighbour, "
+            + (f"{limit} BLAS thread" if variant == "limited" else "BLAS's own threads"),
+            unit="s",
+            ours=median(times[variant]),
+            reps=times[variant],
+            details=details,
+        )
+        for variant in ("limited", "unlimited")
+    ]
+    ratios = [u / lim for lim, u in zip(times["limited"], times["unlimited"], strict=True)]
+    figures.append(
+        Figure(
+            name="cycle_busy_speedup_x",
+            backend=backend.name,
+            label="cycle beside a busy neighbour: unlimited / limited",
+            unit="x",
+            ours=median(ratios),
+            reps=ratios,
+            higher_is_better=True,
+            details=details,
+        )
+    )
+    return figures

@@ -1,7 +1,8 @@
 """Benchmark 3: recording trajectories, batched (JSON-shaped lists, and numpy
-vectors) and one commit each, against a floor: raw sqlite3 `executemany` of the
+vectors) and one commit each, against floors: raw sqlite3 `executemany` of the
 same bytes into the store's own three tables (trajectories, trajectory_vectors,
-trajectory_steps), one transaction per batch."""
+trajectory_steps), one transaction per batch; on PostgreSQL raw psycopg 3
+`executemany` and raw binary COPY of the same rows."""
 
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ def bench_ingest(
     measured: dict[str, list[float]] = {name: [] for name, *_ in batched_runs}
     paired: list[float] = []  # the reference's rate, measured in each repetition
     floor: list[float] = []
+    copy_floor: list[float] = []  # PostgreSQL: raw binary COPY
     for rep in range(reps):
         if reference_rate is not None:
             paired.append(reference_rate())
@@ -114,6 +116,9 @@ def bench_ingest(
             measured[name].append(n / _on_fresh_store(backend, n, body))
         if backend.name == "sqlite":
             floor.append(_floor_rate(backend, workload))
+        elif backend.name == "postgresql":
+            floor.append(_pg_floor_rate(backend, workload, copy=False))
+            copy_floor.append(_pg_floor_rate(backend, workload, copy=True))
         rates = ", ".join(f"{values[-1]:,.0f}" for values in measured.values())
         extra = f"; reference {paired[-1]:,.0f}/s" if paired else ""
         progress(f"{backend.name} ingest rep {rep + 1}/{reps}: {rates}/s{extra}")
@@ -159,6 +164,51 @@ def bench_ingest(
     )
     if backend.name == "sqlite":
         figures.extend(_floor_figures(backend, workload, reps, floor, figures[0], figures[1]))
+    elif backend.name == "postgresql":
+        figures.extend(_pg_floor_figures(backend, floor, copy_floor, figures[0], figures[1]))
+    return figures
+
+
+def _pg_floor_figures(
+    backend: Backend, floor: list[float], copy_floor: list[float], lists: Figure, numpy: Figure
+) -> list[Figure]:
+    """PostgreSQL's two floors (raw psycopg executemany, raw binary COPY),
+    measured in the same repetitions as `lists` and `numpy`, and the two
+    shares of the COPY floor, taken repetition by repetition."""
+    progress(f"postgresql ingest floors: {median(floor):,.0f}/s, COPY {median(copy_floor):,.0f}/s")
+    figures = [
+        _rate_figure(
+            backend,
+            "ingest_floor_per_s",
+            "ingest floor: raw psycopg executemany",
+            floor,
+            {"batch": BATCH},
+        ),
+        _rate_figure(
+            backend,
+            "ingest_copy_floor_per_s",
+            "ingest floor: raw psycopg binary COPY",
+            copy_floor,
+            {"batch": BATCH},
+        ),
+    ]
+    for name, label, ours in (
+        ("ingest_batched_of_copy_floor", "ingest batched / COPY floor", lists),
+        ("ingest_batched_numpy_of_copy_floor", "ingest batched (numpy) / COPY floor", numpy),
+    ):
+        shares = [o / f for o, f in zip(ours.reps, copy_floor, strict=True)]
+        share = median(shares)
+        figures.append(
+            Figure(
+                name=name,
+                backend=backend.name,
+                label=label,
+                unit="x",
+                ours=share,
+                reps=shares,
+                higher_is_better=True,
+            ).check(">= 0.6", share >= 0.6)
+        )
     return figures
 
 
@@ -290,6 +340,72 @@ def _floor_rate(backend: Backend, workload: Workload, *, autocheckpoint: int = 1
                     steps[start : start + BATCH],
                 )
                 conn.execute("COMMIT")
+
+        return len(trajectories) / timed(insert)
+    finally:
+        conn.close()
+        backend.drop(url)
+
+
+_PG_TABLES = (
+    (
+        "trajectories",
+        ("id", "quality", "context_ids", "created_at"),
+        ("int8", "float8", "text", "timestamptz"),
+    ),
+    ("trajectory_vectors", ("trajectory_id", "query_embedding"), ("int8", "bytea")),
+    (
+        "trajectory_steps",
+        ("trajectory_id", "step_index", "activations", "attention_weights", "reward"),
+        ("int8", "int4", "bytea", "bytea", "float8"),
+    ),
+)
+
+
+def _pg_floor_rate(backend: Backend, workload: Workload, *, copy: bool) -> float:
+    """Raw psycopg 3 into a fresh store's own (empty) tables, one transaction
+    per 1000: `executemany` of INSERTs, or one binary COPY a table
+    (`set_types`, rows written with `write_row`). The rows are the store's
+    (NULL columns left out, as the store does), precomputed outside the
+    timing; the ids are the floor's own (no sequence)."""
+    import psycopg
+
+    url = backend.new_url("floor")
+    SonaStore(url, cycle_config(len(workload))).close()
+    trajectories, vectors, steps = _floor_rows(workload)
+    created = utcnow()
+    rows = (
+        [(r[0], r[1], r[4], created) for r in trajectories],
+        vectors,
+        [s[:5] for s in steps],
+    )
+    parsed = make_url(url)
+    conn = psycopg.connect(
+        host=parsed.host,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
+        dbname=parsed.database,
+    )
+    try:
+        cursor = conn.cursor()
+
+        def insert() -> None:
+            for start in range(0, len(trajectories), BATCH):
+                for (table, columns, types), table_rows in zip(_PG_TABLES, rows, strict=True):
+                    part = table_rows[start : start + BATCH]
+                    names = ", ".join(columns)
+                    if copy:
+                        with cursor.copy(
+                            f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+                        ) as stream:
+                            stream.set_types(list(types))
+                            for row in part:
+                                stream.write_row(row)
+                    else:
+                        marks = ", ".join(["%s"] * len(columns))
+                        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", part)
+                conn.commit()
 
         return len(trajectories) / timed(insert)
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 class Plan:
     cycle_n: int  # trajectories of the cycle benchmark (and of the reference's JSONL)
     cycle_reps: int
+    busy_cycle_reps: int = 2  # the cycle beside a busy neighbour, each variant
     scaling: dict[str, int] = field(default_factory=dict)  # role -> trajectories
     scaling_reps: int = 1
     ingest_reps: int = 1
@@ -23,6 +24,8 @@ class Plan:
     quarantine_replay: int = 100  # cycles rolled back and micro-LoRA versions replayed
     quarantine_reps: int = 3
     reference_reps: int = 1
+    writers_n: int = 8_000  # trajectories of the writer-processes benchmark, all writers
+    writers_reps: int = 1
     storage_n: int = 5_000  # trajectories of the storage benchmark
     storage_cycles: int = 5
     forgetting_cycles: int = 20_000  # per task, at the default base_lora_lr
@@ -37,6 +40,7 @@ class Plan:
 FULL = Plan(
     cycle_n=10_000,
     cycle_reps=5,
+    busy_cycle_reps=5,
     scaling={"small": 1_000, "mid": 10_000, "large": 100_000},
     scaling_reps=5,  # a shared 2-core machine: one slow repetition must not set the median
     ingest_reps=5,
@@ -50,6 +54,8 @@ FULL = Plan(
     quarantine_replay=100,
     quarantine_reps=5,
     reference_reps=3,
+    writers_n=40_000,
+    writers_reps=3,
     storage_n=20_000,
     storage_cycles=10,
     record_n=5_000,

@@ -17,6 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 FIGURES = [
     "cycle_s",
+    "cycle_busy_limited_s",
+    "cycle_busy_unlimited_s",
+    "cycle_busy_speedup_x",
     "scaling_small_s",
     "scaling_small_rss_mb",
     "scaling_mid_s",
@@ -34,6 +37,9 @@ FIGURES = [
     "ingest_floor_no_checkpoint_per_s",
     "ingest_batched_of_floor",
     "ingest_batched_numpy_of_floor",
+    "writers_1_per_s",
+    "writers_4_per_s",
+    "writers_scaling_x",
     *(
         f"record_{threads}t_{mode}_{what}"
         for threads in (1, 8)

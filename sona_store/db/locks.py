@@ -1,5 +1,6 @@
 """The store-wide cycle lock: one cycle (or rollback) at a time per store,
-whatever process runs it.
+whatever process runs it; and the micro-LoRA flush lock, which recording
+transactions try without waiting (`try_micro_flush_lock`).
 
 PostgreSQL: a transaction-scoped advisory lock, released by commit or rollback
 (or by the server when a killed client's connection drops). Its key is the
@@ -11,6 +12,7 @@ holds the database write lock.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from sona_store.db.engine import engine_schema
@@ -35,3 +37,31 @@ def acquire_cycle_lock(session: Session, *, wait: bool = True) -> bool:
         session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
         return True
     return bool(session.scalar(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}))
+
+
+MICRO_FLUSH_LOCK_KEY = 0x50A5_F105  # the default store's key (no schema, or `public`)
+
+
+def micro_flush_lock_key(schema: str | None) -> int:
+    return lock_key(schema, MICRO_FLUSH_LOCK_KEY, "micro_flush")
+
+
+def try_micro_flush_lock(connection: Connection) -> bool:
+    """Whether this recording transaction may run the micro-LoRA flush now.
+
+    PostgreSQL: a transaction-scoped advisory lock, taken without waiting.
+    The flush itself locks the head row (`state.micro_lora_pointer`), which
+    serialises it with other flushes, quarantines and rollbacks; a recording
+    transaction that waited for that row would make every writer of every
+    process take turns on it until the flushing transaction commits. With
+    this lock only one recording transaction at a time goes for the head row;
+    the others find it taken, keep their signals queued and commit their
+    trajectories at once (a later batch, or `flush`, applies them).
+    SQLite: always True (the recording transaction already holds the write
+    lock, taken at BEGIN IMMEDIATE)."""
+    if connection.dialect.name != "postgresql":
+        return True
+    key = micro_flush_lock_key(engine_schema(connection))
+    return bool(
+        connection.exec_driver_sql("SELECT pg_try_advisory_xact_lock(%(k)s)", {"k": key}).scalar()
+    )

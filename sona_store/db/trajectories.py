@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from sona_store.db.copy import copy_columns, copy_supported
 from sona_store.db.driver import Driver
 from sona_store.db.models import Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.quarantines import quarantined
@@ -17,8 +18,17 @@ from sona_store.db.types import FLOAT32, utcnow
 from sona_store.learning.embedding import trajectory_embeddings
 
 _MAX_TRAJECTORY_ID = "SELECT max(id) FROM trajectories"
+# One statement draws a batch's ids from the column's sequence and returns
+# only their bounds when they are consecutive (always, unless another writer
+# drew ids at the same moment); else all of them. Fetching 1000 rows of ids
+# cost more than drawing them, and so did naming the sequence once an id
+# (the OFFSET 0 subquery looks it up once a batch).
 _NEXT_TRAJECTORY_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('trajectories', 'id')) FROM generate_series(1, ?)"
+    "SELECT min(v), max(v), CASE WHEN max(v) - min(v) + 1 = count(*) THEN NULL"
+    " ELSE array_agg(v ORDER BY v) END FROM"
+    " (SELECT nextval(s.seq) AS v FROM"
+    " (SELECT pg_get_serial_sequence('trajectories', 'id')::regclass AS seq OFFSET 0) AS s,"
+    " generate_series(1, ?)) AS drawn"
 )
 
 
@@ -44,13 +54,17 @@ class TrajectoryBatch(Protocol):
 
 def reserve_ids(driver: Driver, n: int) -> list[int]:
     """n fresh trajectory ids, ascending. PostgreSQL draws them from the
-    column's sequence; SQLite continues after the largest id, which is safe
-    because record transactions hold SQLite's write lock from BEGIN."""
+    column's sequence (safe beside any number of concurrent writers: a
+    sequence never hands out a value twice); SQLite continues after the
+    largest id, which is safe because record transactions hold SQLite's write
+    lock from BEGIN."""
     if n == 0:
         return []
     if driver.dialect.name == "postgresql":
-        drawn = driver.execute(_NEXT_TRAJECTORY_IDS, (n,)).fetchall()
-        return sorted(row[0] for row in drawn)
+        low, high, scattered = driver.execute(_NEXT_TRAJECTORY_IDS, (n,)).fetchone()
+        if scattered is not None:
+            return [int(i) for i in scattered]
+        return list(range(int(low), int(high) + 1))
     start = driver.scalar(_MAX_TRAJECTORY_ID) or 0
     return list(range(start + 1, start + n + 1))
 
@@ -59,8 +73,9 @@ def insert_batch(
     connection: Connection, batch: TrajectoryBatch, ids: list[int] | None = None
 ) -> list[int]:
     """Insert validated trajectories, their vectors and steps; ids in batch order.
-    Ids are reserved first so every table goes in as one plain executemany,
-    on the driver's cursor (the recording hot path, see `driver`). `ids`:
+    Ids are reserved first so every table goes in as one binary COPY on
+    PostgreSQL (`db.copy`), one plain executemany on the driver's cursor on
+    SQLite (the recording hot path, see `driver`). `ids`:
     reserved already (the writer keeps them across a retry, see `writer`)."""
     if not len(batch):
         return []
@@ -69,7 +84,8 @@ def insert_batch(
     ids = reserve_ids(driver, n) if ids is None else ids
     created = driver.stored(Trajectory.__table__.c.created_at, utcnow())
     contexts = [json.dumps(c) if c else "[]" for c in batch.contexts]
-    driver.insert_columns(
+    _insert_columns(
+        driver,
         Trajectory.__table__,
         {
             "id": ids,
@@ -87,7 +103,8 @@ def insert_batch(
 def insert_vectors(driver: Driver, ids: list[int], batch: TrajectoryBatch) -> None:
     """The vectors and steps of `batch`, as trajectories `ids` (also how
     `ingest --restore` puts back what gc deleted)."""
-    driver.insert_columns(
+    _insert_columns(
+        driver,
         TrajectoryVectors.__table__,
         {
             "trajectory_id": ids,
@@ -95,7 +112,8 @@ def insert_vectors(driver: Driver, ids: list[int], batch: TrajectoryBatch) -> No
         },
     )
     if len(batch.step_owner):
-        driver.insert_columns(
+        _insert_columns(
+            driver,
             TrajectoryStep.__table__,
             {
                 "trajectory_id": np.asarray(ids, dtype=np.int64)[batch.step_owner].tolist(),
@@ -106,6 +124,15 @@ def insert_vectors(driver: Driver, ids: list[int], batch: TrajectoryBatch) -> No
                 "layer_name": batch.layer_names,
             },
         )
+
+
+def _insert_columns(driver: Driver, table: sa.FromClause, columns: dict[str, list[Any]]) -> None:
+    """PostgreSQL (psycopg): one binary COPY a table (`db.copy`); SQLite: the
+    driver's executemany."""
+    if copy_supported(driver.connection):
+        copy_columns(driver.connection, table, columns)
+    else:
+        driver.insert_columns(table, columns)
 
 
 def _row_bytes(matrix: np.ndarray) -> list[bytes]:

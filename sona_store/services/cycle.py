@@ -5,12 +5,15 @@ of it is and a `failed` record says why."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -38,6 +41,48 @@ from sona_store.learning.routes import route_statistics
 from sona_store.results import CycleResult
 
 logger = logging.getLogger("sona_store.cycle")
+
+# BLAS threads for the cycle's math (the window's embeddings, k-means, the
+# LoRA step), set around that math only and restored after it. One: OpenBLAS's
+# threads spin-wait for each other, so a product split over two threads stalls
+# whenever another process holds one of the cores, and the cycle's products
+# are small enough that a second thread gains little on an idle machine (both
+# measured in benchmarks/README.md). None leaves the libraries' own setting.
+CYCLE_BLAS_THREADS: int | None = 1
+
+_blas_lock = threading.Lock()
+_blas: dict[str, Any] = {"controller": None, "limiter": None, "active": 0}
+
+
+@contextlib.contextmanager
+def blas_threads(limit: int | None) -> Iterator[None]:
+    """At most `limit` BLAS threads inside the block (None: no change). The
+    limit is the BLAS library's, so it holds for the whole process while the
+    block runs. Blocks in several threads at once (cycles of two stores)
+    share one limit: the first sets it, the last restores what was there
+    before the first, however they end. OpenBLAS (0.3.31) ignores a thread
+    count set from another thread once the main thread has set one: a
+    program that sets BLAS threads in its main thread and runs cycles in
+    other threads (the scheduler's) keeps its own count for them."""
+    if limit is None:
+        yield
+        return
+    with _blas_lock:
+        if _blas["active"] == 0:
+            if _blas["controller"] is None:  # one scan of the loaded libraries
+                from threadpoolctl import ThreadpoolController
+
+                _blas["controller"] = ThreadpoolController()
+            _blas["limiter"] = _blas["controller"].limit(limits=limit, user_api="blas")
+        _blas["active"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas["active"] -= 1
+            if _blas["active"] == 0:
+                _blas["limiter"].restore_original_limits()
+                _blas["limiter"] = None
 
 
 class SlotPolicy(Protocol):
@@ -268,18 +313,19 @@ def cycle_body(
 
     # 2. Consume the batch; 3. cluster the retention window (batch included).
     record.trajectories_processed = trajectories.claim_pending(session, record.id)
-    _ids, embeddings, qualities, window_routes = trajectories.load_window_with_routes(
-        session, config.retention_window, config.embedding_size
-    )
-    extracted = extract_patterns(
-        embeddings,
-        qualities,
-        config.pattern_clusters,
-        max_iterations=config.kmeans_max_iterations,
-        convergence=config.kmeans_convergence,
-        min_cluster_size=config.min_cluster_size,
-        quality_threshold=config.pattern_quality_threshold,
-    )
+    with blas_threads(CYCLE_BLAS_THREADS):
+        _ids, embeddings, qualities, window_routes = trajectories.load_window_with_routes(
+            session, config.retention_window, config.embedding_size
+        )
+        extracted = extract_patterns(
+            embeddings,
+            qualities,
+            config.pattern_clusters,
+            max_iterations=config.kmeans_max_iterations,
+            convergence=config.kmeans_convergence,
+            min_cluster_size=config.min_cluster_size,
+            quality_threshold=config.pattern_quality_threshold,
+        )
     pattern_ids = _insert_patterns(session, record.id, extracted)
     # What each pattern's members did per model route (the router's statistics).
     routes.insert_route_statistics(
@@ -292,14 +338,19 @@ def cycle_body(
 
     # 4-6. Patterns -> signed targets -> EWC++-anchored base-LoRA step, as new
     #      immutable versions.
-    step = learn(
+    lora, ewc = (
         state.load_base_lora(session, head.base_lora_version_id),
         state.load_ewc_state(session, head.ewc_state_id),
-        extracted,
-        lr=config.base_lora_lr,
-        ewc_lambda=config.ewc_lambda,
-        quality_threshold=config.quality_threshold,
     )
+    with blas_threads(CYCLE_BLAS_THREADS):
+        step = learn(
+            lora,
+            ewc,
+            extracted,
+            lr=config.base_lora_lr,
+            ewc_lambda=config.ewc_lambda,
+            quality_threshold=config.quality_threshold,
+        )
     if step is not None:
         record.base_lora_version_id = state.save_base_lora(
             session,

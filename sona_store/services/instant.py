@@ -4,6 +4,9 @@ signals (or on flush).
 
 Exactly-once application without a global lock on the hot path:
 - signals wait in memory together with their trajectory ids;
+- a recording transaction flushes only when no other one is flushing (on
+  PostgreSQL, `db.locks.try_micro_flush_lock`; else its signals stay queued),
+  so writers never queue on the head row;
 - a flush takes the head row lock, skips the trajectories some other process
   (or an earlier life of this one) already applied, applies the rest to the
   *latest* stored weights, writes a new version and one `micro_lora_signals`
@@ -25,13 +28,16 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from sona_store.config import SonaConfig
 from sona_store.db import state
+from sona_store.db.copy import copy_columns, copy_supported
 from sona_store.db.driver import Driver
 from sona_store.db.engine import connection_transaction, short_error, transaction
+from sona_store.db.locks import try_micro_flush_lock
 from sona_store.db.models import MicroLoraSignal, Trajectory, TrajectoryStep, TrajectoryVectors
 from sona_store.db.quarantines import quarantined
 from sona_store.db.types import FLOAT32
@@ -148,6 +154,14 @@ class InstantLearner:
         fresh_taken = max(0, size - queued)
         try:
             with Driver(connection).savepoint("micro_lora_flush"):
+                # PostgreSQL: another transaction is flushing (and holds or
+                # wants the head row): do not queue behind it; these signals
+                # stay pending for a later flush (see `try_micro_flush_lock`).
+                if not try_micro_flush_lock(connection):
+                    with self._lock:
+                        self._pending[:0] = inflight.taken
+                    inflight.taken = []
+                    return
                 if inflight.taken:
                     signals = fresh.signals(0, fresh_taken)
                     fresh_ids = {s.trajectory_id for s in signals}
@@ -336,10 +350,14 @@ def _write_ledger(connection: Connection, ids: list[int], version: int, *, all_f
     if all_fresh and ids[-1] - ids[0] + 1 == len(ids):
         driver.execute(_LEDGER_RANGE, (version, ids[0], ids[-1]))
         return
+    table = cast(sa.Table, MicroLoraSignal.__table__)
+    if copy_supported(connection):  # a flush of queued signals: thousands of rows
+        copy_columns(
+            connection, table, {"trajectory_id": ids, "micro_lora_version_id": [version] * len(ids)}
+        )
+        return
     driver.insert_many(
-        cast(sa.Table, MicroLoraSignal.__table__),
-        ["trajectory_id", "micro_lora_version_id"],
-        [(i, version) for i in ids],
+        table, ["trajectory_id", "micro_lora_version_id"], [(i, version) for i in ids]
     )
 
 
@@ -352,16 +370,30 @@ def _already_applied(connection: Connection, ids: list[int]) -> set[int]:
         found.update(
             connection.scalars(
                 sa.select(MicroLoraSignal.trajectory_id).where(
-                    MicroLoraSignal.trajectory_id.in_(chunk)
+                    _among(MicroLoraSignal.trajectory_id, chunk, connection)
                 )
             )
         )
         found.update(
             connection.scalars(
-                sa.select(Trajectory.id).where(Trajectory.id.in_(chunk), quarantined(Trajectory.id))
+                sa.select(Trajectory.id).where(
+                    _among(Trajectory.id, chunk, connection), quarantined(Trajectory.id)
+                )
             )
         )
     return found
+
+
+def _among(column: Any, ids: list[int], connection: Connection) -> sa.ColumnElement[bool]:
+    """`column IN ids`; on PostgreSQL `= ANY(array)`, one parameter: an IN
+    list of thousands of parameters cost a flush of queued signals more CPU
+    than its inserts (psycopg parses every marker of the statement)."""
+    if connection.dialect.name == "postgresql":
+        return cast(
+            sa.ColumnElement[bool],
+            column == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.BigInteger))),
+        )
+    return cast(sa.ColumnElement[bool], column.in_(ids))
 
 
 def _unapplied_signals(

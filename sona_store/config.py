@@ -12,6 +12,10 @@ from typing import Any
 
 from sona_store.errors import ConfigError
 
+# Where a store is when no URL is given (the library and the CLI alike).
+DEFAULT_URL = "sqlite:///sona.db"
+URL_ENV = "SONA_STORE_URL"
+
 # Fixed values the reference hard-codes in its loops.
 BASE_LORA_LAYERS = 12
 MICRO_FLUSH_THRESHOLD = 100

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from itertools import islice
 from pathlib import Path
@@ -33,10 +33,9 @@ from sona_store.db import quarantines as quarantine_rows
 from sona_store.db.access_log import AccessLog
 from sona_store.db.checkpoint import is_sqlite_file, wal_checkpoint
 from sona_store.db.engine import (
+    configure_engine,
     connection_transaction,
     create_store_engine,
-    engine_durability,
-    engine_schema,
     mask_url,
     normalise_url,
     resolve_url,
@@ -44,7 +43,7 @@ from sona_store.db.engine import (
     store_label,
     transaction,
 )
-from sona_store.db.head_cache import HeadCache
+from sona_store.db.head_cache import Head, HeadCache, read_head
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import AuditEvent, StoreHead, StoreSettings
 from sona_store.db.models import Pattern as PatternRow
@@ -54,12 +53,12 @@ from sona_store.db.state import LoraArrays
 from sona_store.db.stats import store_stats
 from sona_store.db.stores import refuse_on_sqlite
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleTrigger, LoraTier, parse
 from sona_store.errors import (
     ConfigError,
     CycleNotFoundError,
     RecordingError,
     RecordingTimeoutError,
-    StoreSchemaError,
     ValidationError,
 )
 from sona_store.learning import base_lora
@@ -77,6 +76,7 @@ from sona_store.services import quarantine as quarantine_module
 from sona_store.services import report as report_module
 from sona_store.services import rollback as rollback_module
 from sona_store.services.instant import BatchSignals, InFlight, InstantLearner
+from sona_store.services.lora_format import DEFAULT_LAYER_PREFIX
 from sona_store.services.lora_io import LoraMove
 from sona_store.services.pattern_index import Pattern, PatternIndex, ScoredPattern
 from sona_store.services.quarantine import QuarantineResult, ReleaseResult
@@ -120,6 +120,14 @@ class SonaStore:
     thread. `durability` (SQLite): "normal"
     (commits survive the process being killed) or "full" (also a power
     loss: one fsync per commit).
+
+    The store makes its own engine; `engine_options` go to
+    `sqlalchemy.create_engine` (pool size, `connect_args`, ...). An `engine`
+    of the caller's is used instead (`url` then omitted, or naming the same
+    database): the store gives it its per-dialect settings
+    (`db.engine.configure_engine`: on SQLite foreign keys, WAL and the BEGIN
+    that id reservation and the cycle lock rely on), and `close()` leaves it
+    open, as the caller's to dispose.
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class SonaStore:
         create: bool = True,
         actor: str | None = None,
         engine: Engine | None = None,
+        engine_options: Mapping[str, Any] | None = None,
         head_refresh_seconds: float = 0.5,
         background: bool = True,
         max_delay: float = 0.02,
@@ -139,28 +148,41 @@ class SonaStore:
         durability: str = "normal",
     ):
         _check_recording_options(max_delay, max_queued, write_timeout)
-        self.url = resolve_url(url) if engine is None else engine.url
-        if engine is not None and engine_schema(engine) != schema:
-            raise StoreSchemaError(
-                f"schema={schema!r} but the engine was created for schema "
-                f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
-            )
-        if engine is not None and engine_durability(engine) != durability:
-            raise ConfigError(
-                f"durability={durability!r} but the engine was created with "
-                f"{engine_durability(engine)!r}: pass create_store_engine(url, durability=...)"
-            )
-        if engine is None and not create:
+        if engine is None:
+            self.url: str | sa.URL = resolve_url(url)
+        else:
+            if engine_options is not None:
+                raise ConfigError("engine_options are for the store's own engine, not engine=")
+            given = engine.url.render_as_string(hide_password=False)
+            if url is not None and normalise_url(url).render_as_string(
+                hide_password=False
+            ) != normalise_url(given).render_as_string(hide_password=False):
+                raise ConfigError(
+                    f"url {mask_url(url)} and the engine's {mask_url(engine.url)} differ: "
+                    "pass one of them"
+                )
+            self.url = given
+        if not create:
             # A schema on SQLite is the mistake to name, before a missing file.
             refuse_on_sqlite(schema, normalise_url(self.url).get_backend_name())
             require_existing_file(self.url)
-        self.engine = engine or create_store_engine(self.url, schema=schema, durability=durability)
+        self._owns_engine = engine is None
+        if engine is None:
+            self.engine = create_store_engine(
+                self.url, schema=schema, durability=durability, **(engine_options or {})
+            )
+        else:
+            self.engine = configure_engine(engine, schema=schema, durability=durability)
         self.schema = schema
         self.actor = actor or cycles.default_actor()
-        ensure_schema(self.engine, create=create)
-        self.config = self._load_or_init_config(config)
+        try:
+            ensure_schema(self.engine, create=create)
+            self.config = self._load_or_init_config(config)
+        except BaseException:
+            self._release_engine()
+            raise
         self.enabled = True
-        self._cache = HeadCache(self._read_head_pointers, head_refresh_seconds)
+        self._cache = HeadCache(self._read_head, head_refresh_seconds)
         self._instant = InstantLearner(self.engine, self.config, on_flush=self._cache.invalidate)
         self._accesses = AccessLog(self.engine)
         self._writer: Writer | None = None
@@ -241,6 +263,11 @@ class SonaStore:
                 self._writer.close()
             self._accesses.flush()
         finally:
+            self._release_engine()
+
+    def _release_engine(self) -> None:
+        """Dispose the engine if the store made it; a caller's stays usable."""
+        if self._owns_engine:
             self.engine.dispose()
 
     def __enter__(self) -> SonaStore:
@@ -420,7 +447,13 @@ class SonaStore:
 
     # -- cycles -----------------------------------------------------------------
 
-    def run_cycle(self, force: bool = False, *, trigger: str | None = None) -> CycleResult:
+    def run_cycle(
+        self, force: bool = False, *, trigger: CycleTrigger | str | None = None
+    ) -> CycleResult:
+        """One learning cycle now. `trigger` (default: forced or manual, by
+        `force`) is recorded with it; an unknown one is a ValidationError."""
+        if trigger is not None:
+            trigger = parse(CycleTrigger, trigger, "trigger")
         try:
             return cycle_module.run_cycle(
                 self.engine, self.config, force=force, trigger=trigger, actor=self.actor
@@ -467,7 +500,7 @@ class SonaStore:
         tier: str | None = None,
         target_modules: list[str] | tuple[str, ...] | None = None,
         *,
-        layer_prefix: str = lora_io.DEFAULT_LAYER_PREFIX,
+        layer_prefix: str = DEFAULT_LAYER_PREFIX,
     ) -> Path:
         """Write a LoRA version (None: the current one of `tier`, base by
         default) as a PEFT adapter directory (docs/lora_export.md); returns it."""
@@ -644,19 +677,24 @@ class SonaStore:
 
     # -- learned state --------------------------------------------------------------
 
-    def _read_head_pointers(self) -> tuple[int | None, int, int, int]:
+    def _read_head(self) -> Head:
         with transaction(self.engine) as session:
-            h = state.get_head(session)
-            return (h.cycle_id, h.base_lora_version_id, h.micro_lora_version_id, h.ewc_state_id)
+            return read_head(session)
 
-    def lora_state(self, version: int | None = None, tier: str = "base") -> LoraArrays:
+    def lora_state(
+        self, version: int | None = None, tier: LoraTier | str = LoraTier.BASE
+    ) -> LoraArrays:
         """A LoRA version's weights as numpy arrays ((layers, rank, dim) down and
-        up); None: the current version of `tier`."""
+        up); None: the current version of `tier` ("base" or "micro"; another
+        value is a ValidationError)."""
+        tier = parse(LoraTier, tier, "tier")
         with transaction(self.engine) as session:
             if version is None:
                 head = state.get_head(session)
                 version = (
-                    head.base_lora_version_id if tier == "base" else head.micro_lora_version_id
+                    head.base_lora_version_id
+                    if tier is LoraTier.BASE
+                    else head.micro_lora_version_id
                 )
             return state.load_lora(session, version)
 
@@ -668,11 +706,11 @@ class SonaStore:
             return state.load_ewc_state(session, state_id)
 
     def _current_base_lora(self) -> BaseLoraWeights:
-        def load(head: tuple[Any, ...]) -> BaseLoraWeights:
+        def load(head: Head) -> BaseLoraWeights:
             with transaction(self.engine) as session:
-                return state.load_base_lora(session, head[1])
+                return state.load_base_lora(session, head.base_lora_version_id)
 
-        return self._cache.get("base_lora", load)
+        return self._cache.get("base_lora", lambda head: head.base_lora_version_id, load)
 
     def apply_base_lora(self, layer_idx: int, x: Any) -> np.ndarray:
         """x + delta through base-LoRA layer `layer_idx` of the current version."""
@@ -681,7 +719,7 @@ class SonaStore:
         if vector.shape[-1:] != (weights.dim,) or not np.isfinite(vector).all():
             raise ValidationError(f"x must have {weights.dim} finite values", field="x")
         with np.errstate(over="ignore", invalid="ignore"):
-            return _finite_output(base_lora.forward(weights, layer_idx, vector), "base")
+            return _finite_output(base_lora.forward(weights, layer_idx, vector), LoraTier.BASE)
 
     def history(
         self,
@@ -724,17 +762,17 @@ class SonaStore:
 
     def _learned(self) -> tuple[PatternIndex, RouteModel]:
         """The current patterns' search index and route model, read together
-        (one head) and kept in memory until the head moves."""
+        (one head cycle) and kept in memory until that cycle or its prunes change."""
 
-        def load(_head: tuple[Any, ...]) -> tuple[PatternIndex, RouteModel]:
+        def load(head: Head) -> tuple[PatternIndex, RouteModel]:
             with transaction(self.engine) as session:
-                patterns = _patterns(session, None)
+                patterns = _serving(session, head.cycle_id)
                 ids = [p.id for p in patterns]
                 rows = routes.route_rows(session, ids)
             index = PatternIndex(patterns)
             return index, RouteModel(index.unit, *routes.route_matrices(ids, rows))
 
-        return self._cache.get("patterns", load)
+        return self._cache.get("patterns", lambda head: head.patterns, load)
 
     def _pattern_index(self) -> PatternIndex:
         return self._learned()[0]
@@ -816,12 +854,13 @@ class SonaStore:
         """The current micro-LoRA's projector and the largest |x| it is sure
         to map to finite values (`_safe_input`)."""
 
-        def load(head: tuple[Any, ...]) -> tuple[MicroProjector, float]:
+        def load(head: Head) -> tuple[MicroProjector, float]:
             with transaction(self.engine) as session:
-                projector = MicroProjector.of(state.load_micro_lora(session, head[2]))
+                version = state.load_micro_lora(session, head.micro_lora_version_id)
+            projector = MicroProjector.of(version)
             return projector, _safe_input(projector.down, projector.lifted)
 
-        return self._cache.get("micro_lora", load)
+        return self._cache.get("micro_lora", lambda head: head.micro_lora_version_id, load)
 
     def apply_micro_lora(self, x: Any) -> np.ndarray:
         """x + delta through the current micro-LoRA (x itself when disabled);
@@ -839,7 +878,7 @@ class SonaStore:
         projector, safe = self._micro_projector()
         if peak > safe:
             with np.errstate(over="ignore", invalid="ignore"):  # the rare, huge x
-                return _finite_output(projector(vector), "micro")
+                return _finite_output(projector(vector), LoraTier.MICRO)
         return projector(vector)
 
     def flush(self) -> int:
@@ -907,15 +946,24 @@ class SonaStore:
 
 def _patterns(session: Session, cycle_id: int | None) -> list[Pattern]:
     """A cycle's patterns, or (None) the current ones, by id."""
-    statement = sa.select(PatternRow).order_by(PatternRow.id)
     if cycle_id is None:
-        cycle_id = state.get_head(session).cycle_id
-        if cycle_id is None:
-            return []
-        statement = statement.where(PatternRow.pruned_at.is_(None))
-    else:
-        cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
-    rows = session.scalars(statement.where(PatternRow.cycle_id == cycle_id))
+        return _serving(session, state.get_head(session).cycle_id)
+    cycles.get_cycle(session, cycle_id)  # unknown id: CycleNotFoundError
+    rows = session.scalars(
+        sa.select(PatternRow).where(PatternRow.cycle_id == cycle_id).order_by(PatternRow.id)
+    )
+    return [Pattern.from_row(row) for row in rows]
+
+
+def _serving(session: Session, head_cycle_id: int | None) -> list[Pattern]:
+    """The patterns served while `head_cycle_id` is the head: its unpruned ones."""
+    if head_cycle_id is None:
+        return []
+    rows = session.scalars(
+        sa.select(PatternRow)
+        .where(PatternRow.cycle_id == head_cycle_id, PatternRow.pruned_at.is_(None))
+        .order_by(PatternRow.id)
+    )
     return [Pattern.from_row(row) for row in rows]
 
 
@@ -947,7 +995,7 @@ def _safe_input(down: np.ndarray, lifted: np.ndarray) -> float:
     return float(np.finfo(np.float32).max) / (4.0 * (1.0 + max(d, g, 1.0) * math.sqrt(dim)))
 
 
-def _finite_output(out: np.ndarray, tier: str) -> np.ndarray:
+def _finite_output(out: np.ndarray, tier: LoraTier) -> np.ndarray:
     """Serving never returns a non-finite value: an x so large that the
     adapter's output overflows float32 is refused instead."""
     if not np.isfinite(out).all():

@@ -64,8 +64,8 @@ def test_a_lock_not_granted_in_time_is_database_busy(db_url, monkeypatch):
         monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_S", 0.2)
         store = SonaStore(db_url, CONFIG)
     else:
-        engine = create_store_engine(db_url, connect_args={"options": "-c lock_timeout=200"})
-        store = SonaStore(config=CONFIG, engine=engine)
+        options = {"connect_args": {"options": "-c lock_timeout=200"}}
+        store = SonaStore(db_url, CONFIG, engine_options=options)
     micro = store.head()["micro_lora_version_id"]
     audits = _audit_rows(db_url)
     if _is_sqlite(db_url):

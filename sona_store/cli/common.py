@@ -1,13 +1,15 @@
-"""What every command shares: opening the store at the command's URL, and
-printing rows as a table or as JSON."""
+"""What every command shares: opening (and closing) the store at the
+command's URL, and printing rows as a table or as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from sona_store.cli.console import printable, resolve_url
@@ -29,14 +31,21 @@ def schema_of(args: argparse.Namespace) -> str | None:
     return getattr(args, "schema", None) or os.environ.get("SONA_STORE_SCHEMA") or None
 
 
-def open_store(args: argparse.Namespace, *, create: bool = False) -> SonaStore:
-    """The store at the command's URL. Only commands that write trajectories
+@contextlib.contextmanager
+def open_store(args: argparse.Namespace, *, create: bool = False) -> Iterator[SonaStore]:
+    """`with open_store(args) as store:` the store at the command's URL, closed
+    when the command is done with it (pending accesses written, connections
+    released), whatever happens. Only commands that write trajectories
     (ingest) create one: a misspelt path must be an error, not a new empty store."""
     from sona_store.store import SonaStore  # imported lazily: fast --help
 
-    return SonaStore(
+    store = SonaStore(
         url_of(args), schema=schema_of(args), create=create, actor=getattr(args, "actor", None)
     )
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def json_default(value: Any) -> Any:
@@ -52,9 +61,26 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=json_default))
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def print_rows(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    *,
+    as_json: Any = None,
+    empty: str = "(none)",
+) -> None:
+    """How a listing command ends: with --json, `as_json` (default: the rows)
+    as JSON; otherwise the rows as a table of `columns` (`empty`: the line
+    printed when there are none)."""
+    if getattr(args, "json", False):
+        print_json(rows if as_json is None else as_json)
+    else:
+        print_table(rows, columns, empty=empty)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], *, empty: str = "(none)") -> None:
     if not rows:
-        print("(none)")
+        print(empty)
         return
     text = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]

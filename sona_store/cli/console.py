@@ -11,10 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
-from sona_store.db.engine import URL_ENV
-from sona_store.db.engine import resolve_url as store_url
+from sona_store.config import URL_ENV
 from sona_store.errors import FileAccessError, InvalidInputError
 
 MAX_URL_FILE_BYTES = 64 * 1024
@@ -39,6 +36,8 @@ def resolve_url(args: Any) -> str:
         return str(url)
     if path:
         return read_url_file(path)
+    from sona_store.db.engine import resolve_url as store_url  # lazily: fast --help
+
     return str(store_url(None))  # $SONA_STORE_URL, else the default: as SonaStore()
 
 
@@ -69,6 +68,8 @@ def url_password(url: str | None) -> str | None:
     """The password in a URL (user:password@ or ?password=), if any."""
     if not url:
         return None
+    from sqlalchemy.engine import make_url  # lazily: fast --help
+
     try:
         parsed = make_url(url)
     except Exception:  # an unparsable URL fails later with its own message

@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy.engine import make_url
 
 from sona_store.config import SonaConfig
-from sona_store.db.engine import mask_url
-from sona_store.scheduler.service import SonaScheduler
-from sona_store.store import SonaStore
+from sona_store.enums import CycleStatus, LoraTier
+
+if TYPE_CHECKING:
+    from sona_store.store import SonaStore
 
 DEMO_URL = "sqlite:///sona-demo.db"
 DIM = 32
@@ -86,6 +86,8 @@ class Router:
 
 
 def _fresh_sqlite(url: str, say: Callable[[str], None]) -> None:
+    from sqlalchemy.engine import make_url
+
     path = Path(make_url(url).database or "")
     if path.exists():
         say(f"Removing the previous demo database {path}.")
@@ -101,7 +103,7 @@ def _learned(store: SonaStore) -> dict[str, Any]:
         for p in store.patterns()
     )
     return {
-        "micro-LoRA": store.lora_state(tier="micro").up.copy(),
+        "micro-LoRA": store.lora_state(tier=LoraTier.MICRO).up.copy(),
         "base LoRA": store.lora_state().up.copy(),
         "EWC++": np.concatenate([ewc.fisher, ewc.weights, ewc.grad_mean, ewc.grad_var]),
         "patterns": patterns,
@@ -122,11 +124,13 @@ def _twin(
 ) -> dict[str, Any]:
     """A store that never saw the bad batch: the same traffic, each cycle of the
     demo store's history taking the same trajectories, then `later` and a cycle."""
+    from sona_store.store import SonaStore
+
     twin = SonaStore(f"sqlite:///{folder}/twin.db", CONFIG)
     try:
         taken = 0
         for record in reversed(store.history()):
-            if record.status == "skipped":
+            if record.status == CycleStatus.SKIPPED:
                 continue
             batch = live[taken : taken + record.trajectories_processed]
             taken += len(batch)
@@ -145,11 +149,38 @@ def _twin(
 def run_demo(
     url: str | None = None, say: Callable[[str], None] = print, seconds: float = 6.0
 ) -> int:
+    from sqlalchemy.engine import make_url
+
+    from sona_store.db.engine import mask_url
+    from sona_store.store import SonaStore
+
     url = url or DEMO_URL
     if url == DEMO_URL:
         _fresh_sqlite(url, say)
     say(f"1. Opening a store at {mask_url(url)} (schema created by the migrations).")
-    store = SonaStore(url, CONFIG, head_refresh_seconds=0.0)
+    with SonaStore(url, CONFIG, head_refresh_seconds=0.0) as store:
+        all_same = _story(store, say, seconds)
+    shown = mask_url(url)
+    say("7. Explore next:")
+    say(f"   sona-store --url {shown} history")
+    say(f"   sona-store --url {shown} quarantines")
+    say(f"   sona-store --url {shown} audit")
+    needs = (
+        "" if importlib.util.find_spec("matplotlib") else "   (pip install 'sona-store[report]')"
+    )
+    say(f"   sona-store --url {shown} report --out sona-report{needs}")
+    if make_url(url).get_backend_name() == "sqlite":
+        say(f"   sqlite3 {make_url(url).database} 'SELECT * FROM cycle_audit ORDER BY at'")
+    else:
+        say(f"   psql '{shown}' -c 'SELECT * FROM cycle_audit ORDER BY at'")
+    return 0 if all_same else 1
+
+
+def _story(store: SonaStore, say: Callable[[str], None], seconds: float) -> bool:
+    """Steps 2 to 6: live traffic, a bad batch, its quarantine; True when the
+    quarantined store ends bit for bit equal to a twin that never saw it."""
+    from sona_store.scheduler.service import SonaScheduler
+
     router = Router()
     scheduler = SonaScheduler(store, interval=1.0)
     live: list[dict[str, Any]] = []
@@ -233,21 +264,7 @@ def run_demo(
         "   The bad trajectories, the rolled-back cycle and the old micro-LoRA versions stay "
         f"in history; `sona-store release {result.quarantine_id}` would let them learn again."
     )
-    store.close()
-    shown = mask_url(url)
-    say("7. Explore next:")
-    say(f"   sona-store --url {shown} history")
-    say(f"   sona-store --url {shown} quarantines")
-    say(f"   sona-store --url {shown} audit")
-    needs = (
-        "" if importlib.util.find_spec("matplotlib") else "   (pip install 'sona-store[report]')"
-    )
-    say(f"   sona-store --url {shown} report --out sona-report{needs}")
-    if make_url(url).get_backend_name() == "sqlite":
-        say(f"   sqlite3 {make_url(url).database} 'SELECT * FROM cycle_audit ORDER BY at'")
-    else:
-        say(f"   psql '{shown}' -c 'SELECT * FROM cycle_audit ORDER BY at'")
-    return 0 if all_same else 1
+    return all_same
 
 
 def _show_history(store: SonaStore, say: Callable[[str], None]) -> None:

@@ -4,11 +4,13 @@ application from the command line (see `retention`)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sona_store.cli.common import confirm, open_store, print_json
-from sona_store.db.retention import DAY_S, Policy
 from sona_store.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from sona_store.store import SonaStore
 
 
 def _days(value: str) -> float:
@@ -26,6 +28,8 @@ def _cycles(value: str) -> int:
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    from sona_store.db.retention import DAY_S  # lazily: fast --help
+
     return {
         "older_than": args.older_than_days * DAY_S if args.older_than_days is not None else None,
         "horizon_cycles": args.horizon_cycles,
@@ -33,7 +37,13 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    with open_store(args) as store:
+        return _gc(args, store)
+
+
+def _gc(args: argparse.Namespace, store: SonaStore) -> int:
+    from sona_store.db.retention import Policy  # lazily: fast --help
+
     limits = _limits(args)
     policy = store.retention_policy()
     shown = Policy(
@@ -67,7 +77,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    with open_store(args) as store:
+        _retention(args, store)
+    return 0
+
+
+def _retention(args: argparse.Namespace, store: SonaStore) -> None:
     if args.retention_command == "set":
         limits = _limits(args)
         if limits["older_than"] is None and limits["horizon_cycles"] is None:
@@ -87,7 +102,6 @@ def cmd_retention(args: argparse.Namespace) -> int:
             print(f"retention policy: {policy.describe()}")
             if policy.archive_dir:
                 print(f"archive directory: {policy.archive_dir}")
-    return 0
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:

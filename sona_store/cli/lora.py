@@ -7,14 +7,19 @@ import json
 from typing import Any
 
 from sona_store.cli.common import open_store
-from sona_store.db.models import LORA_TIERS
-from sona_store.services.lora_io import DEFAULT_LAYER_PREFIX, DEFAULT_TARGET_MODULES, METADATA_NAME
+from sona_store.enums import LoraTier
+from sona_store.services.lora_format import (
+    DEFAULT_LAYER_PREFIX,
+    DEFAULT_TARGET_MODULES,
+    METADATA_NAME,
+)
+
+TIERS = [tier.value for tier in LoraTier]
 
 
 def cmd_export_lora(args: argparse.Namespace) -> int:
     modules = [m.strip() for m in args.target_modules.split(",")] if args.target_modules else None
-    store = open_store(args)
-    try:
+    with open_store(args) as store:
         out = store.export_lora(
             args.out_dir,
             version=args.version,
@@ -23,8 +28,6 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
             layer_prefix=args.layer_prefix,
         )
         written = json.loads((out / METADATA_NAME).read_text(encoding="utf-8"))
-    finally:
-        store.close()
     print(
         f"exported {written['tier']} LoRA version {written['version_id']} "
         f"(layers {written['layers']}, r {written['rank']}, dim {written['dim']}) to {out}"
@@ -33,11 +36,8 @@ def cmd_export_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_import_lora(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    with open_store(args) as store:
         move = store.import_lora(args.dir, args.reason, tier=args.tier)
-    finally:
-        store.close()
     print(
         f"imported {move.tier} LoRA as version {move.to_version_id} "
         f"(was {move.from_version_id}); it is current (audit #{move.audit_id})"
@@ -46,11 +46,8 @@ def cmd_import_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_use(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    with open_store(args) as store:
         move = store.use_lora_version(args.version, args.reason)
-    finally:
-        store.close()
     print(
         f"{move.tier} LoRA is now version {move.to_version_id} "
         f"(was {move.from_version_id}; audit #{move.audit_id})"
@@ -66,7 +63,7 @@ def register_cli(subparsers: Any) -> None:
         "out_dir", metavar="OUT_DIR", help="folder for the adapter files (created if missing)"
     )
     export.add_argument("--version", type=int, help="LoRA version id (default: the current one)")
-    export.add_argument("--tier", choices=LORA_TIERS, help="base or micro (default: base)")
+    export.add_argument("--tier", choices=TIERS, help="base or micro (default: base)")
     export.add_argument(
         "--target-modules",
         help=f"comma-separated module names (default: {','.join(DEFAULT_TARGET_MODULES)})",
@@ -84,7 +81,7 @@ def register_cli(subparsers: Any) -> None:
     imp.add_argument("dir", metavar="DIR", help="PEFT adapter folder (adapter_config.json ...)")
     imp.add_argument("--reason", required=True, help="why, for the audit trail")
     imp.add_argument(
-        "--tier", choices=LORA_TIERS, help="default: the adapter's sona_store metadata, else base"
+        "--tier", choices=TIERS, help="default: the adapter's sona_store metadata, else base"
     )
     imp.set_defaults(func=cmd_import_lora)
 

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy.exc import ArgumentError, DBAPIError
-
 from sona_store.cli import demo, gc, lora, report, run
 from sona_store.cli.common import (
     JSON_HELP,
@@ -22,7 +20,7 @@ from sona_store.cli.common import (
     confirm,
     open_store,
     print_json,
-    print_table,
+    print_rows,
     schema_of,
     url_of,
 )
@@ -34,15 +32,8 @@ from sona_store.cli.console import (
     warn_about_exposed_password,
 )
 from sona_store.cli.ingest_files import open_jsonl
-from sona_store.db.engine import (
-    DEFAULT_URL,
-    URL_ENV,
-    create_store_engine,
-    describe_database_error,
-    mask_url,
-    store_label,
-)
-from sona_store.db.models import CYCLE_STATUSES
+from sona_store.config import DEFAULT_URL, URL_ENV
+from sona_store.enums import CycleStatus
 from sona_store.errors import FileAccessError, InvalidInputError, SonaStoreError
 
 if TYPE_CHECKING:
@@ -63,6 +54,7 @@ URL_HELP = (
 
 def cmd_db(args: argparse.Namespace) -> int:
     from sona_store.db import schema
+    from sona_store.db.engine import create_store_engine, mask_url, store_label
 
     if getattr(args, "all_schemas", False):
         return _upgrade_every_store(args)
@@ -111,6 +103,7 @@ def _upgrade_every_store(args: argparse.Namespace) -> int:
     """`db upgrade --all-schemas`: each store of a PostgreSQL database, one
     schema (and one transaction) at a time."""
     from sona_store.db import schema
+    from sona_store.db.engine import create_store_engine, mask_url, store_label
     from sona_store.db.stores import list_stores
 
     if schema_of(args) is not None:
@@ -133,6 +126,7 @@ def _upgrade_every_store(args: argparse.Namespace) -> int:
 
 
 def cmd_stores(args: argparse.Namespace) -> int:
+    from sona_store.db.engine import create_store_engine
     from sona_store.db.stores import list_stores
 
     engine = create_store_engine(url_of(args))
@@ -144,10 +138,7 @@ def cmd_stores(args: argparse.Namespace) -> int:
         {"schema": s.schema, "revision": s.revision, "state": _revision_state(s.revision)}
         for s in stores
     ]
-    if args.json:
-        print_json(rows)
-    else:
-        print_table(rows, ["schema", "revision", "state"])
+    print_rows(args, rows, ["schema", "revision", "state"])
     return 0
 
 
@@ -155,14 +146,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.restore:
         from sona_store.services.retention import open_jsonl as open_archive
 
-        store = open_store(args)
         stdin = getattr(sys.stdin, "buffer", sys.stdin)  # a text stand-in has no buffer
-        archive = stdin if args.file == "-" else open_archive(args.file)  # gzip or plain
-        try:
-            restored = store.restore_vectors(cast(Any, archive))
-        finally:
-            if archive is not stdin:
-                archive.close()
+        with open_store(args) as store:
+            archive = stdin if args.file == "-" else open_archive(args.file)  # gzip or plain
+            try:
+                restored = store.restore_vectors(cast(Any, archive))
+            finally:
+                if archive is not stdin:
+                    archive.close()
         print(f"restored the vectors of {restored} trajectories")
         return 0
     # First: a missing file must not create a store. Plain or gzip, each line
@@ -175,18 +166,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"\r{count} trajectories read", end="", file=sys.stderr, flush=True)
 
     try:
-        store = open_store(args, create=True)
-        ids = store.ingest(stream, progress=progress)
+        with open_store(args, create=True) as store:
+            ids = store.ingest(stream, progress=progress)
+            pending = store.pending_count()
     finally:
         stream.close()
         if show:
             print(file=sys.stderr)
-    print(f"recorded {len(ids)} trajectories; {store.pending_count()} pending")
+    print(f"recorded {len(ids)} trajectories; {pending} pending")
     return 0
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    result = open_store(args).run_cycle(force=args.force)
+    with open_store(args) as store:
+        result = store.run_cycle(force=args.force)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -200,23 +193,23 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    records = open_store(args).history(limit=args.limit, status=args.status, since=args.since)
-    if args.json:
-        print_json([r.to_dict() for r in records])
-    else:
-        print_table(
-            [{**r.__dict__, "status": r.status_text} for r in records],
-            [
-                "cycle_id",
-                "started_at",
-                "trigger",
-                "status",
-                "trajectories_processed",
-                "patterns_extracted",
-                "elapsed",
-                "reason",
-            ],
-        )
+    with open_store(args) as store:
+        records = store.history(limit=args.limit, status=args.status, since=args.since)
+    print_rows(
+        args,
+        [{**r.__dict__, "status": r.status_text} for r in records],
+        [
+            "cycle_id",
+            "started_at",
+            "trigger",
+            "status",
+            "trajectories_processed",
+            "patterns_extracted",
+            "elapsed",
+            "reason",
+        ],
+        as_json=[r.to_dict() for r in records],
+    )
     return 0
 
 
@@ -267,43 +260,43 @@ def cmd_patterns(args: argparse.Namespace) -> int:
     if args.near is not None:
         if args.cycle is not None:
             raise InvalidInputError("--near searches the current patterns: it takes no --cycle")
-        found = open_store(args).find_patterns(_vector(args.near), k=args.k)
-        if args.json:
-            print_json([p.to_dict(with_centroid=False) for p in found])
-        else:
-            print_table(
-                [p.to_dict(with_centroid=False) for p in found],
-                ["id", "cycle_id", "score", "cluster_size", "avg_quality", "access_count"],
-            )
-        return 0
-    patterns = open_store(args).patterns(cycle_id=args.cycle)
-    if args.json:
-        print_json([p.to_dict() for p in patterns])
-    else:
-        print_table(
-            [p.to_dict(with_centroid=False) for p in patterns],
-            ["id", "cycle_id", "cluster_size", "avg_quality", "total_weight", "access_count"],
+        query = _vector(args.near)
+        with open_store(args) as store:
+            found = store.find_patterns(query, k=args.k)
+        print_rows(
+            args,
+            [p.to_dict(with_centroid=False) for p in found],
+            ["id", "cycle_id", "score", "cluster_size", "avg_quality", "access_count"],
         )
+        return 0
+    with open_store(args) as store:
+        patterns = store.patterns(cycle_id=args.cycle)
+    print_rows(
+        args,
+        [p.to_dict(with_centroid=False) for p in patterns],
+        ["id", "cycle_id", "cluster_size", "avg_quality", "total_weight", "access_count"],
+        as_json=[p.to_dict() for p in patterns],
+    )
     return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     routes = [r.strip() for r in args.routes.split(",")] if args.routes else None
-    found = open_store(args).recommend_routes(
-        _vector(args.near), k=args.k, routes=routes, explore=args.explore
+    query = _vector(args.near)
+    with open_store(args) as store:
+        found = store.recommend_routes(query, k=args.k, routes=routes, explore=args.explore)
+    print_rows(
+        args,
+        [r.to_dict() for r in found],
+        ["route", "expected_quality", "support", "low", "high"],
+        empty="(no routes: the current patterns saw none; name candidates with --routes)",
     )
-    rows = [r.to_dict() for r in found]
-    if args.json:
-        print_json(rows)
-    elif not rows:
-        print("(no routes: the current patterns saw none; name candidates with --routes)")
-    else:
-        print_table(rows, ["route", "expected_quality", "support", "low", "high"])
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = open_store(args).stats()
+    with open_store(args) as store:
+        stats = store.stats()
     if args.json:
         print_json(stats)
     else:
@@ -313,17 +306,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    target = store.cycle(args.cycle_id)
-    what = "and requeue their trajectories" if args.requeue else "(trajectories stay consumed)"
-    question = (
-        f"Roll back cycle {target.cycle_id} ({target.status}, {target.started_at:%Y-%m-%d %H:%M}) "
-        f"and every later cycle {what}?"
-    )
-    if not confirm(args, question):
-        print("nothing done")
-        return 0
-    move = store.rollback(args.cycle_id, requeue=args.requeue, reason=args.reason)
+    with open_store(args) as store:
+        target = store.cycle(args.cycle_id)
+        what = "and requeue their trajectories" if args.requeue else "(trajectories stay consumed)"
+        question = (
+            f"Roll back cycle {target.cycle_id} ({target.status}, "
+            f"{target.started_at:%Y-%m-%d %H:%M}) and every later cycle {what}?"
+        )
+        if not confirm(args, question):
+            print("nothing done")
+            return 0
+        move = store.rollback(args.cycle_id, requeue=args.requeue, reason=args.reason)
     print(
         f"rolled back cycles {', '.join(map(str, move.cycles_rolled_back))}; head is now "
         f"cycle {move.to_cycle_id if move.to_cycle_id is not None else '(initial state)'}"
@@ -334,11 +327,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    if not confirm(args, f"Make cycle {args.cycle_id}'s state current again?"):
-        print("nothing done")
-        return 0
-    move = store.restore(args.cycle_id, reason=args.reason)
+    with open_store(args) as store:
+        if not confirm(args, f"Make cycle {args.cycle_id}'s state current again?"):
+            print("nothing done")
+            return 0
+        move = store.restore(args.cycle_id, reason=args.reason)
     print(
         f"restored cycles {', '.join(map(str, move.cycles_restored))}; head is now cycle "
         f"{move.to_cycle_id}"
@@ -370,7 +363,6 @@ def parse_ids(text: str) -> list[int]:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     ids = parse_ids(args.ids) if args.ids is not None else None
-    store = open_store(args)
     criteria = [
         f"{name} {printable(value)}"
         for name, value in (
@@ -386,17 +378,18 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         f"Quarantine the trajectories with {', '.join(criteria) or '(nothing named)'}, "
         "roll back the cycles that learned from them and replay the micro-LoRA without them?"
     )
-    if not confirm(args, question):
-        print("nothing done")
-        return 0
-    result = store.quarantine(
-        ids,
-        recorded_from=args.recorded_from,
-        recorded_to=args.recorded_to,
-        model_route=args.route,
-        context_id=args.context,
-        reason=args.reason,
-    )
+    with open_store(args) as store:
+        if not confirm(args, question):
+            print("nothing done")
+            return 0
+        result = store.quarantine(
+            ids,
+            recorded_from=args.recorded_from,
+            recorded_to=args.recorded_to,
+            model_route=args.route,
+            context_id=args.context,
+            reason=args.reason,
+        )
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -416,12 +409,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    store = open_store(args)
     question = f"Release quarantine {args.quarantine_id} (its trajectories learn again)?"
-    if not confirm(args, question):
-        print("nothing done")
-        return 0
-    result = store.release(args.quarantine_id, reason=args.reason)
+    with open_store(args) as store:
+        if not confirm(args, question):
+            print("nothing done")
+            return 0
+        result = store.release(args.quarantine_id, reason=args.reason)
     print(
         f"released quarantine {result.quarantine_id}: {result.trajectories} trajectories "
         f"eligible again, {result.pending_again} pending for the next cycle; their "
@@ -431,26 +424,25 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantines(args: argparse.Namespace) -> int:
-    rows = open_store(args).quarantines()
-    if args.json:
-        print_json(rows)
-    else:
-        print_table(
-            [{**r, "selection": json.dumps(r["selection"])} for r in rows],
-            ["id", "created_at", "actor", "trajectories", "released_at", "reason", "selection"],
-        )
+    with open_store(args) as store:
+        rows = store.quarantines()
+    print_rows(
+        args,
+        [{**r, "selection": json.dumps(r["selection"])} for r in rows],
+        ["id", "created_at", "actor", "trajectories", "released_at", "reason", "selection"],
+        as_json=rows,
+    )
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    events = open_store(args).audit_log(limit=args.limit)
-    if args.json:
-        print_json(events)
-    else:
-        print_table(
-            events,
-            ["id", "at", "actor", "action", "cycle_id", "from_cycle_id", "to_cycle_id", "reason"],
-        )
+    with open_store(args) as store:
+        events = store.audit_log(limit=args.limit)
+    print_rows(
+        args,
+        events,
+        ["id", "at", "actor", "action", "cycle_id", "from_cycle_id", "to_cycle_id", "reason"],
+    )
     return 0
 
 
@@ -548,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--status",
         action="append",
-        choices=CYCLE_STATUSES,
+        choices=[status.value for status in CycleStatus],
         help="only cycles with this status (repeat for several)",
     )
     history.add_argument(
@@ -687,6 +679,11 @@ def _configure_logging(level: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Past --help (which exits above): SQLAlchemy is loaded for commands only.
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from sona_store.db.engine import describe_database_error
+
     level = log_level(args)
     _configure_logging(level)
     if level > logging.INFO:  # psycopg warns of an aborted pipeline the error line reports

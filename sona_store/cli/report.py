@@ -10,11 +10,8 @@ from sona_store.cli.common import open_store
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    try:
+    with open_store(args) as store:
         files = store.report(args.out)
-    finally:
-        store.close()
     print(f"wrote {len(files)} files to {Path(args.out)}; open {files[-1]}")
     return 0
 

@@ -8,24 +8,24 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sona_store.cli.common import schema_of
 from sona_store.cli.console import resolve_url, url_password
-from sona_store.db.engine import create_store_engine
 from sona_store.errors import InvalidInputError
-from sona_store.scheduler.service import (
-    DEFAULT_GRACE_S,
-    SonaScheduler,
-    open_when_available,
-    service_engine_options,
-)
-from sona_store.store import SonaStore
+from sona_store.scheduler import DEFAULT_GRACE_S
+
+if TYPE_CHECKING:
+    from sona_store.scheduler.service import SonaScheduler
+    from sona_store.store import SonaStore
 
 logger = logging.getLogger("sona_store.scheduler")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sona_store.scheduler.service import SonaScheduler, service_engine_options
+    from sona_store.store import SonaStore
+
     url = resolve_url(args)
     schema = schema_of(args)
     if args.once and args.metrics_port is not None:
@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             schema=schema,
             create=True,
             actor=args.actor,
-            engine=create_store_engine(url, schema=schema, **service_engine_options(url)),
+            engine_options=service_engine_options(url),
         )
 
     # cron retries on its own schedule: for --once an unavailable database is an error
@@ -53,14 +53,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if opened is None:
         logger.info("stopped before the database answered")
         return 0
-    store = opened
-    scheduler = SonaScheduler(store, args.interval, blocking=not args.once)
+    with opened as store:  # closed however the service ends (but os._exit)
+        if not _serve(args, store, SonaScheduler(store, args.interval, blocking=not args.once)):
+            return 1
+    if not args.once:
+        logger.info("stopped")
+    return 0
+
+
+def _serve(args: argparse.Namespace, store: SonaStore, scheduler: SonaScheduler) -> bool:
+    """Run the service (or, --once, the due cycle); False: --once failed."""
     if args.once:
         # Cron-style: a slot due within half an interval counts, so cron's own
         # jitter does not make it miss the slot it was started for.
         report = scheduler.run_once(early=scheduler.interval.total_seconds() / 2)
-        store.close()
-        return 1 if report.status in ("failed", "unavailable") else 0
+        return report.status not in ("failed", "unavailable")
     endpoint = None
     if args.metrics_port is not None:
         from sona_store.scheduler.health import serve_endpoint
@@ -74,15 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if endpoint is not None:
             endpoint.close()
-    store.close()
-    logger.info("stopped")
-    return 0
+    return True
 
 
 def _wait_for_database(
     open_store: Callable[[], SonaStore], password: str | None
 ) -> SonaStore | None:
     """`open_when_available`, stopped by SIGTERM or SIGINT while it waits."""
+    from sona_store.scheduler.service import open_when_available
+
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from sona_store.db.models import CYCLE_STATUSES, AuditEvent, Cycle, StoreHead
+from sona_store import enums
+from sona_store.db.models import AuditEvent, Cycle, StoreHead
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleStatus, CycleTrigger
 from sona_store.errors import CycleNotFoundError, InvalidInputError
 from sona_store.results import CycleResult
 
@@ -81,8 +83,8 @@ def coalescible_skip(session: Session, head: StoreHead, config: dict[str, Any]) 
     last = last_cycle(session)
     if (
         last is not None
-        and last.trigger == "scheduled"
-        and last.status == "skipped"
+        and last.trigger == CycleTrigger.SCHEDULED
+        and last.status == CycleStatus.SKIPPED
         and last.parent_cycle_id == head.cycle_id
         and last.base_lora_version_id == head.base_lora_version_id
         and last.ewc_state_id == head.ewc_state_id
@@ -107,12 +109,7 @@ def history(
     cycles active at or after that moment (a coalesced row by its last tick)."""
     statement = sa.select(Cycle).order_by(Cycle.id.desc())
     if status is not None:
-        wanted = sorted(set(status))
-        unknown = [s for s in wanted if s not in CYCLE_STATUSES]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown cycle status {unknown[0]!r}: one of {', '.join(CYCLE_STATUSES)}"
-            )
+        wanted = sorted({enums.parse(CycleStatus, s, "status").value for s in status})
         statement = statement.where(Cycle.status.in_(wanted))
     if since is not None:
         if since.tzinfo is None:

@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from sona_store.config import DEFAULT_URL, URL_ENV
 from sona_store.db.driver import Driver
 from sona_store.db.failures import classify, is_sqlite_busy
 from sona_store.db.stores import refuse_on_sqlite, validate_schema_name
@@ -32,20 +33,20 @@ from sona_store.errors import (
     ConfigError,
     DatabaseBusyError,
     DatabaseUnavailableError,
+    StoreSchemaError,
     TransactionConflictError,
 )
 from sona_store.files import create_private_file
 
 logger = logging.getLogger("sona_store")
 
-DEFAULT_URL = "sqlite:///sona.db"
-URL_ENV = "SONA_STORE_URL"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 IMMEDIATE = "sona_immediate"  # execution option: take the write lock at BEGIN
 SCHEMA = "sona_schema"  # engine-wide execution option: the store's schema, if any
 DURABILITY = "sona_durability"  # engine-wide execution option: "normal" or "full"
 DURABILITY_LEVELS = ("normal", "full")
+CONFIGURED = "sona_configured"  # engine-wide execution option: set up by `configure_engine`
 
 
 def store_label(engine: Engine) -> str:
@@ -105,31 +106,71 @@ def _require_psycopg() -> None:
 def create_store_engine(
     url: str | URL, *, schema: str | None = None, durability: str = "normal", **options: Any
 ) -> Engine:
-    """An engine for the store at `url` (PostgreSQL: in `schema`, if given).
-    `durability` (SQLite): "normal" commits survive the process being
-    killed; "full" also a power loss (SQLite's synchronous=FULL: the log is
-    synced at every commit). PostgreSQL commits are as durable as the
-    server's `synchronous_commit` makes them, either way."""
+    """An engine for the store at `url` (PostgreSQL: in `schema`, if given);
+    `options` go to `sqlalchemy.create_engine` (`connect_args` are merged
+    with the store's own). `durability` (SQLite): "normal" commits survive
+    the process being killed; "full" also a power loss (SQLite's
+    synchronous=FULL: the log is synced at every commit). PostgreSQL commits
+    are as durable as the server's `synchronous_commit` makes them, either way."""
     parsed = normalise_url(url)
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
     refuse_on_sqlite(schema, backend)
+    if backend == "sqlite":
+        connect_args = {
+            "timeout": SQLITE_BUSY_TIMEOUT_S,
+            "check_same_thread": False,
+            **options.pop("connect_args", {}),
+        }
+        engine = sa.create_engine(parsed, connect_args=connect_args, **options)
+        if not _in_memory(parsed) and not connect_args.get("uri"):
+            event.listen(engine, "do_connect", _private_file)
+    else:
+        _require_psycopg()
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
+        engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
+    return configure_engine(engine, schema=schema, durability=durability)
+
+
+def configure_engine(
+    engine: Engine, *, schema: str | None = None, durability: str = "normal"
+) -> Engine:
+    """Give an engine the store's per-dialect settings (module docstring), in
+    place, and return it: every connection it makes, and every one it pooled
+    before, is set up on checkout. An engine configured before keeps its
+    settings, and must be for the same `schema`. Only SQLite (pysqlite) and
+    PostgreSQL (psycopg 3) engines are accepted: the store's fast paths use
+    those drivers' cursors."""
+    if engine.get_execution_options().get(CONFIGURED):
+        if engine_schema(engine) != schema:
+            raise StoreSchemaError(
+                f"schema={schema!r} but the engine was created for schema "
+                f"{engine_schema(engine)!r}: pass create_store_engine(url, schema=...)"
+            )
+        if engine_durability(engine) != durability:
+            raise ConfigError(
+                f"durability={durability!r} but the engine was created with "
+                f"{engine_durability(engine)!r}: pass create_store_engine(url, durability=...)"
+            )
+        return engine
     if durability not in DURABILITY_LEVELS:
         raise ConfigError(f"durability must be 'normal' or 'full', got {durability!r}")
-    options["execution_options"] = {
-        **options.get("execution_options", {}),
-        DURABILITY: durability,
-    }
+    backend, driver = engine.dialect.name, engine.dialect.driver
+    if (backend, driver) not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
+        raise ConfigError(
+            f"engine for {mask_url(engine.url)} uses {backend}+{driver}: sona_store needs "
+            "sqlite (pysqlite) or postgresql+psycopg (psycopg 3)"
+        )
+    refuse_on_sqlite(schema, backend)
+    engine.update_execution_options(**{DURABILITY: durability})
     if schema is not None:
-        options["execution_options"][SCHEMA] = validate_schema_name(schema)
+        engine.update_execution_options(**{SCHEMA: validate_schema_name(schema)})
     if backend == "sqlite":
-        return _sqlite_engine(parsed, options, durability)
-    _require_psycopg()
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **options.pop("connect_args", {})}
-    engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
-    if schema is not None:
+        _configure_sqlite(engine, durability)
+    elif schema is not None:
         _use_schema(engine, schema)
+    engine.update_execution_options(**{CONFIGURED: True})
     return engine
 
 
@@ -143,14 +184,32 @@ def engine_schema(engine: Engine | Connection) -> str | None:
     return engine.get_execution_options().get(SCHEMA)
 
 
+def _on_each_connection(
+    engine: Engine, setup: Callable[[Any], None], key: str, *, first: bool = False
+) -> None:
+    """Run `setup` once on every DBAPI connection of `engine`: as it connects
+    (`first`: before the dialect's own first-connect set-up), and on checkout
+    for one the pool held before the engine was configured."""
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        setup(dbapi_connection)
+        record.info[key] = True
+
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if not record.info.get(key):
+            on_connect(dbapi_connection, record)
+
+    event.listen(engine, "connect", on_connect, insert=first)
+    event.listen(engine, "checkout", on_checkout)
+
+
 def _use_schema(engine: Engine, schema: str) -> None:
-    """Every connection searches `schema` only. `insert=True`: before the
-    dialect's first-connect set-up, which reads current_schema() as its default.
-    The name is bound as a value (set_config), quoted as an identifier."""
+    """Every connection searches `schema` only. Before the dialect's
+    first-connect set-up, which reads current_schema() as its default. The
+    name is bound as a value (set_config), quoted as an identifier."""
     path = engine.dialect.identifier_preparer.quote_identifier(schema)
 
-    @event.listens_for(engine, "connect", insert=True)
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def search_path(dbapi_connection: Any) -> None:
         autocommit = dbapi_connection.autocommit
         dbapi_connection.autocommit = True  # a session-level setting, kept by the pool
         try:
@@ -159,11 +218,16 @@ def _use_schema(engine: Engine, schema: str) -> None:
         finally:
             dbapi_connection.autocommit = autocommit
 
+    _on_each_connection(engine, search_path, "sona_search_path", first=True)
+
     @event.listens_for(engine, "connect")
     def _after_connect(_dbapi_connection: Any, _record: Any) -> None:
         # After the dialect's set-up: a schema made after the first connection
         # (by `db upgrade`) is still the default that reflection looks in.
         engine.dialect.default_schema_name = schema
+
+    # An engine that connected before it was configured ran that set-up already.
+    engine.dialect.default_schema_name = schema
 
 
 SQLITE_PAGE_SIZE = 16384
@@ -174,26 +238,22 @@ SQLITE_PAGE_SIZE = 16384
 SQLITE_AUTOCHECKPOINT_PAGES = 4096
 
 
-def _sqlite_engine(url: URL, options: dict[str, Any], durability: str) -> Engine:
-    connect_args = {
-        "timeout": SQLITE_BUSY_TIMEOUT_S,
-        "check_same_thread": False,
-        **options.pop("connect_args", {}),
-    }
-    engine = sa.create_engine(url, connect_args=connect_args, **options)
-    in_memory = url.database in (None, "", ":memory:")
-    if not in_memory and not connect_args.get("uri"):
+def _in_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
 
-        @event.listens_for(engine, "do_connect")
-        def _private_file(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> None:
-            # A new store is created 0600 before SQLite opens it (its -wal and
-            # -shm then get the same mode): trajectories are nobody else's.
-            path = cparams.get("database", cargs[0] if cargs else None)
-            if isinstance(path, str) and path and not path.startswith("file:"):
-                create_private_file(path)
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _private_file(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> None:
+    """A new store is created 0600 before SQLite opens it (its -wal and -shm
+    then get the same mode): trajectories are nobody else's."""
+    path = cparams.get("database", cargs[0] if cargs else None)
+    if isinstance(path, str) and path and not path.startswith("file:"):
+        create_private_file(path)
+
+
+def _configure_sqlite(engine: Engine, durability: str) -> None:
+    in_memory = _in_memory(engine.url)
+
+    def pragmas(dbapi_connection: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -223,12 +283,12 @@ def _sqlite_engine(url: URL, options: dict[str, Any], durability: str) -> Engine
 
         register_sqlite_functions(dbapi_connection)
 
+    _on_each_connection(engine, pragmas, "sona_pragmas")
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(IMMEDIATE, False)
         Driver(conn).execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 def _use_wal(cursor: Any) -> None:

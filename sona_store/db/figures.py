@@ -13,10 +13,7 @@ from sqlalchemy.orm import Session
 
 from sona_store.db import trajectories
 from sona_store.db.models import AuditEvent, Cycle, LoraVersion, Trajectory
-
-CYCLE_STATUSES = ("completed", "skipped", "failed", "rolled_back")
-# A cycle that did its work: completed, and perhaps rolled back since.
-RAN_STATUSES = ("completed", "rolled_back")
+from sona_store.enums import RAN_STATUSES, CycleStatus, LoraTier
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ class StoreFigures:
 
 
 def store_figures(session: Session, buckets: Sequence[float]) -> StoreFigures:
-    by_status = dict.fromkeys(CYCLE_STATUSES, 0)
+    by_status = {status.value: 0 for status in CycleStatus}
     for status, count in session.execute(
         sa.select(Cycle.status, sa.func.count()).group_by(Cycle.status)
     ):
@@ -63,7 +60,9 @@ def store_figures(session: Session, buckets: Sequence[float]) -> StoreFigures:
         trajectories_pending=trajectories.count_pending(session),
         trajectories_recorded=session.scalar(sa.select(sa.func.max(Trajectory.id))) or 0,
         micro_lora_versions=session.scalar(
-            sa.select(sa.func.count()).select_from(LoraVersion).where(LoraVersion.tier == "micro")
+            sa.select(sa.func.count())
+            .select_from(LoraVersion)
+            .where(LoraVersion.tier == LoraTier.MICRO)
         )
         or 0,
         last_success=session.scalar(sa.select(sa.func.max(Cycle.finished_at)).where(ran)),

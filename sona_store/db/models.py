@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sona_store.db.types import Float32Vector, UtcDateTime, utcnow
+from sona_store.enums import CycleStatus, CycleTrigger, LoraTier, sql_in
 
 # Deterministic constraint names: Alembic's batch mode on SQLite needs them, and
 # they make migrations readable.
@@ -45,10 +46,6 @@ NAMING_CONVENTION = {
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-CYCLE_TRIGGERS = ("forced", "scheduled", "manual")
-CYCLE_STATUSES = ("completed", "skipped", "failed", "rolled_back")
-LORA_TIERS = ("base", "micro")
 
 
 class Base(DeclarativeBase):
@@ -90,7 +87,7 @@ class LoraVersion(Base):
     __tablename__ = "lora_versions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    tier: Mapped[str] = mapped_column(String(8))
+    tier: Mapped[str] = mapped_column(String(8))  # a LoraTier
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("lora_versions.id"))
     layers: Mapped[int] = mapped_column(Integer)
     rank: Mapped[int] = mapped_column(Integer)
@@ -102,7 +99,7 @@ class LoraVersion(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     __table_args__ = (
-        CheckConstraint("tier IN ('base', 'micro')", name="tier"),
+        CheckConstraint(sql_in("tier", LoraTier), name="tier"),
         Index("ix_lora_versions_tier_id", "tier", "id"),
     )
 
@@ -147,8 +144,8 @@ class Cycle(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     parent_cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"))
-    trigger: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))  # a CycleTrigger
+    status: Mapped[str] = mapped_column(String(16))  # a CycleStatus
     reason: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime]
@@ -170,10 +167,8 @@ class Cycle(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     last_attempt_at: Mapped[dt.datetime | None]
     __table_args__ = (
-        CheckConstraint("trigger IN ('forced', 'scheduled', 'manual')", name="trigger"),
-        CheckConstraint(
-            "status IN ('completed', 'skipped', 'failed', 'rolled_back')", name="status"
-        ),
+        CheckConstraint(sql_in("trigger", CycleTrigger), name="trigger"),
+        CheckConstraint(sql_in("status", CycleStatus), name="status"),
         Index("ix_cycles_status_id", "status", "id"),
     )
 

@@ -33,6 +33,7 @@ from sona_store.db.models import (
     TrajectoryStep,
     TrajectoryVectors,
 )
+from sona_store.enums import CycleStatus
 from sona_store.errors import InvalidInputError
 
 CHUNK = 1000  # trajectories a statement (bound ids) or an archive read
@@ -122,7 +123,7 @@ def horizon_floor(session: Session, horizon: int | None) -> int | None:
         return None
     recent = session.scalars(
         sa.select(Cycle.id)
-        .where(Cycle.status == "completed")
+        .where(Cycle.status == CycleStatus.COMPLETED)
         .order_by(Cycle.id.desc())
         .limit(horizon)
     ).all()
@@ -137,7 +138,7 @@ def window_edge(session: Session, window: int, below: int | None) -> tuple[int, 
     statement = (
         sa.select(Trajectory.consumed_by_cycle_id, Trajectory.id)
         .join(Cycle, Cycle.id == Trajectory.consumed_by_cycle_id)
-        .where(Cycle.status == "completed", Trajectory.vectors_dropped_at.is_(None))
+        .where(Cycle.status == CycleStatus.COMPLETED, Trajectory.vectors_dropped_at.is_(None))
         .order_by(Cycle.id.desc(), Trajectory.id.desc())
         .offset(window - 1)
         .limit(1)
@@ -163,7 +164,7 @@ def droppable_ids(
     oldest_kept = session.scalar(sa.select(sa.func.min(TrajectoryVectors.trajectory_id)))
     if oldest_kept is None:
         return np.zeros(0, dtype=np.int64), {}
-    outside_window = c.status != "completed"
+    outside_window = c.status != CycleStatus.COMPLETED
     if edge is not None:
         edge_cycle, edge_id = edge
         outside_window = sa.or_(

@@ -17,6 +17,7 @@ from sona_store.db.driver import Driver
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.models import EwcTaskMemory, LoraVersion, StoreHead, VectorBlob
 from sona_store.db.types import FLOAT32, utcnow
+from sona_store.enums import LoraTier
 from sona_store.errors import LoraVersionNotFoundError, NotFoundError
 from sona_store.learning.base_lora import BaseLoraWeights
 from sona_store.learning.ewc import EwcState, TaskMemory
@@ -101,12 +102,12 @@ def save_lora(
 
 
 def save_base_lora(session: Session, weights: BaseLoraWeights, **kwargs: Any) -> int:
-    return save_lora(session, "base", weights.down, weights.up, weights.alpha, **kwargs)
+    return save_lora(session, LoraTier.BASE, weights.down, weights.up, weights.alpha, **kwargs)
 
 
 def save_micro_lora(session: Session, weights: MicroLoraWeights, **kwargs: Any) -> int:
     return save_lora(
-        session, "micro", weights.down[None], weights.up[None], float(weights.rank), **kwargs
+        session, LoraTier.MICRO, weights.down[None], weights.up[None], float(weights.rank), **kwargs
     )
 
 
@@ -181,7 +182,7 @@ def append_micro_lora(
     down_blob_id = parent.down_blob_id if unchanged else put_blob(connection, weights.down)
     version_id = save_lora(
         connection,
-        "micro",
+        LoraTier.MICRO,
         weights.down[None],
         weights.up[None],
         float(weights.rank),

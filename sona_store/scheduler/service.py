@@ -33,7 +33,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sona_store.db.engine import engine_schema, mask_url, transaction
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleStatus, CycleTrigger
 from sona_store.errors import CycleInProgressError, DatabaseUnavailableError
+from sona_store.scheduler import DEFAULT_GRACE_S
 from sona_store.services.cycle import CycleFailedError, SlotTakenError, record_failed_cycle
 from sona_store.services.scheduling import (
     ScheduledRun,
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sona_store.scheduler")
 
 JOB_ID = "sona-store-cycle"
-DEFAULT_GRACE_S = 30.0
 MAX_UNRECORDED = 1000
 # `sona-store run` started while the database is down: first retry after 1 s,
 # then doubling, at most every 30 s.
@@ -289,7 +290,11 @@ class SonaScheduler:
             except CycleFailedError as exc:
                 error = self._scrub(exc)
                 event = self._event(
-                    "cycle", outcome="failed", status="failed", cycle_id=exc.cycle_id, error=error
+                    "cycle",
+                    outcome="failed",
+                    status=CycleStatus.FAILED,
+                    cycle_id=exc.cycle_id,
+                    error=error,
                 )
                 if exc.cycle_id is None:  # the failure could not be written either
                     self._remember(started_at, clock, f"{type(exc.__cause__).__name__}: {error}")
@@ -307,7 +312,7 @@ class SonaScheduler:
                 )
                 return TickReport("failed", error=error)
             self._log(run)
-            if run.result is not None and run.result.status == "completed":
+            if run.result is not None and run.result.status == CycleStatus.COMPLETED:
                 self._apply_retention()
         return TickReport("ran" if run.ran else "not_due", run=run)
 
@@ -415,7 +420,7 @@ class SonaScheduler:
             cycle_id = record_failed_cycle(
                 self.store.engine,
                 self.store.config,
-                trigger="scheduled",
+                trigger=CycleTrigger.SCHEDULED,
                 actor=self.store.actor,
                 started_at=item.started_at,
                 error=f"{item.error} (recorded once the database answered again)",

@@ -27,6 +27,7 @@ from sona_store.db.failures import is_unique_violation
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, Pattern
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleStatus, CycleTrigger
 from sona_store.errors import (
     CycleFailedError,
     CycleInProgressError,
@@ -114,7 +115,7 @@ class GivenSlot:
     cycle already). `wait`: wait for a running cycle rather than fail at once."""
 
     force: bool = False
-    trigger: str = "manual"
+    trigger: str = CycleTrigger.MANUAL
     slot: dt.datetime | None = None
     wait: bool = True
 
@@ -204,7 +205,10 @@ def run_cycle(
     has a cycle, CycleFailedError on any other failure (after writing the
     failed record)."""
     policy = GivenSlot(
-        force, trigger or ("forced" if force else "manual"), scheduled_for, wait_for_lock
+        force,
+        trigger or (CycleTrigger.FORCED if force else CycleTrigger.MANUAL),
+        scheduled_for,
+        wait_for_lock,
     )
     result = attempt_cycle(engine, config, policy, actor=actor).result
     assert result is not None  # a given slot is always due
@@ -286,7 +290,7 @@ def cycle_body(
     # and must not wait for a whole cycle (the cycle lock already keeps other
     # cycles and rollbacks out).
     head = state.get_head(session)
-    if skip_reason and trigger == "scheduled":
+    if skip_reason and trigger == CycleTrigger.SCHEDULED:
         previous = cycles.coalescible_skip(session, head, config.to_dict())
         if previous is not None:
             return _add_idle_tick(previous, skip_reason, started_at, scheduled_for, clock)
@@ -294,7 +298,7 @@ def cycle_body(
         session,
         parent_cycle_id=head.cycle_id,
         trigger=trigger,
-        status="skipped" if skip_reason else "completed",
+        status=CycleStatus.SKIPPED if skip_reason else CycleStatus.COMPLETED,
         reason=skip_reason,
         started_at=started_at,
         config=config.to_dict(),
@@ -449,7 +453,7 @@ def record_failed_cycle(
                 session,
                 parent_cycle_id=head.cycle_id,
                 trigger=trigger,
-                status="failed",
+                status=CycleStatus.FAILED,
                 reason="the cycle raised; nothing of it was kept",
                 error=text,
                 started_at=started_at,

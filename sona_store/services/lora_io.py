@@ -42,8 +42,9 @@ from sqlalchemy.engine import Engine
 from sona_store.config import SonaConfig
 from sona_store.db import state
 from sona_store.db.engine import transaction
-from sona_store.db.models import LORA_TIERS, LoraVersion
+from sona_store.db.models import LoraVersion
 from sona_store.db.types import utcnow
+from sona_store.enums import LoraTier
 from sona_store.errors import (
     AdapterError,
     FileAccessError,
@@ -52,19 +53,24 @@ from sona_store.errors import (
 )
 from sona_store.files import private_dir, write_private
 from sona_store.services.head import lock_head, move_head
+from sona_store.services.lora_format import (
+    CONFIG_NAME,
+    DEFAULT_LAYER_PREFIX,
+    DEFAULT_TARGET_MODULES,
+    METADATA_NAME,
+    WEIGHTS_NAME,
+)
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
-METADATA_NAME = "sona_store.json"  # tier, version, dim...: not PEFT's to read
-DEFAULT_TARGET_MODULES = ("sona_adapter",)
-DEFAULT_LAYER_PREFIX = "model"
 FORMAT_VERSION = 1
 
 _KEY = re.compile(
     r"^base_model\.model\.(?P<prefix>.+?)\.layers\.(?P<layer>\d+)\."
     r"(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$"
 )
-_HEAD_POINTER = {"base": "base_lora_version_id", "micro": "micro_lora_version_id"}
+_HEAD_POINTER: dict[str, str] = {
+    LoraTier.BASE: "base_lora_version_id",
+    LoraTier.MICRO: "micro_lora_version_id",
+}
 
 # Limits checked before an adapter is read (its size follows from the store's
 # configuration, so a hostile file is refused before it costs memory).
@@ -90,14 +96,15 @@ def _safetensors_numpy() -> Any:
 
 
 def _check_tier(tier: str) -> str:
-    if tier not in LORA_TIERS:
-        raise AdapterError(f"tier must be one of {', '.join(LORA_TIERS)}, got {tier!r}")
-    return tier
+    try:
+        return LoraTier(tier)
+    except ValueError:
+        raise AdapterError(f"tier must be one of {', '.join(LoraTier)}, got {tier!r}") from None
 
 
 def _peft_alpha(tier: str, rank: int, alpha: float) -> float | int:
     """The `lora_alpha` that makes PEFT's lora_alpha / r equal the store's scale."""
-    value = math.sqrt(rank) if tier == "micro" else float(alpha)
+    value = math.sqrt(rank) if tier == LoraTier.MICRO else float(alpha)
     return int(value) if value.is_integer() else value
 
 
@@ -137,7 +144,7 @@ def export_lora(
     with transaction(engine) as session:
         if version is None:
             head = state.get_head(session)
-            version = getattr(head, _HEAD_POINTER[_check_tier(tier or "base")])
+            version = getattr(head, _HEAD_POINTER[_check_tier(tier or LoraTier.BASE)])
             tier = None  # the head's version of that tier is of that tier
         arrays = state.load_lora(session, version)
         if tier is not None and _check_tier(tier) != arrays.tier:
@@ -360,7 +367,7 @@ def _check_config(config: dict[str, Any], path: Path, *, rank: int, tier: str) -
     ):
         raise AdapterError(f"{path}: lora_alpha must be a positive number, got {lora_alpha!r}")
     scale = lora_alpha / (math.sqrt(r) if config.get("use_rslora") else r)
-    if tier == "micro":
+    if tier == LoraTier.MICRO:
         # The micro-LoRA's scale is fixed at 1/sqrt(rank); store the alpha its
         # versions always carry (rank) rather than pretend another is honoured.
         if not math.isclose(scale, 1 / math.sqrt(rank), rel_tol=1e-6):
@@ -453,7 +460,7 @@ def _adapter_tier(in_dir: Path, tier: str | None) -> str:
             pass  # read_adapter reports the adapter's own problem
     if written is not None and tier is not None and written != tier:
         raise AdapterError(f"{in_dir}: the adapter is a {written} LoRA, not {tier}")
-    return _check_tier(tier or written or "base")
+    return _check_tier(tier or written or LoraTier.BASE)
 
 
 # -- import and moving the head -------------------------------------------------------
@@ -485,14 +492,14 @@ def import_lora(
         raise AdapterError("an import needs a reason, for the audit trail")
     folder = Path(in_dir)
     tier = _adapter_tier(folder, tier)
-    if tier == "base":
+    if tier == LoraTier.BASE:
         shape = {"rank": config.base_lora_rank, "layers": config.base_lora_layers}
     else:
         shape = {"rank": config.micro_lora_rank, "layers": 1}
     adapter = read_adapter(folder, dim=config.hidden_dim, tier=tier, **shape)
     pointer = _HEAD_POINTER[tier]
     with transaction(engine, immediate=True) as session:
-        head = lock_head(session, cycle_lock=tier == "base")  # cycles move the base pointer
+        head = lock_head(session, cycle_lock=tier == LoraTier.BASE)  # cycles move the base pointer
         previous = getattr(head, pointer)
         version = state.save_lora(
             session,
@@ -542,7 +549,7 @@ def use_lora_version(engine: Engine, version_id: int, reason: str, *, actor: str
             f"LoRA version {version_id}:",
         )
         pointer = _HEAD_POINTER[row.tier]
-        head = lock_head(session, cycle_lock=row.tier == "base")
+        head = lock_head(session, cycle_lock=row.tier == LoraTier.BASE)
         previous = getattr(head, pointer)
         if previous == version_id:
             raise AdapterError(f"LoRA version {version_id} is already the current {row.tier} LoRA")

@@ -23,6 +23,7 @@ from sona_store.db import state
 from sona_store.db.models import LoraVersion, MicroLoraReplay, MicroLoraSignal
 from sona_store.db.quarantines import chunks, quarantined
 from sona_store.db.retention import dropped_among
+from sona_store.enums import LoraTier
 from sona_store.learning.micro_lora import apply_groups
 from sona_store.services.instant import stored_signals
 from sona_store.services.rollback import vectors_dropped_error
@@ -143,7 +144,7 @@ def _line_from(session: Session, head_version_id: int, lowest: int) -> list[_Ver
     least `lowest` (a version's parent is always older), after its last reset."""
     rows = session.execute(
         sa.select(LoraVersion.id, LoraVersion.parent_id, LoraVersion.source).where(
-            LoraVersion.tier == "micro", LoraVersion.id >= lowest
+            LoraVersion.tier == LoraTier.MICRO, LoraVersion.id >= lowest
         )
     ).all()
     by_id = {r.id: r for r in rows}

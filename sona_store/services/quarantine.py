@@ -30,6 +30,7 @@ from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, Trajectory
 from sona_store.db.quarantines import Selection, format_ranges, id_ranges
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleStatus
 from sona_store.errors import QuarantineError
 from sona_store.services.head import lock_head, move_head, pointers
 from sona_store.services.micro_replay import replay_without_quarantined
@@ -85,7 +86,7 @@ def _roll_back_base(
     consumed_by = quarantines.consumers(session, ids)
     first = session.scalar(
         sa.select(sa.func.min(Cycle.id)).where(
-            Cycle.id.in_(set(consumed_by.values())), Cycle.status == "completed"
+            Cycle.id.in_(set(consumed_by.values())), Cycle.status == CycleStatus.COMPLETED
         )
     )
     if first is None:

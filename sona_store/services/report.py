@@ -29,15 +29,16 @@ from sona_store.db.engine import mask_url, transaction
 from sona_store.db.models import AuditEvent, Cycle, LoraVersion, Pattern, VectorBlob
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.types import FLOAT32, utcnow
+from sona_store.enums import RAN_STATUSES, CycleStatus, LoraTier
 from sona_store.errors import MissingExtraError
 from sona_store.files import private_dir, write_private
 
 TABLE_ROWS = 20
 STATUS_COLOURS = {
-    "completed": "#1f77b4",
-    "rolled_back": "#d62728",
-    "skipped": "#7f7f7f",
-    "failed": "#ff7f0e",
+    CycleStatus.COMPLETED: "#1f77b4",
+    CycleStatus.ROLLED_BACK: "#d62728",
+    CycleStatus.SKIPPED: "#7f7f7f",
+    CycleStatus.FAILED: "#ff7f0e",
 }
 EVENT_STYLES = {  # audit action -> (colour, line style, legend label)
     "rollback": ("#d62728", "--", "rollback"),
@@ -111,7 +112,7 @@ def load_report_data(engine: Engine) -> ReportData:
                     sa.func.avg(Pattern.avg_quality).label("mean_quality"),
                 )
                 .join(Pattern, Pattern.cycle_id == Cycle.id)
-                .where(Cycle.status.in_(("completed", "rolled_back")))
+                .where(Cycle.status.in_(RAN_STATUSES))
                 .group_by(Cycle.id, Cycle.started_at, Cycle.finished_at, Cycle.status)
                 .order_by(Cycle.id)
             )
@@ -124,7 +125,7 @@ def load_report_data(engine: Engine) -> ReportData:
                     LoraVersion.id, LoraVersion.created_at, LoraVersion.source, VectorBlob.data
                 )
                 .join(VectorBlob, VectorBlob.id == LoraVersion.up_blob_id)
-                .where(LoraVersion.tier == "base")
+                .where(LoraVersion.tier == LoraTier.BASE)
                 .order_by(LoraVersion.id)
                 .execution_options(yield_per=64)
             )
@@ -132,7 +133,7 @@ def load_report_data(engine: Engine) -> ReportData:
         rolled_back: set[int] = {
             cast(int, c["base_lora_version_id"])
             for c in cycle_list
-            if c["status"] == "rolled_back"
+            if c["status"] == CycleStatus.ROLLED_BACK
             and c["ewc_updated"]
             and c["base_lora_version_id"] is not None
         }
@@ -144,7 +145,7 @@ def load_report_data(engine: Engine) -> ReportData:
                 ).order_by(AuditEvent.id)
             )
             if e.action in ("rollback", "restore", "quarantine", "release")
-            or (isinstance(e.details, dict) and e.details.get("tier") == "base")
+            or (isinstance(e.details, dict) and e.details.get("tier") == LoraTier.BASE)
         ]
         try:
             head_version = state.get_head(session).base_lora_version_id
@@ -296,8 +297,8 @@ def _chart_quality(data: ReportData, chart: Chart) -> Any:
         ax.set_xlabel("time (UTC)")
         _no_data(ax)
         return fig
-    current = [(t, q) for _, t, q, status in data.quality if status == "completed"]
-    cut = [(t, q) for _, t, q, status in data.quality if status != "completed"]
+    current = [(t, q) for _, t, q, status in data.quality if status == CycleStatus.COMPLETED]
+    cut = [(t, q) for _, t, q, status in data.quality if status != CycleStatus.COMPLETED]
     if current:
         ax.plot(*zip(*current, strict=True), "o-", color="#1f77b4", label="completed cycle")
     if cut:
@@ -425,7 +426,7 @@ def _cell(value: Any) -> str:
 def render_html(data: ReportData, charts: Sequence[Chart]) -> str:
     """The index page: each chart with one line saying what it shows, then the
     last cycles as a table."""
-    completed = sum(1 for c in data.cycles if c["status"] == "completed")
+    completed = sum(1 for c in data.cycles if c["status"] == CycleStatus.COMPLETED)
     sections = "\n".join(
         f"<section>\n<h2>{html.escape(c.title)}</h2>\n<p>{html.escape(c.explanation)}</p>\n"
         f'<img src="{html.escape(c.filename)}" alt="{html.escape(c.title)}" width="900">\n'

@@ -25,6 +25,7 @@ from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.models import Cycle, LoraVersion, StoreHead, Trajectory
 from sona_store.db.models import EwcState as EwcStateRow
 from sona_store.db.quarantines import quarantined
+from sona_store.enums import CycleStatus
 from sona_store.errors import RollbackError, VectorsDroppedError
 from sona_store.services.head import Pointers, lock_head, move_head
 
@@ -68,7 +69,7 @@ def _cycle_pointers(pointers: Pointers) -> Pointers:
 def _refuse_unless(cycle: Cycle, wanted: str, action: str) -> None:
     if cycle.status == wanted:
         return
-    if cycle.status in ("skipped", "failed"):
+    if cycle.status in (CycleStatus.SKIPPED, CycleStatus.FAILED):
         raise RollbackError(
             f"cycle {cycle.id} was {cycle.status}: it changed nothing, so there is nothing to {action}"
         )
@@ -86,7 +87,7 @@ def _completed_from(session: Session, first_id: int) -> list[int]:
     return list(
         session.scalars(
             sa.select(Cycle.id)
-            .where(Cycle.status == "completed", Cycle.id >= first_id)
+            .where(Cycle.status == CycleStatus.COMPLETED, Cycle.id >= first_id)
             .order_by(Cycle.id)
         )
     )
@@ -234,7 +235,7 @@ def rollback(
     with transaction(engine, immediate=True) as session:
         acquire_cycle_lock(session, wait=True)
         cycle = cycles.get_cycle(session, cycle_id, for_update=True)
-        _refuse_unless(cycle, "completed", "roll back")
+        _refuse_unless(cycle, CycleStatus.COMPLETED, "roll back")
         head = lock_head(session, cycle_lock=False)  # held already
         if requeue:
             refuse_if_vectors_dropped(session, _completed_from(session, cycle.id), "requeue")
@@ -259,7 +260,7 @@ def cut_from(session: Session, cycle: Cycle) -> tuple[list[int], dict[str, int |
     returns their ids and the head pointers of the state before `cycle`.
     The caller moves the head (a rollback, or a quarantine)."""
     cut = _completed_from(session, cycle.id)
-    _set_status(session, cut, "rolled_back")
+    _set_status(session, cut, CycleStatus.ROLLED_BACK)
     lora_id, ewc_id = _state_before(session, cycle)
     return cut, {
         "cycle_id": cycle.parent_cycle_id,
@@ -273,7 +274,7 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
     with transaction(engine, immediate=True) as session:
         acquire_cycle_lock(session, wait=True)
         target = cycles.get_cycle(session, cycle_id, for_update=True)
-        _refuse_unless(target, "rolled_back", "restore")
+        _refuse_unless(target, CycleStatus.ROLLED_BACK, "restore")
         head = lock_head(session, cycle_lock=False)  # held already
         # Walk up from the target to where it joins the current line.
         chain = [target]
@@ -282,15 +283,15 @@ def restore(engine: Engine, cycle_id: int, *, actor: str, reason: str | None = N
             parent = session.get(Cycle, fork)
             if parent is None:  # parent_cycle_id is a foreign key
                 raise RollbackError(f"cycle {fork}, a parent in the chain, is missing")
-            if parent.status == "completed":
+            if parent.status == CycleStatus.COMPLETED:
                 break
             chain.append(parent)
             fork = parent.parent_cycle_id
         cut = _completed_from(session, (fork or 0) + 1)
         restored = sorted(c.id for c in chain)
         _refuse_if_requeued(session, chain)
-        _set_status(session, cut, "rolled_back")
-        _set_status(session, restored, "completed")
+        _set_status(session, cut, CycleStatus.ROLLED_BACK)
+        _set_status(session, restored, CycleStatus.COMPLETED)
         return _move_and_audit(
             session,
             head,

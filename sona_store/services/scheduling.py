@@ -27,6 +27,7 @@ from sona_store.db import cycles
 from sona_store.db.engine import transaction
 from sona_store.db.locks import acquire_cycle_lock
 from sona_store.db.types import utcnow
+from sona_store.enums import CycleTrigger
 from sona_store.errors import CycleInProgressError, InvalidInputError
 from sona_store.results import CycleResult
 from sona_store.services.cycle import attempt_cycle
@@ -80,7 +81,7 @@ class ScheduledSlot:
 
     @property
     def trigger(self) -> str:
-        return "scheduled"
+        return CycleTrigger.SCHEDULED
 
     @property
     def force(self) -> bool:

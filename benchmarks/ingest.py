@@ -192,24 +192,9 @@ def _pg_floor_figures(
             {"batch": BATCH},
         ),
     ]
-    for name, label, ours in (
-        ("ingest_batched_of_copy_floor", "ingest batched / COPY floor", lists),
-        ("ingest_batched_numpy_of_copy_floor", "ingest batched (numpy) / COPY floor", numpy),
-    ):
-        shares = [o / f for o, f in zip(ours.reps, copy_floor, strict=True)]
-        share = median(shares)
-        figures.append(
-            Figure(
-                name=name,
-                backend=backend.name,
-                label=label,
-                unit="x",
-                ours=share,
-                reps=shares,
-                higher_is_better=True,
-            ).check(">= 0.6", share >= 0.6)
-        )
-    return figures
+    return figures + _share_figures(
+        backend, copy_floor, 0.6, lists, numpy, suffix="of_copy_floor", floor_label="COPY floor"
+    )
 
 
 def _floor_figures(
@@ -244,9 +229,27 @@ def _floor_figures(
             {"wal_autocheckpoint": 0},
         ),
     ]
+    return figures + _share_figures(
+        backend, floor, 0.5, lists, numpy, suffix="of_floor", floor_label="floor"
+    )
+
+
+def _share_figures(
+    backend: Backend,
+    floor: list[float],
+    target: float,
+    lists: Figure,
+    numpy: Figure,
+    *,
+    suffix: str,
+    floor_label: str,
+) -> list[Figure]:
+    """Our batched rates (lists, numpy) as shares of a floor measured in the
+    same repetitions, taken repetition by repetition."""
+    figures = []
     for name, label, ours in (
-        ("ingest_batched_of_floor", "ingest batched / floor", lists),
-        ("ingest_batched_numpy_of_floor", "ingest batched (numpy) / floor", numpy),
+        (f"ingest_batched_{suffix}", f"ingest batched / {floor_label}", lists),
+        (f"ingest_batched_numpy_{suffix}", f"ingest batched (numpy) / {floor_label}", numpy),
     ):
         shares = [o / f for o, f in zip(ours.reps, floor, strict=True)]
         share = median(shares)
@@ -259,7 +262,7 @@ def _floor_figures(
                 ours=share,
                 reps=shares,
                 higher_is_better=True,
-            ).check(">= 0.5", share >= 0.5)
+            ).check(f">= {target}", share >= target)
         )
     return figures
 

@@ -263,15 +263,18 @@ def _configure_sqlite(engine: Engine, durability: str) -> None:
         # file write per flush; in memory, a memcpy.
         cursor.execute("PRAGMA temp_store = MEMORY")
         if not in_memory:
-            # Takes effect only on a file with no pages yet (a new store); an
-            # existing file keeps its size. A trajectory's vectors are ~2 KiB,
-            # so 4 KiB pages hold one row each, half empty: 16 KiB pages cut
-            # the bytes written per trajectory by about a third.
-            cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
-            # Likewise only before the first table: pages gc frees can then be
-            # given back to the file system (`retention.reclaim`). An older
-            # file gets it from `sona-store db vacuum`.
-            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # Both take effect only on a file with no pages yet (a new
+                # store), and on an existing file `auto_vacuum` waits behind
+                # a running checkpoint for nothing, so only a new file gets
+                # them. A trajectory's vectors are ~2 KiB, so 4 KiB pages
+                # hold one row each, half empty: 16 KiB pages cut the bytes
+                # written per trajectory by about a third. Incremental
+                # auto-vacuum: pages gc frees can be given back to the file
+                # system (`retention.reclaim`); an older file gets it from
+                # `sona-store db vacuum`.
+                cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _use_wal(cursor)
             # NORMAL in WAL mode: a commit survives the process being killed,
             # not a power loss; FULL syncs the log at every commit (the

@@ -17,6 +17,8 @@ from sona_store import SonaConfig, SonaStore
 from sona_store.cli.main import main
 from sona_store.db import state
 from sona_store.db.engine import create_store_engine, transaction
+from sona_store.db.models import StoreHead
+from sona_store.db.types import utcnow
 from sona_store.errors import (
     AdapterError,
     DatabaseBusyError,
@@ -106,7 +108,9 @@ def test_a_conflict_with_a_concurrent_transaction_is_a_transaction_conflict(db_u
         ):
             head = state.get_head(session)  # the snapshot this transaction sees
             with other.begin() as connection:
-                connection.execute(sa.text("UPDATE store_head SET cycle_id = NULL"))
+                # A real change: SQLite skips writing a row whose new content
+                # equals the old, and such a commit would not conflict.
+                connection.execute(sa.update(StoreHead).values(updated_at=utcnow()))
             state.move_head(session, head, micro_lora_version_id=head.base_lora_version_id)
         with other.connect() as connection:
             micro, base = connection.execute(

@@ -1,7 +1,9 @@
-"""Small deterministic trajectory generators for tests."""
+"""Small deterministic trajectory generators for tests, and a thread fan-out."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -28,3 +30,13 @@ def make_trajectories(
             }
         )
     return out
+
+
+def run_threads(worker: Callable[[int], None], seeds: Iterable[int]) -> None:
+    """Run `worker(seed)` in one thread per seed and wait for them all (a
+    worker records its own failures: an exception here would be lost)."""
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sona_store import SonaConfig, SonaStore, ValidationError
 from sona_store.errors import RecordingTimeoutError, UnwrittenTrajectoriesError
 
-from .helpers import make_trajectories
+from .helpers import make_trajectories, run_threads
 
 CONFIG = SonaConfig(hidden_dim=8, micro_flush_threshold=10)
 
@@ -76,11 +76,7 @@ def test_wait_true_returns_the_id_once_committed_from_many_threads(db_url):
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_threads(worker, range(6))
     try:
         assert not errors
         assert sorted(got) == _ids(store) and len(got) == 120
@@ -327,11 +323,7 @@ def test_a_full_queue_blocks_callers_and_drops_nothing(db_url):
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_threads(worker, range(6))
     try:
         assert not errors
         store.flush()

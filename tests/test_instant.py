@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sona_store import SonaConfig, SonaStore
 
 from .conftest import GOLDEN
-from .helpers import make_trajectories
+from .helpers import make_trajectories, run_threads
 
 MICRO_CASES = sorted((GOLDEN / "micro").glob("*.json"))
 
@@ -270,11 +270,7 @@ def test_many_threads_record_at_once(db_url):
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_threads(worker, range(8))
     try:
         assert not errors
         store.flush()

@@ -413,14 +413,11 @@ class Writer:
             job.future.set_result(ids[start : start + n])
             start += n
         with self._cond:
-            self._queued -= len(batch)
-            self._done += len(group)
             self._last_group = len(group)
             self.stats.groups += 1
-            self.stats.trajectories += len(batch)
             if self._housekeeping.checkpoint is not None:
                 self._last_commit = time.monotonic()
-            self._cond.notify_all()  # callers blocked on a full queue
+            self._settle(len(group), len(batch), stored=True)
 
     def _reserve(self, connection: Connection, group: list[Job]) -> None:
         """PostgreSQL: draw the ids of the jobs that have none yet, before the
@@ -459,10 +456,7 @@ class Writer:
             "%d trajectories were committed by an earlier attempt: not written again", settled
         )
         with self._cond:
-            self._queued -= settled
-            self._done += len(group) - len(rest)
-            self.stats.trajectories += settled
-            self._cond.notify_all()
+            self._settle(len(group) - len(rest), settled, stored=True)
         return rest
 
     def _fail(self, group: list[Job], exc: Exception) -> None:
@@ -474,9 +468,16 @@ class Writer:
         for job in group:
             job.future.set_exception(exc)
         with self._cond:
-            self._queued -= sum(len(job.batch) for job in group)
-            self._done += len(group)
-            self._cond.notify_all()
+            self._settle(len(group), sum(len(job.batch) for job in group), stored=False)
+
+    def _settle(self, jobs: int, trajectories: int, *, stored: bool) -> None:
+        """Count `jobs` holding `trajectories` as done (under `_cond`), and wake
+        callers blocked on a full queue and flushes waiting for them."""
+        self._queued -= trajectories
+        self._done += jobs
+        if stored:
+            self.stats.trajectories += trajectories
+        self._cond.notify_all()
 
     def _note_failure(self, exc: Exception) -> None:
         error = short_error(exc)

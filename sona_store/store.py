@@ -324,7 +324,7 @@ class SonaStore:
         of the wrong dimension (or not finite) is refused here, where it was
         given, not when the trajectory ends."""
         checked = check_vector(query_embedding, "query_embedding", self.config.embedding_size)
-        return TrajectoryBuilder(checked)
+        return TrajectoryBuilder(checked, hidden_dim=self.config.hidden_dim)
 
     def end_trajectory(
         self, builder: TrajectoryBuilder, quality: float | None = None, *, wait: bool = True
@@ -339,7 +339,7 @@ class SonaStore:
         either mode, and nothing is queued."""
         if not self.enabled:
             return None
-        batch = validate_batch([builder.to_item(quality)], self.config)
+        batch = self._validated(builder, quality)
         if self._writer is None:
             ids = self._record_now(batch)
             if wait:
@@ -361,7 +361,7 @@ class SonaStore:
         for in a worker thread; RecordingTimeoutError after `write_timeout`."""
         if not self.enabled:
             return None
-        batch = validate_batch([builder.to_item(quality)], self.config)
+        batch = self._validated(builder, quality)
         writer = self._writer
         if writer is None:
             return (await asyncio.to_thread(self._record_now, batch))[0]
@@ -379,6 +379,12 @@ class SonaStore:
                 "queued and is written when the database is back"
             ) from None
         return ids[0]
+
+    def _validated(self, builder: TrajectoryBuilder, quality: float | None) -> TrajectoryBatch:
+        batch = builder.checked_batch(quality, self.config)
+        if batch is None:
+            batch = validate_batch([builder.to_item(quality)], self.config)
+        return batch
 
     @contextlib.contextmanager
     def trajectory(self, query_embedding: Any) -> Iterator[TrajectoryBuilder]:

@@ -24,7 +24,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 INSERT_CHUNK = 2000  # rows per executemany call; keeps parameter lists bounded
-MULTIROW = 128  # rows per multi-row INSERT on SQLite (6 columns: 768 parameters)
+# Bound parameters per multi-row INSERT on SQLite: its default limit since
+# 3.32 (a build with a lower one says so, see `_parameter_limit`). Few large
+# statements, not many small ones: each one hands the GIL back and forth
+# with the recording threads once (benchmarks/README.md, "Figures behind
+# the code's choices").
+MULTIROW_PARAMETERS = 32766
 
 
 class Driver:
@@ -121,17 +126,26 @@ class Driver:
             self.executemany(sql, rows[start : start + INSERT_CHUNK])
 
     def _insert_multirow(self, sql: str, width: int, rows: list[tuple[Any, ...]]) -> None:
-        """SQLite: rows as multi-row INSERTs (VALUES (..), (..), ...), MULTIROW
-        rows a statement, the rest in power-of-two pieces (a few statement
+        """SQLite: rows as multi-row INSERTs (VALUES (..), (..), ...), as many
+        rows a statement as the parameter limit takes, the rest in
+        power-of-two pieces (a few statement
         texts per table, each built once). sqlite3's executemany releases the
         GIL around every row; a multi-row statement once, so the writer thread
         does not hand the GIL back and forth with recording threads per row."""
+        most = 1 << ((self._parameter_limit() // max(width, 1)).bit_length() - 1)
         start, n = 0, len(rows)
         while start < n:
-            k = MULTIROW if n - start >= MULTIROW else 1 << ((n - start).bit_length() - 1)
+            k = most if n - start >= most else 1 << ((n - start).bit_length() - 1)
             chunk = rows[start : start + k]
             self._run(self._cursor, _multirow(sql, width, k), list(chain.from_iterable(chunk)))
             start += k
+
+    def _parameter_limit(self) -> int:
+        raw = self.connection.connection.dbapi_connection
+        getlimit = getattr(raw, "getlimit", None)  # Python 3.11+
+        if getlimit is None:
+            return 999  # SQLite's limit before 3.32
+        return min(MULTIROW_PARAMETERS, int(getlimit(9)))  # SQLITE_LIMIT_VARIABLE_NUMBER
 
     @contextlib.contextmanager
     def savepoint(self, name: str) -> Iterator[None]:

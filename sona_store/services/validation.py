@@ -123,6 +123,8 @@ class TrajectoryBatch:
     def first_non_finite(self) -> tuple[int, str] | None:
         """The first trajectory whose derived float32 values overflow (a finite
         but huge reward or activation), and what overflowed; None if none does."""
+        if self._surely_finite():
+            return None
         bad_reward = ~np.isfinite(self.rewards32)
         checks = (
             ("steps.reward", self.step_owner[bad_reward]),  # ascending: steps are by owner
@@ -134,6 +136,32 @@ class TrajectoryBatch:
             (int(rows[0]), order, name) for order, (name, rows) in enumerate(checks) if len(rows)
         ]
         return min(found)[::2] if found else None
+
+    def _surely_finite(self) -> bool:
+        """The bounds of the three checks below at once, from four maxima: a
+        batch of ordinary values (every one a live router records) passes
+        here without the per-check passes, which only find the culprit."""
+        if not len(self.queries):
+            return True
+        max_query = _max_abs(self.queries)
+        longest = int(np.bincount(self.step_owner).max()) if len(self.step_owner) else 0
+        stepless = longest == 0 or len(np.unique(self.step_owner)) < len(self.queries)
+        # A query without steps is its own signal.
+        if stepless and max_query * math.sqrt(self.queries.shape[1]) > MICRO_SIGNAL_MAX_NORM:
+            return False
+        if longest == 0:
+            return max_query < EMBEDDING_SAFE_BOUND
+        max_reward = _max_abs(self.rewards32)
+        if not math.isfinite(max_reward):
+            return False
+        max_act = _max_abs(self.activations)
+        weight = max(float(self.rewards32.max()), 0.0)
+        embedding_bound = max_query + longest * weight * max_act
+        signal_bound = 2.0 * longest * max_reward * max_act
+        return (
+            embedding_bound < EMBEDDING_SAFE_BOUND
+            and signal_bound * math.sqrt(self.activations.shape[1] or 1) < SIGNAL_SAFE_BOUND
+        )
 
     def _non_finite_signals(self) -> np.ndarray:
         """Trajectories whose learning signal is not finite. A signal sums at
@@ -257,10 +285,9 @@ def check_vector(value: Any, name: str, dim: int) -> np.ndarray:
     """`value` as float32; raises ValidationError, naming `name`, unless it is
     `dim` finite numbers. A plain list or numeric array takes the bulk path's
     packing; anything else the item-by-item checks, which name the problem."""
-    fast = _plain_vectors([value], dim) if type(value) in (list, np.ndarray) else None
+    fast = live_vector(value, dim)
     if fast is not None:
-        row: np.ndarray = fast[0]
-        return row
+        return fast[0]
     return _vector(value, index=None, name=name, dim=dim)
 
 
@@ -484,6 +511,11 @@ def validate_batch(
         for offset, item in enumerate(items):
             builder.add(item, first_index + offset)
         batch = builder.build()
+    _refuse_overflow(batch, first_index)
+    return batch
+
+
+def _refuse_overflow(batch: TrajectoryBatch, first_index: int) -> None:
     overflow = batch.first_non_finite()
     if overflow is not None:
         index, name = overflow
@@ -494,7 +526,6 @@ def validate_batch(
             index=first_index + index,
             field=name,
         )
-    return batch
 
 
 _NUMBER_TYPES = (int, float)
@@ -648,6 +679,132 @@ def _bulk_batch(items: list[Any], config: SonaConfig) -> TrajectoryBatch | None:
         rewards=np.asarray(rewards, dtype=np.float64),
         layer_names=layers,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedStep:
+    """One live step, converted and checked when it was added."""
+
+    activations: np.ndarray  # (hidden_dim,) float32
+    max_abs: float  # of the activations: the overflow bounds need no pass
+    attention: bytes  # float32
+    reward: float
+    layer_name: str | None
+
+
+def live_vector(value: Any, width: int) -> tuple[np.ndarray, float] | None:
+    """A list (or numeric array) of `width` finite numbers, no bools, as
+    float32 with its largest magnitude; None for anything else (the full
+    validation names it). The one-vector form of `_plain_vectors`' rules,
+    with a single pass giving both finiteness and the magnitude."""
+    if type(value) is list:
+        if len(value) != width:
+            return None
+        try:
+            if isinstance(sum(value, 0.0), _COMPLEX):
+                return None
+            array = np.frombuffer(struct.pack(f"{width}f", *value), dtype=np.float32)
+        except (struct.error, TypeError, OverflowError, ComplexWarning):
+            return None
+        if width and ((array == 0) | (array == 1)).any() and _BOOL_TYPES & set(map(type, value)):
+            return None
+    elif type(value) is np.ndarray and value.shape == (width,) and value.dtype.kind in "iuf":
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = _as_float32(value).copy()
+    else:
+        return None
+    largest = float(np.abs(array).max()) if width else 0.0
+    return (array, largest) if math.isfinite(largest) else None
+
+
+def checked_step(
+    activations: Any, attention: list[Any], reward: Any, layer_name: Any, hidden_dim: int
+) -> CheckedStep | None:
+    """A live step as the bulk path takes it, converted once when it is added
+    (so ending the trajectory has nothing left to convert); None when
+    anything in it is irregular, and the full validation, when the
+    trajectory ends, names the problem."""
+    if not (
+        (type(reward) is float or (type(reward) is int and abs(reward) < 2**53))
+        and math.isfinite(reward)
+        and _plain_text(layer_name)
+    ):
+        return None
+    acts = live_vector(activations, hidden_dim)
+    weights = live_vector(attention, len(attention)) if attention else _NO_ATTENTION
+    if acts is None or weights is None:
+        return None
+    return CheckedStep(acts[0], acts[1], weights[0].tobytes(), float(reward), layer_name)
+
+
+_NO_ATTENTION = (np.zeros(0, dtype=np.float32), 0.0)
+
+
+def live_batch(
+    query: np.ndarray,
+    steps: list[CheckedStep],
+    quality: Any,
+    latency: int,
+    route: Any,
+    contexts: list[Any],
+    config: SonaConfig,
+) -> TrajectoryBatch | None:
+    """One live trajectory whose query and steps were checked as they were
+    given, as a batch; None when a field left to check is irregular (the
+    full validation then names it). Raises ValidationError for values
+    whose derived float32 values overflow, as `validate_batch` does."""
+    if (
+        type(quality) not in _NUMBER_TYPES
+        or not QUALITY.in_range(quality)
+        or not LATENCY_US.in_range(latency)
+        or not _plain_text(route)
+        or (contexts and not all(c is not None and _plain_text(c) for c in contexts))
+    ):
+        return None
+    m = len(steps)
+    rewards = [s.reward for s in steps]
+    batch = TrajectoryBatch(
+        queries=query.reshape(1, -1),
+        qualities=np.array([quality], dtype=np.float64),
+        latencies=[latency],
+        routes=[route],
+        contexts=[contexts],
+        step_owner=np.zeros(m, dtype=np.int64),
+        step_index=np.arange(m, dtype=np.int64),
+        activations=np.stack([s.activations for s in steps])
+        if m
+        else np.zeros((0, config.hidden_dim), np.float32),
+        attention=[s.attention for s in steps],
+        rewards=np.array(rewards, dtype=np.float64),
+        layer_names=[s.layer_name for s in steps],
+    )
+    if not _live_bounds_hold(query, steps, rewards):
+        _refuse_overflow(batch, 0)
+    return batch
+
+
+def _live_bounds_hold(query: np.ndarray, steps: list[CheckedStep], rewards: list[float]) -> bool:
+    """`TrajectoryBatch._surely_finite` for one trajectory, from the maxima
+    its steps carry (no pass over the arrays but the query's)."""
+    max_query = float(np.abs(query).max()) if query.size else 0.0
+    m = len(steps)
+    if not m:
+        return (
+            max_query * math.sqrt(query.size) <= MICRO_SIGNAL_MAX_NORM
+            and max_query < EMBEDDING_SAFE_BOUND
+        )
+    max_act = max(s.max_abs for s in steps)
+    max_reward = max(map(abs, rewards))
+    weight = max(max(rewards), 0.0)
+    width = math.sqrt(steps[0].activations.size or 1)
+    return (
+        max_query + m * weight * max_act < EMBEDDING_SAFE_BOUND
+        and 2.0 * m * max_reward * max_act * width < SIGNAL_SAFE_BOUND
+        and max_reward < REWARD32_MAX
+    )
+
+
+REWARD32_MAX = float(np.finfo(np.float32).max)  # a larger reward is inf as float32
 
 
 def read_jsonl(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any]]:

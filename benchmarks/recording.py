@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.backends import Backend
 from benchmarks.cycle import cycle_config
+from benchmarks.floor import floor_rate
 from benchmarks.report import Figure
 from benchmarks.timing import median, progress
 from benchmarks.workload import Workload
@@ -39,7 +40,7 @@ WAL_TARGET_BYTES = 10 * 1024
 WAL_N = 400
 
 
-def _calls(store: SonaStore, items: list[dict[str, Any]], wait: bool, out: list[float]) -> None:
+def _calls(store: Any, items: list[dict[str, Any]], wait: bool, out: list[float]) -> None:
     """Record `items` one call each; each call's seconds go to `out`."""
     clock = time.perf_counter
     for item in items:
@@ -122,7 +123,9 @@ def bench_recording(
         if reference_rate is not None:
             paired.append(reference_rate())
         for threads, wait in SHAPES:
+            floor = floor_rate(items, threads, wait, _calls)
             run = run_shape(backend, items, threads, wait, **options)
+            run["floor"] = floor
             if backend.name == "sqlite":  # the log of a short run of its own
                 wal = run_shape(backend, items[:WAL_N], threads, wait, **options)
                 run["wal_bytes_per_trajectory"] = wal["wal_bytes_per_trajectory"]
@@ -135,6 +138,7 @@ def bench_recording(
                     if run["wal_bytes_per_trajectory"] is not None
                     else ""
                 )
+                + f"; handoff floor {floor:,.0f}/s"
                 + (f"; reference {paired[-1]:,.0f}/s" if paired else "")
             )
     figures: list[Figure] = []
@@ -183,8 +187,21 @@ def _figures(
         if limit is not None and ok is not None:
             ok = ok and p99 < limit
         rate.check(text, ok)
+    floor = Figure(
+        name=f"{key}_floor_per_s",
+        backend=backend.name,
+        label=f"{label}: handoff floor (benchmarks/floor.py)",
+        unit="/s",
+        ours=median([r["floor"] for r in measured]),
+        reps=[r["floor"] for r in measured],
+        higher_is_better=True,
+        details={"of_floor": [r["rate"] / r["floor"] for r in measured]},
+    )
+    if paired:
+        floor.compare_paired(paired)
     figures = [
         rate,
+        floor,
         Figure(
             name=f"{key}_p99_us",
             backend=backend.name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -295,7 +296,8 @@ class SonaStore:
         if not len(batch):
             return []
         if self._writer is not None:
-            return self._writer.result(self._writer.submit(batch, wait=True))
+            ids: list[int] = self._writer.result(self._writer.submit(batch, wait=True))
+            return ids
         return self._record_now(batch)
 
     def _record_now(self, batch: TrajectoryBatch) -> list[int]:
@@ -347,10 +349,10 @@ class SonaStore:
             done: Future[int] = Future()
             done.set_result(ids[0])
             return done
-        future = self._writer.submit(batch, wait=wait)
+        job = self._writer.submit(batch, wait=wait, single=True, future=not wait)
         if wait:
-            return self._writer.result(future)[0]
-        return _first_id(future)
+            return self._writer.result(job)
+        return job.future
 
     async def end_trajectory_async(
         self, builder: TrajectoryBuilder, quality: float | None = None
@@ -365,20 +367,24 @@ class SonaStore:
         writer = self._writer
         if writer is None:
             return (await asyncio.to_thread(self._record_now, batch))[0]
+        submit = functools.partial(writer.submit, batch, wait=True, single=True, future=True)
         try:
-            future = writer.submit(batch, wait=True, block=False)
+            job = submit(block=False)
         except BlockingIOError:
-            future = await asyncio.to_thread(writer.submit, batch, wait=True)
+            job = await asyncio.to_thread(submit)
         try:
-            ids = await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(future)), writer.write_timeout
+            return cast(
+                int,
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(cast(Future[int], job.future))),
+                    writer.write_timeout,
+                ),
             )
         except TimeoutError:
             raise RecordingTimeoutError(
                 f"not committed within {writer.write_timeout:g} s; the trajectory stays "
                 "queued and is written when the database is back"
             ) from None
-        return ids[0]
 
     def _validated(self, builder: TrajectoryBuilder, quality: float | None) -> TrajectoryBatch:
         batch = builder.checked_batch(quality, self.config)
@@ -1070,22 +1076,6 @@ def _start_writer(
 
 def _in_memory_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and not is_sqlite_file(engine)
-
-
-def _first_id(future: Future[list[int]]) -> Future[int]:
-    """A future of the one id of a one-trajectory job."""
-    first: Future[int] = Future()
-    first.set_running_or_notify_cancel()  # cancelling would not unqueue it
-
-    def done(source: Future[list[int]]) -> None:
-        error = source.exception()
-        if error is not None:
-            first.set_exception(error)
-        else:
-            first.set_result(source.result()[0])
-
-    future.add_done_callback(done)
-    return first
 
 
 def _check_recording_options(max_delay: float, max_queued: int, write_timeout: float) -> None:

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -65,15 +66,37 @@ QUIET_S = 0.2  # no commit for this long: the writing has paused (WAL checkpoint
 GATHER_S = 0.001
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
-    """One caller's validated batch, waiting for its commit."""
+    """One caller's validated batch, waiting for its commit. A caller that
+    blocks (`wait=True`) waits on `done`, a lock held until the writer
+    settles the job (cheaper than a Future: this is every request of a
+    router); one that does not holds `future`. Either gets the ids, or
+    the one id of a `single` job."""
 
     batch: TrajectoryBatch
-    future: Future[list[int]]
     waited: bool  # a caller blocks on it: commit without waiting for more
     queued_at: float
+    single: bool = False
+    future: Future[Any] | None = None
+    done: threading.Lock | None = None
+    outcome: Any = None  # the ids (or id), or the exception, once settled
     ids: list[int] | None = None  # drawn before the insert (PostgreSQL), kept across retries
+
+    def resolve(self, ids: list[int]) -> None:
+        value = ids[0] if self.single else ids
+        if self.future is not None:
+            self.future.set_result(value)
+        else:
+            self.outcome = value
+            cast(threading.Lock, self.done).release()
+
+    def reject(self, exc: BaseException) -> None:
+        if self.future is not None:
+            self.future.set_exception(exc)
+        else:
+            self.outcome = exc
+            cast(threading.Lock, self.done).release()
 
 
 @dataclass
@@ -145,14 +168,27 @@ class Writer:
     # -- callers ------------------------------------------------------------------
 
     def submit(
-        self, batch: TrajectoryBatch, *, wait: bool, block: bool = True
-    ) -> Future[list[int]]:
-        """Queue a validated batch; its future gives its ids once committed.
-        A full queue blocks (up to `write_timeout`, then RecordingTimeoutError,
+        self,
+        batch: TrajectoryBatch,
+        *,
+        wait: bool,
+        block: bool = True,
+        single: bool = False,
+        future: bool = False,
+    ) -> Job:
+        """Queue a validated batch. `wait`: a caller will block on it
+        (`result`), so it is committed without waiting for more; `future`:
+        the job carries a Future of its ids (`single`: of its one id). A
+        full queue blocks (up to `write_timeout`, then RecordingTimeoutError,
         nothing queued); with `block=False` it raises BlockingIOError instead."""
         n = len(batch)
-        future: Future[list[int]] = Future()
-        future.set_running_or_notify_cancel()  # cancelling would not unqueue it
+        job = Job(batch, wait, time.monotonic(), single)
+        if future:
+            job.future = Future()
+            job.future.set_running_or_notify_cancel()  # cancelling would not unqueue it
+        else:
+            job.done = threading.Lock()
+            job.done.acquire()
         with self._cond:
             if self._closing:
                 raise RecordingError("the store is closed: nothing was recorded")
@@ -169,24 +205,33 @@ class Writer:
                         )
                     self._cond.wait(remaining)
             wake = not self._jobs or wait or self._queued + n >= GROUP_MAX
-            self._jobs.append(Job(batch, future, wait, time.monotonic()))
+            self._jobs.append(job)
             self._queued += n
             self._sequence += 1
             if wait:
                 self._waiters += 1
             if wake:
                 self._cond.notify_all()
-        return future
+        return job
 
-    def result(self, future: Future[list[int]]) -> list[int]:
-        """Wait for a job's ids, up to `write_timeout`."""
-        try:
-            return future.result(self.write_timeout)
-        except TimeoutError:
-            raise RecordingTimeoutError(
-                f"not committed within {self.write_timeout:g} s{self._because()}; "
-                "the trajectory stays queued and is written when the database is back"
-            ) from None
+    def result(self, job: Job) -> Any:
+        """Wait for a job's ids (or id), up to `write_timeout`."""
+        if job.future is not None:
+            try:
+                return job.future.result(self.write_timeout)
+            except TimeoutError:
+                raise self._timeout() from None
+        if not cast(threading.Lock, job.done).acquire(timeout=self.write_timeout):
+            raise self._timeout()
+        if isinstance(job.outcome, BaseException):
+            raise job.outcome
+        return job.outcome
+
+    def _timeout(self) -> RecordingTimeoutError:
+        return RecordingTimeoutError(
+            f"not committed within {self.write_timeout:g} s{self._because()}; "
+            "the trajectory stays queued and is written when the database is back"
+        )
 
     def flush(self) -> int:
         """Wait until everything queued so far is committed, then apply every
@@ -274,7 +319,7 @@ class Writer:
                 count=lost,
             )
             for job in abandoned:
-                job.future.set_exception(exc)
+                job.reject(exc)
             raise exc
 
     def _because(self) -> str:
@@ -410,7 +455,7 @@ class Writer:
         start = 0
         for job in group:
             n = len(job.batch)
-            job.future.set_result(ids[start : start + n])
+            job.resolve(ids[start : start + n])
             start += n
         with self._cond:
             self._last_group = len(group)
@@ -448,7 +493,7 @@ class Writer:
         settled = 0
         for job in group:
             if job.ids is not None and job.ids[0] in stored:
-                job.future.set_result(list(job.ids))
+                job.resolve(list(job.ids))
                 settled += len(job.batch)
             else:
                 rest.append(job)
@@ -466,7 +511,7 @@ class Writer:
             short_error(exc),
         )
         for job in group:
-            job.future.set_exception(exc)
+            job.reject(exc)
         with self._cond:
             self._settle(len(group), sum(len(job.batch) for job in group), stored=False)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from sona_store.config import SonaConfig
-from sona_store.services.validation import CheckedStep, TrajectoryBatch, checked_step, live_batch
+from sona_store.services.validation import CheckedStep, Recordable, checked_step, live_trajectory
 
 
 class TrajectoryBuilder:
@@ -65,10 +65,10 @@ class TrajectoryBuilder:
         self.context_ids.append(context_id)
         return self
 
-    def checked_batch(self, quality: float | None, config: SonaConfig) -> TrajectoryBatch | None:
-        """The trajectory as a validated batch of one from what was checked
-        as it was given; None when anything is left for the full validation
-        (`to_item` then `validate_batch`)."""
+    def checked(self, quality: float | None, config: SonaConfig) -> Recordable | None:
+        """The trajectory, validated from what was checked as it was given
+        (a `LiveTrajectory` for the writer); None when anything is left for
+        the full validation (`to_item` then `validate_batch`)."""
         steps = self._checked
         query = self._query
         if (
@@ -79,7 +79,7 @@ class TrajectoryBuilder:
             or any(step is None for step in steps)
         ):
             return None
-        return live_batch(
+        return live_trajectory(
             query,
             steps,  # type: ignore[arg-type]  # no None: checked above
             self.quality if quality is None else quality,

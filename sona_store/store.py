@@ -84,6 +84,7 @@ from sona_store.services.quarantine import QuarantineResult, ReleaseResult
 from sona_store.services.retention import GcResult, Policy
 from sona_store.services.rollback import HeadMove
 from sona_store.services.validation import (
+    Recordable,
     TrajectoryBatch,
     check_vector,
     read_jsonl,
@@ -300,14 +301,14 @@ class SonaStore:
             return ids
         return self._record_now(batch)
 
-    def _record_now(self, batch: TrajectoryBatch) -> list[int]:
+    def _record_now(self, batch: Recordable) -> list[int]:
         """Commit a validated batch on the caller's thread (`background=False`)."""
         self._learn_quietly(self._instant.adopt_orphans_once)
         recorder = _GroupRecorder(self.config, self._instant)
         committed = False
         try:
             with connection_transaction(self.engine, immediate=True) as connection:
-                ids = recorder.commit(connection, batch, None)
+                ids = recorder.commit(connection, [batch], None)
             committed = True
         finally:
             recorder.settle(committed)
@@ -386,8 +387,8 @@ class SonaStore:
                 "queued and is written when the database is back"
             ) from None
 
-    def _validated(self, builder: TrajectoryBuilder, quality: float | None) -> TrajectoryBatch:
-        batch = builder.checked_batch(quality, self.config)
+    def _validated(self, builder: TrajectoryBuilder, quality: float | None) -> Recordable:
+        batch = builder.checked(quality, self.config)
         if batch is None:
             batch = validate_batch([builder.to_item(quality)], self.config)
         return batch
@@ -1029,8 +1030,9 @@ class _GroupRecorder:
         self._inflight: InFlight | None = None
 
     def commit(
-        self, connection: sa.Connection, batch: TrajectoryBatch, ids: list[int] | None
+        self, connection: sa.Connection, items: list[Recordable], ids: list[int] | None
     ) -> list[int]:
+        batch = TrajectoryBatch.gather(items, self.config)
         self._inflight = InFlight()
         ids = trajectories.insert_batch(connection, batch, ids)
         # Due micro-LoRA groups are applied in this same transaction; a

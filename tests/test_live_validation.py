@@ -35,7 +35,10 @@ def _full(builder: TrajectoryBuilder, quality: Any) -> TrajectoryBatch:
 
 
 def _live(builder: TrajectoryBuilder, quality: Any) -> TrajectoryBatch | None:
-    return builder.checked_batch(quality, CONFIG)
+    """The batch the writer builds from the live path's record (None: the
+    live path left it to the full validation)."""
+    checked = builder.checked(quality, CONFIG)
+    return None if checked is None else TrajectoryBatch.gather([checked], CONFIG)
 
 
 def _same(a: TrajectoryBatch, b: TrajectoryBatch) -> None:
@@ -174,3 +177,20 @@ def test_check_vector_refuses_what_it_refused_before() -> None:
     np.testing.assert_array_equal(
         check_vector(list(range(DIM)), "q", DIM), np.arange(DIM, dtype=np.float32)
     )
+
+
+def test_a_group_of_live_trajectories_and_batches_gathers_in_order() -> None:
+    """The writer's group: live trajectories (with and without steps) and
+    whole batches, in arrival order, as one batch equal to validating all
+    their items at once."""
+    builders = [_builder(q, steps) for q, steps, _ in ORDINARY]
+    qualities = [quality for _, _, quality in ORDINARY]
+    items = [b.to_item(q) for b, q in zip(builders, qualities, strict=True)]
+    lives = [b.checked(q, CONFIG) for b, q in zip(builders, qualities, strict=True)]
+    assert all(live is not None for live in lives)
+    middle = validate_batch(items[2:4], CONFIG)
+    group = [lives[0], lives[1], middle, lives[4], lives[5]]
+    expected = validate_batch(items[:2] + items[2:4] + items[4:], CONFIG)
+    gathered = TrajectoryBatch.gather(group, CONFIG)  # type: ignore[arg-type]
+    _same(gathered, expected)
+    assert len(gathered) == 6 and gathered.latencies[2:4] == middle.latencies

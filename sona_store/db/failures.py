@@ -104,6 +104,19 @@ def classify(exc: DBAPIError) -> type[DatabaseError] | None:
     return None
 
 
+PG_OUT_OF_SPACE = frozenset({"53100", "53200"})  # disk_full, out_of_memory
+SQLITE_OUT_OF_SPACE = frozenset({"SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC"})
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """The database could not write for want of space: a disk (or SQLite's
+    `max_page_count`) full, or a server out of memory. An operator frees
+    it; writing again then succeeds."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return sqlstate(exc.orig) in PG_OUT_OF_SPACE or sqlite_code(exc.orig) in SQLITE_OUT_OF_SPACE
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """A unique or primary key refused a row (SQLSTATE 23505; SQLite's
     SQLITE_CONSTRAINT_UNIQUE or _PRIMARYKEY)."""

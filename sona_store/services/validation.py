@@ -217,6 +217,24 @@ class TrajectoryBatch:
         return len(self.queries)
 
     @classmethod
+    def gather(cls, items: list[Recordable], config: SonaConfig) -> TrajectoryBatch:
+        """Batches and live trajectories as one batch, in order (the writer's
+        group): each run of live trajectories becomes one batch."""
+        batches: list[TrajectoryBatch] = []
+        lives: list[LiveTrajectory] = []
+        for item in items:
+            if isinstance(item, LiveTrajectory):
+                lives.append(item)
+                continue
+            if lives:
+                batches.append(_gather_live(lives, config))
+                lives = []
+            batches.append(item)
+        if lives:
+            batches.append(_gather_live(lives, config))
+        return cls.concat(batches)
+
+    @classmethod
     def concat(cls, batches: list[TrajectoryBatch]) -> TrajectoryBatch:
         """Validated batches as one, in order (the writer's group commit),
         their learning signals carried over rather than computed again."""
@@ -740,7 +758,27 @@ def checked_step(
 _NO_ATTENTION = (np.zeros(0, dtype=np.float32), 0.0)
 
 
-def live_batch(
+@dataclass(frozen=True, slots=True)
+class LiveTrajectory:
+    """One live trajectory, checked, as the caller hands it to the writer:
+    the writer builds its group's arrays from many of these at once
+    (`TrajectoryBatch.gather`), so the caller's thread builds none."""
+
+    query: np.ndarray  # (embedding_dim,) float32
+    steps: list[CheckedStep]
+    quality: float
+    latency: int
+    route: str | None
+    contexts: list[str]
+
+    def __len__(self) -> int:
+        return 1
+
+
+Recordable = TrajectoryBatch | LiveTrajectory
+
+
+def live_trajectory(
     query: np.ndarray,
     steps: list[CheckedStep],
     quality: Any,
@@ -748,11 +786,12 @@ def live_batch(
     route: Any,
     contexts: list[Any],
     config: SonaConfig,
-) -> TrajectoryBatch | None:
+) -> Recordable | None:
     """One live trajectory whose query and steps were checked as they were
-    given, as a batch; None when a field left to check is irregular (the
-    full validation then names it). Raises ValidationError for values
-    whose derived float32 values overflow, as `validate_batch` does."""
+    given, ready for the writer; None when a field left to check is
+    irregular (the full validation then names it). Values whose derived
+    float32 values could overflow are checked as `validate_batch` does (and
+    refused with the same error)."""
     if (
         type(quality) not in _NUMBER_TYPES
         or not QUALITY.in_range(quality)
@@ -761,31 +800,45 @@ def live_batch(
         or (contexts and not all(c is not None and _plain_text(c) for c in contexts))
     ):
         return None
-    m = len(steps)
-    rewards = [s.reward for s in steps]
-    batch = TrajectoryBatch(
-        queries=query.reshape(1, -1),
-        qualities=np.array([quality], dtype=np.float64),
-        latencies=[latency],
-        routes=[route],
-        contexts=[contexts],
-        step_owner=np.zeros(m, dtype=np.int64),
-        step_index=np.arange(m, dtype=np.int64),
-        activations=np.stack([s.activations for s in steps])
-        if m
-        else np.zeros((0, config.hidden_dim), np.float32),
-        attention=[s.attention for s in steps],
-        rewards=np.array(rewards, dtype=np.float64),
-        layer_names=[s.layer_name for s in steps],
-    )
-    if not _live_bounds_hold(query, steps, rewards):
-        _refuse_overflow(batch, 0)
+    live = LiveTrajectory(query, steps, quality, latency, route, contexts)
+    if _live_bounds_hold(query, steps):
+        return live
+    batch = TrajectoryBatch.gather([live], config)
+    _refuse_overflow(batch, 0)
     return batch
 
 
-def _live_bounds_hold(query: np.ndarray, steps: list[CheckedStep], rewards: list[float]) -> bool:
+def _gather_live(lives: list[LiveTrajectory], config: SonaConfig) -> TrajectoryBatch:
+    """Live trajectories as one batch: one array per column for the group."""
+    owners: list[int] = []
+    positions: list[int] = []
+    steps: list[CheckedStep] = []
+    for i, live in enumerate(lives):
+        for j, step in enumerate(live.steps):
+            owners.append(i)
+            positions.append(j)
+            steps.append(step)
+    return TrajectoryBatch(
+        queries=np.stack([live.query for live in lives]),
+        qualities=np.array([live.quality for live in lives], dtype=np.float64),
+        latencies=[live.latency for live in lives],
+        routes=[live.route for live in lives],
+        contexts=[live.contexts for live in lives],
+        step_owner=np.array(owners, dtype=np.int64),
+        step_index=np.array(positions, dtype=np.int64),
+        activations=np.stack([s.activations for s in steps])
+        if steps
+        else np.zeros((0, config.hidden_dim), np.float32),
+        attention=[s.attention for s in steps],
+        rewards=np.array([s.reward for s in steps], dtype=np.float64),
+        layer_names=[s.layer_name for s in steps],
+    )
+
+
+def _live_bounds_hold(query: np.ndarray, steps: list[CheckedStep]) -> bool:
     """`TrajectoryBatch._surely_finite` for one trajectory, from the maxima
     its steps carry (no pass over the arrays but the query's)."""
+    rewards = [s.reward for s in steps]
     max_query = float(np.abs(query).max()) if query.size else 0.0
     m = len(steps)
     if not m:

@@ -12,16 +12,17 @@ whole group. A caller that waits (`wait=True`) gets its ids once their
 commit is done; one that does not is committed at most `max_delay` later.
 
 Failures. A database error the writer can outlast (a lost connection, a
-server restarting, a lock) is retried with backoff; queued trajectories are
-kept in order and written once the database is back. A caller waiting more
+server restarting, a lock, a full disk) is retried with backoff; queued
+trajectories are kept in order and written once the database is back. A caller waiting more
 than `write_timeout` gets RecordingTimeoutError (its trajectory stays queued).
 Nothing is written twice: on PostgreSQL a group's ids are drawn from the
 sequence before its insert and kept with the queued trajectories, so a retry
 after a commit whose outcome is unknown (the connection died during COMMIT)
 first looks for those ids and skips the trajectories already stored. SQLite
 runs in-process: a COMMIT that raises did not commit, so its ids are drawn
-again. Any other error (a bug, a constraint) fails the group's trajectories
-and is raised to their callers.
+again. Any other error (a bug, a constraint) has the group's jobs written
+one by one, so that only a job that fails by itself fails, and its caller
+gets the error.
 
 The writer holds one connection between groups (no checkout, no pool
 pre-ping per group); a connection that fails is closed and a new one taken
@@ -52,7 +53,7 @@ from sona_store.errors import (
     RecordingTimeoutError,
     UnwrittenTrajectoriesError,
 )
-from sona_store.services.validation import TrajectoryBatch
+from sona_store.services.validation import Recordable
 
 logger = logging.getLogger("sona_store")
 
@@ -74,7 +75,7 @@ class Job:
     router); one that does not holds `future`. Either gets the ids, or
     the one id of a `single` job."""
 
-    batch: TrajectoryBatch
+    batch: Recordable  # a validated batch, or one live trajectory
     waited: bool  # a caller blocks on it: commit without waiting for more
     queued_at: float
     single: bool = False
@@ -110,7 +111,7 @@ class WriterStats:
     last_error: str | None = None
 
 
-GroupCommit = Callable[[Connection, TrajectoryBatch, list[int] | None], list[int]]
+GroupCommit = Callable[[Connection, list[Recordable], list[int] | None], list[int]]
 
 
 @dataclass
@@ -125,8 +126,9 @@ class Housekeeping:
 
 class Writer:
     """The store's background worker (thread-safe). `commit(connection,
-    batch, ids)` inserts a group inside the writer's transaction and
-    returns its ids; the writer owns the transaction around it."""
+    items, ids)` inserts a group (its jobs' batches, in order) inside the
+    writer's transaction and returns its ids; the writer owns the
+    transaction around it."""
 
     def __init__(
         self,
@@ -169,7 +171,7 @@ class Writer:
 
     def submit(
         self,
-        batch: TrajectoryBatch,
+        batch: Recordable,
         *,
         wait: bool,
         block: bool = True,
@@ -341,8 +343,8 @@ class Writer:
             if housekeeping:
                 self._housekeep()
                 continue
-            if self._write(group):
-                group = []
+            group = self._write(group)
+            if not group:
                 delay = RETRY_FIRST_S
                 continue
             with self._cond:  # failed: retry after a pause (new jobs may join)
@@ -418,29 +420,38 @@ class Writer:
             return max(0.0, self._last_commit + QUIET_S - now)
         return None
 
-    def _write(self, group: list[Job]) -> bool:
-        """Commit one group; False when the database failed (to retry)."""
+    def _write(self, group: list[Job]) -> list[Job]:
+        """Commit one group; the jobs left to retry once the database is back
+        (none: every job is settled, committed or failed)."""
+        pending = group
         try:
             self._housekeeping.prepare()
             connection = self._connect()
-            group = self._skip_stored(connection, group)
-            if group:
-                self._insert(connection, group)
+            pending = self._skip_stored(connection, group)  # settles what is stored
+            if pending:
+                self._insert(connection, pending)
         except Exception as exc:
             self._release()
-            if not _transient(exc):
-                self._fail(group, exc)
-                return True
-            self._note_failure(exc)
-            if self.engine.dialect.name != "postgresql":
-                for job in group:  # outcome known: nothing of it was committed
-                    job.ids = None
-            return False
+            if _transient(exc):
+                self._note_failure(exc)
+                if self.engine.dialect.name != "postgresql":
+                    for job in pending:  # outcome known: nothing of it was committed
+                        job.ids = None
+                return pending
+            if len(pending) > 1:
+                # One job's data, or a bug: each job alone, so that only a
+                # job that fails by itself fails (its caller gets the error).
+                for i, job in enumerate(pending):
+                    if self._write([job]):
+                        return pending[i:]
+                return []
+            self._fail(pending, exc)
+            return []
         self.stats.last_error = None
-        return True
+        return []
 
     def _insert(self, connection: Connection, group: list[Job]) -> None:
-        batch = TrajectoryBatch.concat([job.batch for job in group])
+        items = [job.batch for job in group]
         ids: list[int] | None = None
         committed = False
         try:
@@ -448,7 +459,7 @@ class Writer:
                 if self.engine.dialect.name == "postgresql":
                     self._reserve(connection, group)
                     ids = [i for job in group for i in job.ids or ()]
-                ids = self._commit(connection, batch, ids)
+                ids = self._commit(connection, items, ids)
             committed = True
         finally:
             self._after_group(committed)
@@ -462,7 +473,7 @@ class Writer:
             self.stats.groups += 1
             if self._housekeeping.checkpoint is not None:
                 self._last_commit = time.monotonic()
-            self._settle(len(group), len(batch), stored=True)
+            self._settle(len(group), len(ids), stored=True)
 
     def _reserve(self, connection: Connection, group: list[Job]) -> None:
         """PostgreSQL: draw the ids of the jobs that have none yet, before the
@@ -578,11 +589,11 @@ class Writer:
 
 def _transient(exc: BaseException) -> bool:
     """A database failure the writer can outlast by retrying: the database
-    unreachable or gone, a lock held too long, a conflict (`db.failures`
-    classifies the driver's error by its code); anything else is a bug or a
-    refusal that retrying would repeat."""
+    unreachable or gone, a lock held too long, a conflict, a disk full
+    (`db.failures` classifies the driver's error by its code); anything
+    else is a bug or a refusal that retrying would repeat."""
     if isinstance(exc, DatabaseError):  # classified already (engine.translate_errors)
         return True
     if isinstance(exc, sa.exc.DBAPIError):
-        return failures.classify(exc) is not None
+        return failures.classify(exc) is not None or failures.is_out_of_space(exc)
     return isinstance(exc, sa.exc.TimeoutError)  # the pool

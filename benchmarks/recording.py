@@ -124,8 +124,14 @@ def bench_recording(
             paired.append(reference_rate())
         for threads, wait in SHAPES:
             floor = floor_rate(items, threads, wait, _calls)
+            floor_url = backend.new_url("floor")
+            try:
+                commit_floor = floor_rate(items, threads, wait, _calls, floor_url)
+            finally:
+                backend.drop(floor_url)
             run = run_shape(backend, items, threads, wait, **options)
             run["floor"] = floor
+            run["commit_floor"] = commit_floor
             if backend.name == "sqlite":  # the log of a short run of its own
                 wal = run_shape(backend, items[:WAL_N], threads, wait, **options)
                 run["wal_bytes_per_trajectory"] = wal["wal_bytes_per_trajectory"]
@@ -138,7 +144,7 @@ def bench_recording(
                     if run["wal_bytes_per_trajectory"] is not None
                     else ""
                 )
-                + f"; handoff floor {floor:,.0f}/s"
+                + f"; handoff floor {floor:,.0f}/s, commit floor {commit_floor:,.0f}/s"
                 + (f"; reference {paired[-1]:,.0f}/s" if paired else "")
             )
     figures: list[Figure] = []
@@ -197,11 +203,23 @@ def _figures(
         higher_is_better=True,
         details={"of_floor": [r["rate"] / r["floor"] for r in measured]},
     )
+    commit_floor = Figure(
+        name=f"{key}_commit_floor_per_s",
+        backend=backend.name,
+        label=f"{label}: commit floor (benchmarks/floor.py)",
+        unit="/s",
+        ours=median([r["commit_floor"] for r in measured]),
+        reps=[r["commit_floor"] for r in measured],
+        higher_is_better=True,
+        details={"of_floor": [r["rate"] / r["commit_floor"] for r in measured]},
+    )
     if paired:
         floor.compare_paired(paired)
+        commit_floor.compare_paired(paired)
     figures = [
         rate,
         floor,
+        commit_floor,
         Figure(
             name=f"{key}_p99_us",
             backend=backend.name,

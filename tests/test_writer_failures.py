@@ -87,7 +87,10 @@ def test_a_full_disk_keeps_the_queue_and_writes_it_once_space_is_freed(db_url):
     dropped (a `wait=False` caller would never hear of it); a waiting
     caller gets RecordingTimeoutError; once space is freed, every queued
     trajectory is written once, with its micro-LoRA signal."""
-    store = SonaStore(db_url, CONFIG, write_timeout=1.0)
+    # max_delay: the queued trajectories wait for the waiting caller's job, so
+    # the first attempt holds all of them (enough to need new pages). The
+    # timeout outlasts the retry backoff (2 s at most) for the final flush.
+    store = SonaStore(db_url, CONFIG, write_timeout=3.0, max_delay=10.0)
     try:
         before = store.record_trajectories(make_trajectories(3, DIM, seed=1))
         with _full_disk(store):

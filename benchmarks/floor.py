@@ -159,25 +159,16 @@ def floor_rate(
     items: list[dict[str, Any]],
     threads: int,
     wait: bool,
-    calls: Callable[..., None],
+    run_callers: Callable[[Any, list[dict[str, Any]], int, bool], object],
     url: str | None = None,
 ) -> float:
-    """Trajectories per second through a floor, `threads` callers each
-    running `calls(recorder, items, wait, latencies)`: the recording
-    benchmark's own call loop. With `url` (a fresh database), the commit
+    """Trajectories per second through a floor, recorded by
+    `run_callers(recorder, items, threads, wait)`: the recording benchmark's
+    own threads and call loop. With `url` (a fresh database), the commit
     floor; without, the handoff floor."""
     floor = HandoffFloor() if url is None else CommitFloor(url)
-    shares = [items[i::threads] for i in range(threads)]
-    sink: list[list[float]] = [[] for _ in range(threads)]
-    workers = [
-        threading.Thread(target=calls, args=(floor, share, wait, out))
-        for share, out in zip(shares, sink, strict=True)
-    ]
     started = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    run_callers(floor, items, threads, wait)
     floor.close()
     seconds = time.perf_counter() - started
     assert floor.consumed == len(items)

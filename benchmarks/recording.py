@@ -52,6 +52,24 @@ def _calls(store: Any, items: list[dict[str, Any]], wait: bool, out: list[float]
         out.append(clock() - started)
 
 
+def run_callers(
+    recorder: Any, items: list[dict[str, Any]], threads: int, wait: bool
+) -> list[float]:
+    """Record `items` through `recorder` (a store or a floor) from `threads`
+    threads, one call each; every call's seconds."""
+    shares = [items[i::threads] for i in range(threads)]
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    workers = [
+        threading.Thread(target=_calls, args=(recorder, share, wait, out))
+        for share, out in zip(shares, latencies, strict=True)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return [x for out in latencies for x in out]
+
+
 def _wal_path(url: str) -> str:
     return f"{make_url(url).database}-wal"
 
@@ -77,22 +95,13 @@ def run_shape(
         store.flush()
         if measure_wal:
             _truncate_wal(store)
-        shares = [items[i::threads] for i in range(threads)]
-        latencies: list[list[float]] = [[] for _ in range(threads)]
-        workers = [
-            threading.Thread(target=_calls, args=(store, share, wait, out))
-            for share, out in zip(shares, latencies, strict=True)
-        ]
         started = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        latencies = run_callers(store, items, threads, wait)
         store.flush()  # every trajectory committed (and its signal applied)
         seconds = time.perf_counter() - started
         # 32 bytes of header, then a frame (24 bytes + a page) per page written.
         wal = os.path.getsize(_wal_path(url)) - 32 if measure_wal else None
-        calls = np.array([x for out in latencies for x in out]) * 1e6
+        calls = np.array(latencies) * 1e6
         recording = store.recording_stats()
     finally:
         store.close()
@@ -123,10 +132,10 @@ def bench_recording(
         if reference_rate is not None:
             paired.append(reference_rate())
         for threads, wait in SHAPES:
-            floor = floor_rate(items, threads, wait, _calls)
+            floor = floor_rate(items, threads, wait, run_callers)
             floor_url = backend.new_url("floor")
             try:
-                commit_floor = floor_rate(items, threads, wait, _calls, floor_url)
+                commit_floor = floor_rate(items, threads, wait, run_callers, floor_url)
             finally:
                 backend.drop(floor_url)
             run = run_shape(backend, items, threads, wait, **options)
@@ -151,6 +160,23 @@ def bench_recording(
     for (threads, wait), measured in runs.items():
         figures.extend(_figures(backend, threads, wait, measured, paired, n))
     return figures
+
+
+def _floor_figure(
+    backend: Backend, key: str, label: str, measured: list[dict[str, Any]], run: str, title: str
+) -> Figure:
+    """One floor's figure (`run`: its key in each run), with each repetition's
+    share of it the store reached."""
+    return Figure(
+        name=f"{key}_{run}_per_s",
+        backend=backend.name,
+        label=f"{label}: {title} (benchmarks/floor.py)",
+        unit="/s",
+        ours=median([r[run] for r in measured]),
+        reps=[r[run] for r in measured],
+        higher_is_better=True,
+        details={"of_floor": [r["rate"] / r[run] for r in measured]},
+    )
 
 
 def _figures(
@@ -193,26 +219,8 @@ def _figures(
         if limit is not None and ok is not None:
             ok = ok and p99 < limit
         rate.check(text, ok)
-    floor = Figure(
-        name=f"{key}_floor_per_s",
-        backend=backend.name,
-        label=f"{label}: handoff floor (benchmarks/floor.py)",
-        unit="/s",
-        ours=median([r["floor"] for r in measured]),
-        reps=[r["floor"] for r in measured],
-        higher_is_better=True,
-        details={"of_floor": [r["rate"] / r["floor"] for r in measured]},
-    )
-    commit_floor = Figure(
-        name=f"{key}_commit_floor_per_s",
-        backend=backend.name,
-        label=f"{label}: commit floor (benchmarks/floor.py)",
-        unit="/s",
-        ours=median([r["commit_floor"] for r in measured]),
-        reps=[r["commit_floor"] for r in measured],
-        higher_is_better=True,
-        details={"of_floor": [r["rate"] / r["commit_floor"] for r in measured]},
-    )
+    floor = _floor_figure(backend, key, label, measured, "floor", "handoff floor")
+    commit_floor = _floor_figure(backend, key, label, measured, "commit_floor", "commit floor")
     if paired:
         floor.compare_paired(paired)
         commit_floor.compare_paired(paired)

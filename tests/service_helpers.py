@@ -143,6 +143,37 @@ def wait_for(
         time.sleep(interval)
 
 
+def sigkill_when(
+    child: subprocess.Popen[Any],
+    ready: Callable[[], Any],
+    log_path: Path,
+    *,
+    timeout: float,
+    what: str,
+    interval: float,
+) -> None:
+    """SIGKILL `child` once `ready()` holds; fails the test (with the child's
+    log) if it exits first, or if `ready()` does not hold within `timeout` s.
+    The child never outlives the call."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if child.poll() is not None:
+                raise AssertionError(
+                    f"child exited ({child.returncode}) before it could {what}:\n"
+                    + log_path.read_text()
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"child did not {what} in time")
+            time.sleep(interval)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
 @contextmanager
 def inspector(url: str) -> Iterator[Engine]:
     engine = create_store_engine(url)

@@ -11,11 +11,9 @@ checks.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from sona_store import SonaConfig, SonaStore
 from sona_store.db.models import Base
 
 from .helpers import make_trajectories
+from .service_helpers import sigkill_when
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 8
@@ -121,26 +120,12 @@ def counts_now(store: SonaStore) -> dict[str, Any]:
         return table_counts(conn)
 
 
-@pytest.mark.timeout(300)
 def kill_when_paused(child: subprocess.Popen[Any], marker: Path, log_path: Path) -> None:
     """SIGKILL `child` once it has written `marker` (it pauses right after);
     fails the test if it exits first or never gets there."""
-    try:
-        deadline = time.monotonic() + MARKER_WAIT_S
-        while not marker.exists():
-            if child.poll() is not None:
-                pytest.fail(
-                    f"child exited ({child.returncode}) before pausing:\n" + log_path.read_text()
-                )
-            if time.monotonic() > deadline:
-                pytest.fail("child did not reach the pause in time")
-            time.sleep(0.05)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=30)
+    sigkill_when(
+        child, marker.exists, log_path, timeout=MARKER_WAIT_S, what="reach the pause", interval=0.05
+    )
 
 
 @pytest.mark.parametrize("pause_at", ["extract_patterns", "move_head"])

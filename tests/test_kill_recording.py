@@ -13,18 +13,18 @@ it flushed is stored.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from sona_store import SonaConfig, SonaStore
+
+from .service_helpers import sigkill_when
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 12  # per backend: 24 across the test
@@ -113,22 +113,9 @@ def _spawn(script: str, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
 
 
 def _kill_when(child: subprocess.Popen[bytes], ready, tmp_path: Path) -> None:
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while not ready():
-            if child.poll() is not None:
-                pytest.fail(
-                    f"child exited ({child.returncode}):\n{(tmp_path / 'child.log').read_text()}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail("child did not get there in time")
-            time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=30)
+    sigkill_when(
+        child, ready, tmp_path / "child.log", timeout=WAIT_S, what="get there", interval=0.005
+    )
 
 
 def _check(conn: sa.Connection, handed_back: list[int]) -> int:

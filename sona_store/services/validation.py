@@ -143,24 +143,16 @@ class TrajectoryBatch:
         here without the per-check passes, which only find the culprit."""
         if not len(self.queries):
             return True
-        max_query = _max_abs(self.queries)
         longest = int(np.bincount(self.step_owner).max()) if len(self.step_owner) else 0
-        stepless = longest == 0 or len(np.unique(self.step_owner)) < len(self.queries)
-        # A query without steps is its own signal.
-        if stepless and max_query * math.sqrt(self.queries.shape[1]) > MICRO_SIGNAL_MAX_NORM:
-            return False
-        if longest == 0:
-            return max_query < EMBEDDING_SAFE_BOUND
-        max_reward = _max_abs(self.rewards32)
-        if not math.isfinite(max_reward):
-            return False
-        max_act = _max_abs(self.activations)
-        weight = max(float(self.rewards32.max()), 0.0)
-        embedding_bound = max_query + longest * weight * max_act
-        signal_bound = 2.0 * longest * max_reward * max_act
-        return (
-            embedding_bound < EMBEDDING_SAFE_BOUND
-            and signal_bound * math.sqrt(self.activations.shape[1] or 1) < SIGNAL_SAFE_BOUND
+        return _bounds_hold(
+            max_query=_max_abs(self.queries),
+            query_width=self.queries.shape[1],
+            stepless=longest == 0 or len(np.unique(self.step_owner)) < len(self.queries),
+            longest=longest,
+            max_act=_max_abs(self.activations),
+            act_width=self.activations.shape[1],
+            max_reward=_max_abs(self.rewards32),
+            top_reward=float(self.rewards32.max()) if longest else 0.0,
         )
 
     def _non_finite_signals(self) -> np.ndarray:
@@ -839,22 +831,43 @@ def _live_bounds_hold(query: np.ndarray, steps: list[CheckedStep]) -> bool:
     """`TrajectoryBatch._surely_finite` for one trajectory, from the maxima
     its steps carry (no pass over the arrays but the query's)."""
     rewards = [s.reward for s in steps]
-    max_query = float(np.abs(query).max()) if query.size else 0.0
-    m = len(steps)
-    if not m:
-        return (
-            max_query * math.sqrt(query.size) <= MICRO_SIGNAL_MAX_NORM
-            and max_query < EMBEDDING_SAFE_BOUND
-        )
-    max_act = max(s.max_abs for s in steps)
-    max_reward = max(map(abs, rewards))
-    weight = max(max(rewards), 0.0)
-    width = math.sqrt(steps[0].activations.size or 1)
-    return (
-        max_query + m * weight * max_act < EMBEDDING_SAFE_BOUND
-        and 2.0 * m * max_reward * max_act * width < SIGNAL_SAFE_BOUND
-        and max_reward < REWARD32_MAX
+    return _bounds_hold(
+        max_query=float(np.abs(query).max()) if query.size else 0.0,
+        query_width=query.size,
+        stepless=not steps,
+        longest=len(steps),
+        max_act=max((s.max_abs for s in steps), default=0.0),
+        act_width=steps[0].activations.size if steps else 0,
+        max_reward=max(map(abs, rewards), default=0.0),
+        top_reward=max(rewards, default=0.0),
     )
+
+
+def _bounds_hold(
+    *,
+    max_query: float,
+    query_width: int,
+    stepless: bool,
+    longest: int,
+    max_act: float,
+    act_width: int,
+    max_reward: float,
+    top_reward: float,
+) -> bool:
+    """Whether no float32 value derived from a batch (pattern embeddings,
+    learning signals, a stepless query's signal norm) can overflow, from its
+    maxima: the bounds of `TrajectoryBatch.first_non_finite`'s checks at
+    once. False only means the exact checks must look."""
+    # A query without steps is its own signal.
+    if stepless and max_query * math.sqrt(query_width) > MICRO_SIGNAL_MAX_NORM:
+        return False
+    if longest == 0:
+        return max_query < EMBEDDING_SAFE_BOUND
+    if not max_reward < REWARD32_MAX:  # inf (or NaN) as float32
+        return False
+    embedding_bound = max_query + longest * max(top_reward, 0.0) * max_act
+    signal_bound = 2.0 * longest * max_reward * max_act * math.sqrt(act_width or 1)
+    return embedding_bound < EMBEDDING_SAFE_BOUND and signal_bound < SIGNAL_SAFE_BOUND
 
 
 REWARD32_MAX = float(np.finfo(np.float32).max)  # a larger reward is inf as float32
